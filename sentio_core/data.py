@@ -1,0 +1,194 @@
+"""Bars: parse timestamps in the exchange time zone, type the columns, align symbols.
+
+A *panel* is a long polars frame ``timestamp, symbol, open, high, low, close, volume`` sorted by
+symbol then time, holding only timestamps present for every symbol. What alignment drops is
+returned in an :class:`AlignmentReport`, never silently lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from sentio_core.io import DataError, SourceFile, discover, read_table
+
+REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+VALUE_COLUMNS = PRICE_COLUMNS + ("volume",)
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """One symbol's rows as read from one file, timestamps parsed, nothing else changed."""
+
+    label: str  # "path" or "path[SYMBOL]" for multi-symbol files
+    symbol: str
+    frame: pd.DataFrame
+
+
+def parse_timestamps(values: pd.Series, tz: str, label: str) -> pd.Series:
+    """Parse a timestamp column into tz-aware timestamps in ``tz``.
+
+    Naive values (``2025-05-12 09:30:00``, ``2015-01-02``) are read as exchange local time;
+    values with an offset are converted. Unparseable values raise with the first offending row.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert(tz)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        text = values.astype("string")
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=False)
+        if parsed.dtype == object:  # mixed offsets: go through UTC
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        bad = parsed.isna() & text.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(label, "timestamp parseable", f"row {row}: '{text.iloc[row]}' is not an ISO date or datetime")
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        return parsed.dt.tz_convert(tz)
+    try:
+        return parsed.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise")
+    except Exception as exc:
+        raise DataError(label, "timestamp in time zone", f"cannot be read in {tz}: {exc}") from None
+
+
+def read_raw(sources: list[SourceFile], tz: str, symbols: list[str] | None = None) -> list[RawFrame]:
+    """Read every source file; split multi-symbol files by their ``symbol`` column."""
+    out: list[RawFrame] = []
+    for src in sources:
+        table = read_table(src.path)
+        if src.symbol is not None:
+            pieces = [(str(src.path), src.symbol, table)]
+        else:
+            if "symbol" not in table.columns:
+                raise DataError(src.path, "symbol column", "a single data file needs a 'symbol' column (or use a folder of SYMBOL files)")
+            table["symbol"] = table["symbol"].astype("string").str.upper()
+            wanted = symbols or sorted(table["symbol"].dropna().unique())
+            missing = [s for s in wanted if s.upper() not in set(table["symbol"].dropna())]
+            if missing:
+                raise DataError(src.path, "symbols present", f"no rows for {', '.join(missing)}")
+            pieces = [
+                (f"{src.path}[{s}]", s, table[table["symbol"] == s.upper()].drop(columns="symbol").reset_index(drop=True))
+                for s in wanted
+            ]
+        for label, sym, frame in pieces:
+            frame = frame.copy()
+            if "timestamp" in frame.columns:
+                frame["timestamp"] = parse_timestamps(frame["timestamp"], tz, label)
+            out.append(RawFrame(label, sym, frame))
+    return out
+
+
+def to_bars(raw: RawFrame) -> pl.DataFrame:
+    """Typed bars of one symbol: ``timestamp`` (tz-aware), ``symbol``, float OHLCV."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.frame.columns]
+    if missing:
+        raise DataError(raw.label, "required columns", f"missing {', '.join(missing)}")
+    frame = pd.DataFrame({"timestamp": raw.frame["timestamp"]})
+    for col in VALUE_COLUMNS:
+        values = pd.to_numeric(raw.frame[col], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(raw.label, "numeric, no nulls", f"column {col}, row {row}: {raw.frame[col].iloc[row]!r}")
+        frame[col] = values.astype("float64")
+    bars = pl.from_pandas(frame).with_columns(pl.lit(raw.symbol).alias("symbol"))
+    return bars.select("timestamp", "symbol", *VALUE_COLUMNS).sort("timestamp")
+
+
+@dataclass
+class AlignmentReport:
+    """What aligning symbols on common timestamps kept and dropped."""
+
+    common_rows: int
+    start: str | None
+    end: str | None
+    per_symbol: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(v["dropped"] for v in self.per_symbol.values())
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"dropped_total": self.dropped_total}
+
+    def lines(self) -> list[str]:
+        out = [f"aligned {len(self.per_symbol)} symbols on {self.common_rows} common timestamps ({self.start} .. {self.end})"]
+        for sym, info in self.per_symbol.items():
+            if info["dropped"]:
+                out.append(
+                    f"  {sym}: dropped {info['dropped']} of {info['rows']} rows not present in every symbol "
+                    f"(first {info['first_dropped']}, last {info['last_dropped']})"
+                )
+            else:
+                out.append(f"  {sym}: kept all {info['rows']} rows")
+        return out
+
+
+def align(bars: list[pl.DataFrame]) -> tuple[pl.DataFrame, AlignmentReport]:
+    """Inner-join symbols on timestamps; report every dropped row per symbol."""
+    common = bars[0].select("timestamp")
+    for frame in bars[1:]:
+        common = common.join(frame.select("timestamp"), on="timestamp", how="inner")
+    common = common.sort("timestamp")
+    report = AlignmentReport(
+        common_rows=common.height,
+        start=str(common["timestamp"].min()) if common.height else None,
+        end=str(common["timestamp"].max()) if common.height else None,
+    )
+    kept: list[pl.DataFrame] = []
+    for frame in bars:
+        sym = frame["symbol"][0]
+        dropped = frame.join(common, on="timestamp", how="anti")["timestamp"]
+        report.per_symbol[sym] = {
+            "rows": frame.height,
+            "dropped": dropped.len(),
+            "first_dropped": str(dropped.min()) if dropped.len() else None,
+            "last_dropped": str(dropped.max()) if dropped.len() else None,
+        }
+        kept.append(frame.join(common, on="timestamp", how="semi"))
+    return pl.concat(kept).sort("symbol", "timestamp"), report
+
+
+def load_panel(path: str | Path, symbols: list[str], tz: str) -> tuple[pl.DataFrame, AlignmentReport]:
+    """Discover, read, type and align the bars of ``symbols`` under ``path``."""
+    raws = read_raw(discover(path, symbols), tz, symbols)
+    return align([to_bars(r) for r in raws])
+
+
+@dataclass(frozen=True)
+class BarFrequency:
+    """Bar spacing: ``bar_minutes`` is None for daily (or longer) bars."""
+
+    bar_minutes: float | None
+    bars_per_session: float
+
+    @property
+    def intraday(self) -> bool:
+        return self.bar_minutes is not None
+
+    @property
+    def periods_per_year(self) -> float:
+        """Bars per year for annualisation: 252 sessions x bars per session."""
+        return 252.0 * self.bars_per_session
+
+
+def bar_frequency(timestamps: pl.Series) -> BarFrequency:
+    """Infer the bar spacing from timestamps (median spacing within a session)."""
+    ts = timestamps.sort()
+    dates = ts.dt.date()
+    same_day = dates == dates.shift(1)
+    diffs = (ts - ts.shift(1)).dt.total_minutes().filter(same_day.fill_null(False))
+    if diffs.len() == 0:
+        return BarFrequency(None, 1.0)
+    per_session = pl.DataFrame({"d": dates}).group_by("d").len()["len"].median()
+    return BarFrequency(float(diffs.median()), float(per_session))
+
+
+def panel_wide(panel: pl.DataFrame, column: str = "close") -> pl.DataFrame:
+    """One row per timestamp, one ``column`` per symbol (named by symbol)."""
+    return panel.pivot(on="symbol", index="timestamp", values=column).sort("timestamp")
