@@ -201,9 +201,13 @@ def _numeric_failures(frame: pd.DataFrame, cfg: ValidationConfig) -> tuple[list[
 
 
 def _gx_batch(frame: pd.DataFrame):
+    import logging
+
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = ctx.data_sources.add_pandas("bars").add_dataframe_asset("frame")

@@ -1,0 +1,1 @@
+"""Prefect flows: composition only (no arithmetic, no DataFrames) and deployment definitions."""

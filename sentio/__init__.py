@@ -1,0 +1,1 @@
+"""The ``sentio`` command line (the library is ``sentio_core``)."""

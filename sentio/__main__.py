@@ -1,0 +1,3 @@
+from sentio.cli import main
+
+raise SystemExit(main())

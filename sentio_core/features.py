@@ -1,0 +1,269 @@
+"""Causal features as polars expressions.
+
+Every feature at bar t reads bars up to and including t only: rolling windows look back,
+exponential averages run forward from the first bar (``adjust=False``), higher-timeframe
+features come from the last *completed* higher-timeframe bar, and the intraday clock comes
+from the exchange calendar, never from the data's own last bar of the day.
+
+Per-symbol indicators are written once as ``pl.Expr -> pl.Expr`` functions and evaluated
+``.over("symbol")`` on the long panel; cross-asset features (each leveraged leg against
+``leverage`` x the underlying) are computed on the wide frame. The result has one row per
+timestamp, a ``timestamp`` column and one column per feature, named ``SYMBOL_feature``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import polars as pl
+
+from sentio_core.config import FeatureConfig, UniverseConfig
+from sentio_core.data import BarFrequency
+
+C, O, H, L, V = (pl.col(n) for n in ("close", "open", "high", "low", "volume"))
+
+
+# --- indicator expressions (one symbol's series; evaluated .over("symbol")) -----------------
+
+def log_return(close: pl.Expr, bars: int) -> pl.Expr:
+    """log(close_t / close_{t-bars})."""
+    return (close / close.shift(bars)).log()
+
+
+def realised_vol(ret: pl.Expr, bars: int) -> pl.Expr:
+    """Rolling sample standard deviation of 1-bar log returns (per bar, not annualised)."""
+    return ret.rolling_std(bars, min_samples=bars)
+
+
+def ewma_vol(ret: pl.Expr, halflife: float) -> pl.Expr:
+    """sqrt of the exponentially weighted mean of squared 1-bar log returns (RiskMetrics style)."""
+    return (ret**2).ewm_mean(half_life=halflife, adjust=False, min_samples=max(int(halflife), 2)).sqrt()
+
+
+def wilder(expr: pl.Expr, bars: int) -> pl.Expr:
+    """Wilder smoothing: EMA with alpha = 1/bars, started at the first value."""
+    return expr.ewm_mean(alpha=1.0 / bars, adjust=False, min_samples=bars)
+
+
+def rsi(close: pl.Expr, bars: int) -> pl.Expr:
+    """Wilder RSI in [0, 100]; 50 when the window held no price change at all."""
+    delta = close.diff()
+    gain = wilder(delta.clip(lower_bound=0.0), bars)
+    loss = wilder((-delta).clip(lower_bound=0.0), bars)
+    return (100.0 * gain / (gain + loss)).fill_nan(50.0)
+
+
+def ema(expr: pl.Expr, bars: int) -> pl.Expr:
+    return expr.ewm_mean(span=bars, adjust=False, min_samples=bars)
+
+
+def macd(close: pl.Expr, fast: int, slow: int, signal: int) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """MACD line, signal and histogram, divided by the close (scale-free)."""
+    line = (ema(close, fast) - ema(close, slow)) / close
+    sig = ema(line, signal)
+    return line, sig, line - sig
+
+
+def bollinger_pctb(close: pl.Expr, bars: int, k: float) -> pl.Expr:
+    """%B = (close - lower) / (upper - lower) with bands mean +- k sample std."""
+    mean = close.rolling_mean(bars, min_samples=bars)
+    std = close.rolling_std(bars, min_samples=bars)
+    return (close - (mean - k * std)) / (2.0 * k * std)
+
+
+def true_range(high: pl.Expr, low: pl.Expr, close: pl.Expr) -> pl.Expr:
+    prev = close.shift(1)
+    return pl.max_horizontal(high - low, (high - prev).abs(), (low - prev).abs())
+
+
+def atr_pct(high: pl.Expr, low: pl.Expr, close: pl.Expr, bars: int) -> pl.Expr:
+    """Wilder average true range divided by the close."""
+    return wilder(true_range(high, low, close), bars) / close
+
+
+def stochastic(high: pl.Expr, low: pl.Expr, close: pl.Expr, bars: int, smooth: int) -> tuple[pl.Expr, pl.Expr]:
+    """%K in [0, 100] over ``bars`` and %D, its ``smooth``-bar mean."""
+    lo = low.rolling_min(bars, min_samples=bars)
+    hi = high.rolling_max(bars, min_samples=bars)
+    k = (100.0 * (close - lo) / (hi - lo)).fill_nan(50.0)
+    return k, k.rolling_mean(smooth, min_samples=smooth)
+
+
+def zscore(expr: pl.Expr, bars: int) -> pl.Expr:
+    return (expr - expr.rolling_mean(bars, min_samples=bars)) / expr.rolling_std(bars, min_samples=bars)
+
+
+def obv_slope(close: pl.Expr, volume: pl.Expr, bars: int) -> pl.Expr:
+    """Change of on-balance volume over ``bars``, divided by the volume traded in them."""
+    obv = (close.diff().sign().fill_null(0.0) * volume).cum_sum()
+    return (obv - obv.shift(bars)) / volume.rolling_sum(bars, min_samples=bars)
+
+
+def lag_autocorr(ret: pl.Expr, bars: int) -> pl.Expr:
+    """Rolling lag-1 autocorrelation of returns."""
+    return pl.rolling_corr(ret, ret.shift(1), window_size=bars, min_samples=bars)
+
+
+def per_symbol_exprs(cfg: FeatureConfig) -> list[pl.Expr]:
+    """All per-symbol features, named without the symbol prefix."""
+    r1 = log_return(C, 1)
+    line, sig, hist = macd(C, cfg.macd_fast_bars, cfg.macd_slow_bars, cfg.macd_signal_bars)
+    k, d = stochastic(H, L, C, cfg.stoch_bars, cfg.stoch_smooth_bars)
+    m = cfg.moments_bars
+    exprs = [log_return(C, h).alias(f"ret_{h}") for h in cfg.return_horizons]
+    exprs += [realised_vol(r1, w).alias(f"rvol_{w}") for w in cfg.vol_windows]
+    exprs += [
+        ewma_vol(r1, cfg.ewma_halflife_bars).alias("ewma_vol"),
+        rsi(C, cfg.rsi_bars).alias(f"rsi_{cfg.rsi_bars}"),
+        line.alias("macd"), sig.alias("macd_signal"), hist.alias("macd_hist"),
+        bollinger_pctb(C, cfg.bollinger_bars, cfg.bollinger_k).alias(f"bb_pctb_{cfg.bollinger_bars}"),
+        atr_pct(H, L, C, cfg.atr_bars).alias(f"atr_{cfg.atr_bars}"),
+        k.alias(f"stoch_k_{cfg.stoch_bars}"), d.alias(f"stoch_d_{cfg.stoch_smooth_bars}"),
+        zscore(V.log1p(), cfg.volume_z_bars).alias(f"volume_z_{cfg.volume_z_bars}"),
+        obv_slope(C, V, cfg.obv_slope_bars).alias(f"obv_slope_{cfg.obv_slope_bars}"),
+        r1.rolling_skew(m, min_samples=m).alias(f"skew_{m}"),
+        r1.rolling_kurtosis(m, min_samples=m).alias(f"kurt_{m}"),
+        lag_autocorr(r1, m).alias(f"autocorr_{m}"),
+        (C / C.rolling_mean(cfg.trend_bars, min_samples=cfg.trend_bars) - 1.0).alias(f"trend_{cfg.trend_bars}"),
+        (C / H.rolling_max(cfg.trend_bars, min_samples=cfg.trend_bars) - 1.0).alias(f"from_high_{cfg.trend_bars}"),
+        (H / L).log().alias("range"),
+        ((C - L) / (H - L)).fill_nan(0.5).alias("close_loc"),
+        (O / C.shift(1)).log().alias("gap"),
+    ]
+    return exprs
+
+
+# --- higher timeframe --------------------------------------------------------------------
+
+def htf_period(cfg: FeatureConfig, freq: BarFrequency) -> str | None:
+    """Higher-timeframe period string, or None when switched off."""
+    if cfg.higher_timeframe == "none":
+        return None
+    if cfg.higher_timeframe == "auto":
+        return "1d" if freq.intraday else "1w"
+    return cfg.higher_timeframe
+
+
+def htf_features(panel: pl.LazyFrame, cfg: FeatureConfig, period: str) -> pl.LazyFrame:
+    """Features of completed higher-timeframe bars, keyed to the bars of the *next* period.
+
+    A period's bar is complete only once a later period has started, so bars of period p see
+    the features of the period before p. Appending bars never changes an earlier row.
+    """
+    keyed = panel.with_columns(pl.col("timestamp").dt.truncate(period).alias("_period"))
+    htf = (
+        keyed.group_by("symbol", "_period")
+        .agg(O.first(), H.max(), L.min(), C.last())
+        .sort("symbol", "_period")
+    )
+    r1 = log_return(C, 1)
+    htf = htf.with_columns(
+        r1.over("symbol").alias("htf_ret_1"),
+        rsi(C, cfg.htf_rsi_bars).over("symbol").alias(f"htf_rsi_{cfg.htf_rsi_bars}"),
+        realised_vol(r1, cfg.htf_vol_bars).over("symbol").alias(f"htf_rvol_{cfg.htf_vol_bars}"),
+        (H / L).log().alias("htf_range"),
+        ((C - L) / (H - L)).fill_nan(0.5).alias("htf_close_loc"),
+        pl.col("_period").shift(-1).over("symbol").alias("_next_period"),
+    ).drop("_period", "open", "high", "low", "close")
+    return keyed.join(htf, left_on=["symbol", "_period"], right_on=["symbol", "_next_period"], how="left").drop("_period")
+
+
+# --- intraday clock ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _session_table(calendar: str, start: str, end: str, tz: str) -> pl.DataFrame:
+    import exchange_calendars as xc
+
+    sched = xc.get_calendar(calendar, start=start, end=end).schedule
+    return pl.DataFrame({
+        "_session": [d.date() for d in sched.index],
+        "_open": sched["open"].dt.tz_convert(tz).tolist(),
+        "_close": sched["close"].dt.tz_convert(tz).tolist(),
+    }).with_columns(pl.col("_open").dt.convert_time_zone(tz), pl.col("_close").dt.convert_time_zone(tz))
+
+
+def clock_features(wide: pl.LazyFrame, timestamps: pl.Series, freq: BarFrequency, calendar: str, tz: str) -> pl.LazyFrame:
+    """Time of day (fraction of the session elapsed) and minutes to the close, from the calendar.
+
+    Timestamps are bar starts; the decision is made at the bar's end (start + bar length).
+    """
+    start, end = str(timestamps.min().date()), str(timestamps.max().date())
+    table = _session_table(calendar, start, end, tz).lazy()
+    bar_end = pl.col("timestamp") + pl.duration(minutes=freq.bar_minutes)
+    session_minutes = (pl.col("_close") - pl.col("_open")).dt.total_minutes()
+    return (
+        wide.with_columns(pl.col("timestamp").dt.date().alias("_session"))
+        .join(table.with_columns(pl.col("_open").dt.replace_time_zone(None), pl.col("_close").dt.replace_time_zone(None)),
+              on="_session", how="left")
+        .with_columns(
+            ((bar_end.dt.replace_time_zone(None) - pl.col("_open")).dt.total_minutes() / session_minutes).alias("time_of_day"),
+            (pl.col("_close") - bar_end.dt.replace_time_zone(None)).dt.total_minutes().cast(pl.Float64).alias("minutes_to_close"),
+        )
+        .drop("_session", "_open", "_close")
+    )
+
+
+# --- cross-asset -------------------------------------------------------------------------
+
+def cross_asset_exprs(universe: UniverseConfig, cfg: FeatureConfig) -> list[pl.Expr]:
+    """Each leveraged leg against ``beta`` x the underlying (beta = +leverage long, -leverage short)."""
+    u = universe.underlying
+    out: list[pl.Expr] = []
+    legs = [(universe.long, universe.leverage), (universe.short, -universe.leverage)]
+    for leg, beta in legs:
+        if leg is None or leg == u:
+            continue
+        lc, uc = pl.col(f"_{leg}_close"), pl.col(f"_{u}_close")
+        diff = (lc / lc.shift(1) - 1.0) - beta * (uc / uc.shift(1) - 1.0)
+        n = cfg.cross_bars
+        out += [
+            diff.rolling_sum(n, min_samples=n).alias(f"{leg}_track_{n}"),
+            diff.rolling_std(n, min_samples=n).alias(f"{leg}_te_{n}"),
+            (log_return(lc, n) - beta * log_return(uc, n)).alias(f"{leg}_decay_{n}"),
+            pl.rolling_corr(log_return(lc, 1), log_return(uc, 1), window_size=cfg.corr_bars,
+                            min_samples=cfg.corr_bars).alias(f"{leg}_corr_{cfg.corr_bars}"),
+        ]
+    return out
+
+
+def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
+                   calendar: str, tz: str) -> pl.DataFrame:
+    """Feature table: one row per timestamp, ``timestamp`` plus one float column per feature.
+
+    :param panel: aligned long panel (``timestamp, symbol, open, high, low, close, volume``).
+    :returns: rows in time order; the first rows hold nulls until each window has filled.
+    """
+    per_symbol = [e.over("symbol") for e in per_symbol_exprs(cfg)]
+    lazy = panel.lazy().sort("symbol", "timestamp").with_columns(per_symbol)
+    period = htf_period(cfg, freq)
+    if period is not None:
+        lazy = htf_features(lazy, cfg, period)
+    names = [n for n in lazy.collect_schema().names() if n not in ("timestamp", "symbol", "open", "high", "low")]
+    wide: pl.LazyFrame | None = None
+    for sym in universe.symbols:
+        part = lazy.filter(pl.col("symbol") == sym).select(
+            "timestamp",
+            *[pl.col(n).alias(f"{sym}_{n}") for n in names if n not in ("close", "volume")],
+            pl.col("close").alias(f"_{sym}_close"),
+        )
+        wide = part if wide is None else wide.join(part, on="timestamp", how="inner")
+    assert wide is not None
+    wide = wide.sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
+    if freq.intraday:
+        wide = clock_features(wide, panel["timestamp"], freq, calendar, tz)
+    out = wide.drop([f"_{s}_close" for s in universe.symbols]).sort("timestamp").collect()
+    floats = [c for c in out.columns if c != "timestamp"]
+    return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
+
+
+def feature_columns(features: pl.DataFrame) -> list[str]:
+    return [c for c in features.columns if c != "timestamp"]
+
+
+def first_complete_row(features: pl.DataFrame) -> int:
+    """Index of the first row where every feature is defined (the end of the warm-up)."""
+    complete = features.select(pl.all_horizontal(pl.col(feature_columns(features)).is_not_null()).alias("ok"))["ok"]
+    idx = complete.arg_true()
+    if idx.len() == 0:
+        raise ValueError("no row has every feature defined: the data is shorter than the longest feature window")
+    return int(idx[0])

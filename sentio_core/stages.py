@@ -1,0 +1,122 @@
+"""The pipeline's stages as plain functions of (config, inputs): shared by the CLI and the Prefect tasks.
+
+Each function is pure apart from reading the source files named in a manifest; writing outputs
+and caching belong to the callers (``tasks/``), so the CLI and the flow compute the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from sentio_core.config import Config
+from sentio_core.data import AlignmentReport, BarFrequency, align, bar_frequency, read_raw, to_bars
+from sentio_core.features import build_features, first_complete_row
+from sentio_core.folds import Fold, from_config
+from sentio_core.io import SourceFile, discover, file_sha256
+from sentio_core.regimes import RegimeModel, fit_regimes, forward_filter, regime_shares
+from sentio_core.validation import ValidationReport, validate_sources
+
+
+def manifest(cfg: Config) -> dict:
+    """Source files of the configured symbols with their SHA-256 (the run's data fingerprint)."""
+    sources = discover(cfg.data.path, None if cfg.data.path.is_file() else cfg.universe.symbols)
+    files = [{"path": str(s.path), "symbol": s.symbol, "sha256": file_sha256(s.path)} for s in sources]
+    return {"symbols": cfg.universe.symbols, "files": files}
+
+
+def _sources(man: dict) -> list[SourceFile]:
+    from pathlib import Path
+
+    return [SourceFile(Path(f["path"]), f["symbol"]) for f in man["files"]]
+
+
+def validate(cfg: Config, man: dict) -> ValidationReport:
+    """Run the validation gate over every source file in the manifest."""
+    return validate_sources(_sources(man), cfg.validation, cfg.data.calendar, cfg.data.timezone, man["symbols"])
+
+
+def panel(cfg: Config, man: dict) -> tuple[pl.DataFrame, AlignmentReport, BarFrequency]:
+    """Typed bars of every symbol aligned on common timestamps, the alignment report and bar spacing."""
+    raws = read_raw(_sources(man), cfg.data.timezone, man["symbols"])
+    frame, report = align([to_bars(r) for r in raws])
+    freq = bar_frequency(frame.filter(pl.col("symbol") == cfg.universe.underlying)["timestamp"])
+    return frame, report, freq
+
+
+def features(cfg: Config, bars: pl.DataFrame, freq: BarFrequency) -> pl.DataFrame:
+    """The feature table of the aligned panel."""
+    return build_features(bars, cfg.universe, cfg.features, freq, cfg.data.calendar, cfg.data.timezone)
+
+
+@dataclass(frozen=True)
+class FoldSpan:
+    """A fold in both coordinates: indices into the feature table, and timestamps (ISO, inclusive ends)."""
+
+    fold: Fold
+    offset: int  # feature-table row of usable bar 0 (end of the warm-up)
+    train_start: str
+    train_end: str
+    test_start: str
+    test_end: str
+
+    def row(self, i: int) -> int:
+        """Feature-table row of usable bar ``i``."""
+        return self.offset + i
+
+    def to_dict(self) -> dict:
+        f = self.fold
+        return {
+            "fold": f.fold, "train_start": self.train_start, "train_end": self.train_end,
+            "test_start": self.test_start, "test_end": self.test_end,
+            "purge_bars": f.purge_bars, "embargo_bars": f.embargo_bars,
+            "train_bars": f.train_bars, "test_bars": f.test_bars,
+            "train_rows": [self.row(f.train_start), self.row(f.train_end)],
+            "test_rows": [self.row(f.test_start), self.row(f.test_end)],
+        }
+
+
+def folds(cfg: Config, feats: pl.DataFrame) -> list[FoldSpan]:
+    """Purged walk-forward folds over the usable rows (every feature defined)."""
+    offset = first_complete_row(feats)
+    ts = feats["timestamp"][offset:]
+    iso = [t.isoformat() for t in ts.to_list()]
+    out = []
+    for f in from_config(cfg.folds, cfg.purge_bars).folds(len(iso)):
+        out.append(FoldSpan(f, offset, iso[f.train_start], iso[f.train_end - 1], iso[f.test_start], iso[f.test_end - 1]))
+    return out
+
+
+def underlying_returns(cfg: Config, bars: pl.DataFrame) -> np.ndarray:
+    """1-bar log returns of the underlying, one per panel timestamp (the first is NaN)."""
+    close = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["close"].to_numpy()
+    out = np.full(len(close), np.nan)
+    out[1:] = np.log(close[1:] / close[:-1])
+    return out
+
+
+@dataclass(frozen=True)
+class FoldRegimes:
+    model: RegimeModel
+    probabilities: pl.DataFrame  # timestamp, regime_0..K-1, from train start to test end
+    train_shares: list[float]
+    test_shares: list[float]
+
+
+def regimes(cfg: Config, bars: pl.DataFrame, span: dict) -> FoldRegimes:
+    """Fit the regime model on one fold's training rows, then filter forward through its test rows.
+
+    :param span: a fold as produced by :meth:`FoldSpan.to_dict` (feature-table rows, which are
+        the panel's timestamps in order).
+    """
+    r = underlying_returns(cfg, bars)
+    (a, b), (c, d) = span["train_rows"], span["test_rows"]
+    model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.seed + 1000 * int(span["fold"]))
+    probs = forward_filter(model, r[a:d])
+    timestamps = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["timestamp"]
+    frame = pl.DataFrame({"timestamp": timestamps[a:d]}).with_columns(
+        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(model.n_regimes)]
+    )
+    return FoldRegimes(model, frame, regime_shares(probs[: b - a]), regime_shares(probs[c - a:]))
