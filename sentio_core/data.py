@@ -89,14 +89,16 @@ def to_bars(raw: RawFrame) -> pl.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.frame.columns]
     if missing:
         raise DataError(raw.label, "required columns", f"missing {', '.join(missing)}")
-    frame = pd.DataFrame({"timestamp": raw.frame["timestamp"]})
+    stamps = raw.frame["timestamp"]
+    utc = stamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+    columns = {"timestamp": pl.Series("timestamp", utc).dt.replace_time_zone("UTC").dt.convert_time_zone(str(stamps.dt.tz))}
     for col in VALUE_COLUMNS:
         values = pd.to_numeric(raw.frame[col], errors="coerce")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise DataError(raw.label, "numeric, no nulls", f"column {col}, row {row}: {raw.frame[col].iloc[row]!r}")
-        frame[col] = values.astype("float64")
-    bars = pl.from_pandas(frame).with_columns(pl.lit(raw.symbol).alias("symbol"))
+        columns[col] = pl.Series(col, values.to_numpy(dtype="float64"))
+    bars = pl.DataFrame(columns).with_columns(pl.lit(raw.symbol).alias("symbol"))
     return bars.select("timestamp", "symbol", *VALUE_COLUMNS).sort("timestamp")
 
 

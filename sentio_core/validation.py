@@ -113,7 +113,7 @@ def _gap_columns(ts: pd.Series, calendar: str, tz: str, label: str) -> pd.DataFr
     same_day = day_vals[1:] == day_vals[:-1]
     if not same_day.any():
         return out  # daily (or coarser) bars
-    minutes = np.diff(local.values.astype("datetime64[s]").astype(np.int64)) / 60.0
+    minutes = np.diff(local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)) / 60.0
     bar = float(np.median(minutes[same_day]))
     inside = np.where(same_day, np.rint(minutes / bar) - 1, 0).astype(int)
     out.loc[local.index[1:], GAP_BARS] = np.maximum(inside, 0)

@@ -1,0 +1,35 @@
+"""Shared fixtures. Prefect state goes to a throw-away PREFECT_HOME, set before Prefect is imported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="sentio-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+DAILY = REPO / "data" / "daily"
+INTRADAY = REPO / "data" / "5min"
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (starting one costs ~10-15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    """Configs name data paths relative to the repository root."""
+    monkeypatch.chdir(REPO)

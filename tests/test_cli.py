@@ -1,0 +1,89 @@
+"""The command-line contract: sentio features / folds / validate / run, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from sentio.cli import main
+
+from .conftest import REPO, SMOKE
+
+
+def test_features_writes_one_row_per_timestamp(tmp_path, capsys):
+    out = tmp_path / "deep" / "features.parquet"
+    assert main(["features", "--config", str(SMOKE), "--out", str(out)]) == 0
+    table = pl.read_parquet(out)
+    assert table.columns[0] == "timestamp" and table.width - 1 >= 40
+    assert table.height == 2590 and table["timestamp"].is_unique().all()
+    assert "aligned 3 symbols" in capsys.readouterr().err
+
+
+def test_features_with_set_overrides(tmp_path):
+    out = tmp_path / "f.parquet"
+    assert main(["features", "--set", "features.rsi_bars=10", "--set", "features.higher_timeframe=none",
+                 "--out", str(out)]) == 0
+    cols = pl.read_parquet(out).columns
+    assert "QQQ_rsi_10" in cols and not any("htf" in c for c in cols)
+
+
+def test_features_out_must_be_parquet(tmp_path, capsys):
+    assert main(["features", "--out", str(tmp_path / "f.csv")]) == 2
+    assert "Parquet" in capsys.readouterr().err
+
+
+def test_folds_json_contract(capsys):
+    assert main(["folds", "--json", "--set", "folds.n_folds=3", "--set", "folds.embargo_bars=5"]) == 0
+    folds = json.loads(capsys.readouterr().out)
+    assert [f["fold"] for f in folds] == [0, 1, 2]
+    for f in folds:
+        assert {"fold", "train_start", "train_end", "test_start", "test_end", "purge_bars", "embargo_bars"} <= set(f)
+        assert f["purge_bars"] == 31 and f["embargo_bars"] == 5
+        assert f["train_end"] < f["test_start"] <= f["test_end"]
+    assert folds[0]["test_end"] < folds[1]["test_start"]
+    assert folds[-1]["test_end"].startswith("2025-04-21")
+
+
+def test_folds_table(capsys):
+    assert main(["folds", "--config", str(SMOKE)]) == 0
+    out = capsys.readouterr().out
+    assert "train_start" in out and len(out.strip().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    "argv, code, needle",
+    [(["folds", "--set", "folds.n_folds=40"], 2, "lower folds.n_folds"),
+     (["folds", "--set", "folds.nfolds=3"], 2, "folds.nfolds: unknown key"),
+     (["folds", "--set", "data.path=/nonexistent"], 1, "no such file or folder"),
+     (["features", "--out", "x.parquet", "--config", "missing.yaml"], 2, "does not exist")],
+)
+def test_errors_are_one_clear_line(argv, code, needle, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_folds_on_bad_data_prints_the_report(tmp_path, capsys):
+    bad = tmp_path / "d"
+    bad.mkdir()
+    for sym in ("QQQ", "TQQQ", "SQQQ"):
+        lines = (REPO / "data" / "daily" / f"{sym}.csv").read_text().splitlines()
+        if sym == "SQQQ":
+            lines[50] = lines[50].rsplit(",", 1)[0] + ",-3"
+        (bad / f"{sym}.csv").write_text("\n".join(lines) + "\n")
+    assert main(["folds", "--set", f"data.path={bad}"]) == 1
+    err = capsys.readouterr().err
+    assert "SQQQ.csv" in err and "volume >= 0" in err and "volume=-3" in err
+
+
+def test_console_script_runs():
+    exe = REPO / ".venv" / "bin" / "sentio"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
+    proc = subprocess.run([*cmd, "folds", "--json", "--config", str(SMOKE)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 2
