@@ -87,3 +87,22 @@ def test_console_script_runs():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 2
+
+
+def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
+    """`sentio run` needs no server, keeps its state in PREFECT_HOME, and a second run is all Cached."""
+    import os
+
+    exe = REPO / ".venv" / "bin" / "sentio"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    args = [*cmd, "run", "--config", str(SMOKE), "--set", f"run.work_dir={tmp_path / 'work'}"]
+    first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "regime_0_train" in first.stdout and "run finished" in first.stdout
+    assert (tmp_path / "prefect").is_dir() and any((tmp_path / "prefect").rglob("*.db"))
+    second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    stages_line = next(line for line in second.stdout.splitlines() if line.startswith("stages:"))
+    assert "Completed" not in stages_line and stages_line.count("=Cached") == 7
