@@ -42,8 +42,11 @@ def parse_timestamps(values: pd.Series, tz: str, label: str) -> pd.Series:
         parsed = values
     else:
         text = values.astype("string")
-        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=False)
-        if parsed.dtype == object:  # mixed offsets: go through UTC
+        try:
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=False)
+        except ValueError:  # offsets that change (daylight saving): go through UTC
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        if parsed.dtype == object:
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
         bad = parsed.isna() & text.notna()
         if bad.any():
@@ -65,8 +68,8 @@ def read_raw(sources: list[SourceFile], tz: str, symbols: list[str] | None = Non
         if src.symbol is not None:
             pieces = [(str(src.path), src.symbol, table)]
         else:
-            if "symbol" not in table.columns:
-                raise DataError(src.path, "symbol column", "a single data file needs a 'symbol' column (or use a folder of SYMBOL files)")
+            if "symbol" not in table.columns:  # a per-symbol file named directly: its name is its symbol
+                table["symbol"] = src.path.stem.upper()
             table["symbol"] = table["symbol"].astype("string").str.upper()
             wanted = symbols or sorted(table["symbol"].dropna().unique())
             missing = [s for s in wanted if s.upper() not in set(table["symbol"].dropna())]

@@ -187,7 +187,10 @@ def clock_features(wide: pl.LazyFrame, timestamps: pl.Series, freq: BarFrequency
 
     Timestamps are bar starts; the decision is made at the bar's end (start + bar length).
     """
-    start, end = str(timestamps.min().date()), str(timestamps.max().date())
+    import datetime as dt
+
+    # the calendar refuses start == end (a single session), so ask it for a week more than needed
+    start, end = str(timestamps.min().date()), str(timestamps.max().date() + dt.timedelta(days=7))
     table = _session_table(calendar, start, end, tz).lazy()
     bar_end = pl.col("timestamp") + pl.duration(minutes=freq.bar_minutes)
     session_minutes = (pl.col("_close") - pl.col("_open")).dt.total_minutes()

@@ -62,8 +62,8 @@ class ValidationReport:
                 continue
             lines.append(f"FAIL {rep.file} ({rep.rows} rows)")
             for fail in rep.failures:
-                lines.append(f"  rule: {fail.rule} ({fail.count} offending row{'s' if fail.count != 1 else ''})"
-                             + (f": {fail.detail}" if fail.detail else ""))
+                count = f" ({fail.count} offending row{'s' if fail.count != 1 else ''})" if fail.count else ""
+                lines.append(f"  rule: {fail.rule}{count}" + (f": {fail.detail}" if fail.detail else ""))
                 for row in fail.rows:
                     lines.append("    " + ", ".join(f"{k}={v}" for k, v in row.items()))
         lines.append("validation passed" if self.ok else f"validation FAILED: {sum(not f.ok for f in self.files)} of {len(self.files)} files")
@@ -110,10 +110,11 @@ def _gap_columns(ts: pd.Series, calendar: str, tz: str, label: str) -> pd.DataFr
     upto = np.searchsorted(sessions, day_vals[1:], side="left")
     missing = np.maximum(upto - before, 0)
     out.loc[local.index[1:], GAP_SESSIONS] = missing
-    same_day = day_vals[1:] == day_vals[:-1]
+    minutes = np.diff(local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)) / 60.0
+    # a repeated timestamp (its own rule) is no evidence of intraday bars
+    same_day = (day_vals[1:] == day_vals[:-1]) & (minutes > 0)
     if not same_day.any():
         return out  # daily (or coarser) bars
-    minutes = np.diff(local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)) / 60.0
     bar = float(np.median(minutes[same_day]))
     inside = np.where(same_day, np.rint(minutes / bar) - 1, 0).astype(int)
     out.loc[local.index[1:], GAP_BARS] = np.maximum(inside, 0)
@@ -231,6 +232,7 @@ def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str)
     result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     by_id = {r.expectation_config.id: r for r in result.results}
     seen: dict[str, Failure] = {}
+    offending: dict[str, set[int]] = {}
     for rule, exp, cols in exps:
         res = by_id[exp.id]
         if res.success:
@@ -253,12 +255,11 @@ def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str)
         fail = seen.get(rule)
         if fail is None:
             fail = seen[rule] = Failure(rule, 0, [], detail)
+            offending[rule] = set()
             report.failures.append(fail)
-        fail.count += len(idx) if idx else (0 if rule in ("minimum length", "required column present") else 1)
-        known = {r["row"] for r in fail.rows}
-        for i in sorted(set(idx) - known)[: max(cfg.report_rows - len(fail.rows), 0)]:
-            fail.rows.append(_row(frame, int(i), shown))
-        fail.rows.sort(key=lambda r: r["row"])
+        offending[rule] |= {int(i) for i in idx}  # one rule may run as several expectations
+        fail.count = len(offending[rule])
+        fail.rows = [_row(frame, i, shown) for i in sorted(offending[rule])[: cfg.report_rows]]
     return report
 
 
@@ -278,13 +279,13 @@ def validate_sources(sources: list[SourceFile], cfg: ValidationConfig, calendar:
         try:
             raws = read_raw([src], tz, symbols if src.symbol is None else None)
         except DataError as err:
-            report.files.append(FileReport(err.file, 0, [Failure(err.rule, 1, [], err.detail)]))
+            report.files.append(FileReport(err.file, 0, [Failure(err.rule, 0, [], err.detail)]))
             continue
         for raw in raws:
             try:
                 report.files.append(validate_frame(raw, cfg, calendar, tz))
             except DataError as err:
-                report.files.append(FileReport(err.file, len(raw.frame), [Failure(err.rule, 1, [], err.detail)]))
+                report.files.append(FileReport(err.file, len(raw.frame), [Failure(err.rule, 0, [], err.detail)]))
     return report
 
 
@@ -295,7 +296,7 @@ def validate_paths(paths: list[str | Path], cfg: ValidationConfig, calendar: str
         try:
             sources = discover(p)
         except DataError as err:
-            report.files.append(FileReport(err.file, 0, [Failure(err.rule, 1, [], err.detail)]))
+            report.files.append(FileReport(err.file, 0, [Failure(err.rule, 0, [], err.detail)]))
             continue
         report.files += validate_sources(sources, cfg, calendar, tz).files
     return report

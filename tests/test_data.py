@@ -108,11 +108,15 @@ def test_single_file_with_symbol_column_equals_folder(tmp_path, csv_panel, suffi
     assert report.to_dict() == csv_panel[1].to_dict()
 
 
-def test_single_file_needs_symbol_column(tmp_path):
-    path = write(daily("QQQ"), tmp_path / "bars.csv")
+def test_single_file_without_symbol_column_is_named_by_its_file(tmp_path):
+    """A per-symbol file named directly takes its symbol from its name; other symbols are missing."""
+    path = write(daily("QQQ"), tmp_path / "QQQ.csv")
+    bars, _ = load_panel(path, ["QQQ"], NY)
+    assert bars["symbol"].unique().to_list() == ["QQQ"] and bars.height == len(daily("QQQ"))
+    other = write(daily("QQQ"), tmp_path / "bars.csv")
     with pytest.raises(DataError) as err:
-        load_panel(path, ["QQQ"], NY)
-    assert err.value.rule == "symbol column" and str(path) in str(err.value)
+        load_panel(other, ["QQQ"], NY)
+    assert err.value.rule == "symbols present" and str(other) in str(err.value)
 
 
 def test_single_file_missing_symbol_rows(tmp_path):
@@ -191,9 +195,6 @@ def test_tz_aware_columns_are_converted(tmp_path, intraday_frame):
     assert_frame_equal(got, want)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: pandas 3 raises ValueError on mixed UTC offsets instead of "
-                                      "returning object dtype, so the utc=True fallback never runs "
-                                      "(sentio_core/data.py parse_timestamps)")
 def test_mixed_offsets_across_dst_are_converted():
     values = pd.Series(["2025-07-01 09:30:00-04:00", "2025-12-01 09:30:00-05:00"])
     parsed = parse_timestamps(values, NY, "x.csv")

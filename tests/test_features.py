@@ -184,8 +184,6 @@ def test_intraday_no_lookahead(intraday_slice: Dataset, cut: str | int) -> None:
     assert_same_features(truncated, data.features.head(t + 1), f"5-minute cut at {ts}")
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="bug: clock_features asks exchange_calendars for start == end on a one-session panel")
 def test_intraday_single_session_builds(intraday: Dataset) -> None:
     """A 5-minute panel holding a single session still builds (clock features need no history)."""
     panel = intraday.panel.filter(local_date() == pd.Timestamp("2025-06-10").date())
