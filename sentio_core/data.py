@@ -192,8 +192,3 @@ def bar_frequency(timestamps: pl.Series) -> BarFrequency:
         return BarFrequency(None, 1.0)
     per_session = pl.DataFrame({"d": dates}).group_by("d").len()["len"].median()
     return BarFrequency(float(diffs.median()), float(per_session))
-
-
-def panel_wide(panel: pl.DataFrame, column: str = "close") -> pl.DataFrame:
-    """One row per timestamp, one ``column`` per symbol (named by symbol)."""
-    return panel.pivot(on="symbol", index="timestamp", values=column).sort("timestamp")

@@ -13,6 +13,7 @@ timestamp, a ``timestamp`` column and one column per feature, named ``SYMBOL_fea
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 
 import polars as pl
@@ -187,8 +188,6 @@ def clock_features(wide: pl.LazyFrame, timestamps: pl.Series, freq: BarFrequency
 
     Timestamps are bar starts; the decision is made at the bar's end (start + bar length).
     """
-    import datetime as dt
-
     # the calendar refuses start == end (a single session), so ask it for a week more than needed
     start, end = str(timestamps.min().date()), str(timestamps.max().date() + dt.timedelta(days=7))
     table = _session_table(calendar, start, end, tz).lazy()

@@ -7,6 +7,7 @@ and caching belong to the callers (``tasks/``), so the CLI and the flow compute 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -28,8 +29,6 @@ def manifest(cfg: Config) -> dict:
 
 
 def _sources(man: dict) -> list[SourceFile]:
-    from pathlib import Path
-
     return [SourceFile(Path(f["path"]), f["symbol"]) for f in man["files"]]
 
 
