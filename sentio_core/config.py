@@ -109,6 +109,24 @@ class EnvConfig(_Section):
     reward_horizon_bars: int = Field(1, ge=1, description="Bars over which one decision's reward is realised.")
 
 
+class CostConfig(_Section):
+    """Cost model (see sentio_core/costs.py); every economically meaningful knob is required."""
+
+    commission_mode: Literal["per_share", "bps"]
+    commission_per_share_usd: float = Field(ge=0)
+    commission_min_usd: float = Field(ge=0)
+    commission_bps: float = Field(ge=0)
+    half_spread_bps: dict[str, float] = Field(description="Per symbol; the key 'default' covers the others.")
+    impact_coef: float = Field(ge=0, description="Y in impact = Y x sigma x sqrt(participation) x notional.")
+
+    def spread_bps(self, symbol: str) -> float:
+        if symbol in self.half_spread_bps:
+            return self.half_spread_bps[symbol]
+        if "default" in self.half_spread_bps:
+            return self.half_spread_bps["default"]
+        raise KeyError(f"costs.half_spread_bps has no entry for {symbol} and no 'default'")
+
+
 class RunConfig(_Section):
     work_dir: Path = Field(Path(".sentio/work"), description="Where stage outputs are written (content-addressed).")
 
@@ -122,6 +140,7 @@ class Config(_Section):
     regimes: RegimeConfig = RegimeConfig()
     folds: FoldConfig = FoldConfig()
     env: EnvConfig = EnvConfig()
+    costs: CostConfig
     run: RunConfig = RunConfig()
 
     @property
