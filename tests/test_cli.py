@@ -106,3 +106,28 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     stages_line = next(line for line in second.stdout.splitlines() if line.startswith("stages:"))
     assert "Completed" not in stages_line and stages_line.count("=Cached") == 7
+
+
+def test_sentio_run_on_bad_data_exits_1_with_the_report_and_no_traceback(tmp_path):
+    import os
+
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for sym in ("QQQ", "TQQQ", "SQQQ"):
+        lines = (REPO / "data" / "daily" / f"{sym}.csv").read_text().splitlines()
+        if sym == "TQQQ":
+            parts = lines[100].split(",")
+            parts[2] = "0.01"  # high below open and close
+            lines[100] = ",".join(parts)
+        (bad / f"{sym}.csv").write_text("\n".join(lines) + "\n")
+    exe = REPO / ".venv" / "bin" / "sentio"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SENTIO_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    proc = subprocess.run([*cmd, "run", "--config", str(SMOKE), "--set", f"data.path={bad}",
+                           "--set", f"run.work_dir={tmp_path / 'work'}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "TQQQ.csv" in proc.stderr and "high >= max(open, close)" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ingest"]
