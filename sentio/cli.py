@@ -19,6 +19,8 @@ from sentio_core.folds import FoldError
 from sentio_core.io import DataError
 
 EXIT_DATA, EXIT_USAGE, EXIT_RUN = 1, 2, 3
+FOLD_KEYS = ("fold", "train_start", "train_end", "test_start", "test_end", "train_bars", "test_bars",
+             "purge_bars", "embargo_bars")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -96,13 +98,8 @@ def cmd_folds(args, cfg) -> int:
 
     bars, freq = _prepare_data(cfg)
     spans = [s.to_dict() for s in stages.folds(cfg, stages.features(cfg, bars, freq))]
-    if args.json:
-        keys = ("fold", "train_start", "train_end", "test_start", "test_end", "purge_bars", "embargo_bars",
-                "train_bars", "test_bars")
-        print(json.dumps([{k: s[k] for k in keys} for s in spans], indent=2))
-    else:
-        print(format_table([{k: s[k] for k in ("fold", "train_start", "train_end", "test_start", "test_end",
-                                               "train_bars", "test_bars", "purge_bars", "embargo_bars")} for s in spans]))
+    rows = [{k: s[k] for k in FOLD_KEYS} for s in spans]
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 

@@ -263,14 +263,6 @@ def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str)
     return report
 
 
-def expand_paths(paths: list[str | Path]) -> list[SourceFile]:
-    """Files named directly, plus every bar file inside named folders."""
-    out: list[SourceFile] = []
-    for p in paths:
-        out.extend(discover(p))
-    return out
-
-
 def validate_sources(sources: list[SourceFile], cfg: ValidationConfig, calendar: str, tz: str,
                      symbols: list[str] | None = None) -> ValidationReport:
     """Validate each file (each symbol of a multi-symbol file); unreadable files are failures too."""
