@@ -33,19 +33,76 @@ class DataConfig(_Section):
 
 
 class UniverseConfig(_Section):
+    """What is traded: a long leg for positive exposure, a short leg for negative exposure.
+
+    * a pair (default): ``long: TQQQ``, ``short: SQQQ``, both held in positive shares;
+    * one instrument: ``long: null`` trades the underlying itself; ``short: null`` leaves no short
+      side unless ``allow_short`` (then the underlying is sold short);
+    * ``synthesize: true`` builds both legs from the underlying (daily-reset ``leverage`` x, less
+      ``expense_ratio_pct``); ``long`` / ``short`` then only name them, and only the underlying is read.
+    """
+
     underlying: str = "QQQ"
     long: str | None = "TQQQ"
     short: str | None = "SQQQ"
     leverage: float = Field(3.0, gt=0, description="Leverage of the long leg; the short leg is -leverage.")
+    allow_short: bool = Field(False, description="With short: null, sell the underlying short for negative exposure.")
+    synthesize: bool = Field(False, description="Build the legs from the underlying instead of reading them.")
+    expense_ratio_pct: float = Field(0.9, ge=0, description="Annual expense ratio of synthesized legs, percent (TQQQ 0.84, SQQQ 0.95).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "UniverseConfig":
+        named = [s for s in (self.long, self.short) if s is not None]
+        if len(set(named)) != len(named):
+            raise ValueError(f"universe.long and universe.short are both {named[0]}; they must differ")
+        if self.synthesize and self.underlying in named:
+            raise ValueError("with universe.synthesize the legs cannot be named like the underlying")
+        return self
+
+    @property
+    def long_leg(self) -> str:
+        """Symbol held for positive exposure."""
+        if self.synthesize:
+            return self.long or f"{self.underlying}_L{self.leverage:g}X"
+        return self.long or self.underlying
+
+    @property
+    def short_leg(self) -> str | None:
+        """Symbol traded for negative exposure (None: no short side)."""
+        if self.synthesize:
+            return self.short or f"{self.underlying}_S{self.leverage:g}X"
+        if self.short is not None:
+            return self.short
+        return self.underlying if self.allow_short else None
+
+    @property
+    def short_sign(self) -> int:
+        """+1 when the short leg is an inverse product held long, -1 when the underlying is sold short."""
+        return -1 if self.short_leg == self.underlying else 1
 
     @property
     def symbols(self) -> list[str]:
-        """Symbols to load: underlying first, then the legs that are set (unique, ordered)."""
+        """Symbols read from the data folder: underlying first, then the real legs (unique, ordered)."""
+        if self.synthesize:
+            return [self.underlying]
+        return self.panel_symbols
+
+    @property
+    def panel_symbols(self) -> list[str]:
+        """Symbols of the aligned panel: underlying and both legs (synthetic ones included)."""
         out: list[str] = []
-        for sym in (self.underlying, self.long, self.short):
+        for sym in (self.underlying, self.long_leg, self.short_leg):
             if sym is not None and sym not in out:
                 out.append(sym)
         return out
+
+    def leg_beta(self, symbol: str) -> float:
+        """Exposure to the underlying per dollar held in ``symbol`` (1 for the underlying itself)."""
+        if symbol == self.underlying:
+            return 1.0
+        if symbol == self.long_leg:
+            return self.leverage
+        return -self.leverage
 
 
 class ValidationConfig(_Section):
@@ -107,6 +164,88 @@ class FoldConfig(_Section):
 class EnvConfig(_Section):
     lookback_bars: int = Field(30, ge=1, description="Bars of features the agent sees at each decision.")
     reward_horizon_bars: int = Field(1, ge=1, description="Bars over which one decision's reward is realised.")
+    exposure_levels: list[float] = Field(
+        default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0],
+        description="Target net exposure per action, fraction of equity; > 0 in the long leg, < 0 in the short leg. "
+                    "Levels below zero are dropped when the universe has no short side.",
+    )
+    initial_equity_usd: float = Field(100_000.0, gt=0)
+    drawdown_penalty: float = Field(0.5, ge=0, description="Reward -= penalty x increase of drawdown this bar.")
+    episode_bars: int = Field(250, ge=2, description="Training episode length; starts are drawn at random in the training window.")
+    vol_bars: int = Field(20, ge=2, description="Window of the per-bar volatility used by costs and the volatility mask.")
+    liquidity_bars: int = Field(20, ge=1, description="Window of the mean dollar volume used by the liquidity mask.")
+    feature_columns: list[str] | None = Field(None, description="Glob patterns of feature columns observed; null = all.")
+    clip_obs: float = Field(10.0, gt=0, description="Normalised features are clipped to +-clip_obs.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "EnvConfig":
+        if 0.0 not in self.exposure_levels:
+            raise ValueError("env.exposure_levels must include 0.0 (flat is always a valid action)")
+        if len(set(self.exposure_levels)) != len(self.exposure_levels):
+            raise ValueError("env.exposure_levels has duplicates")
+        return self
+
+
+class MaskConfig(_Section):
+    """Risk and execution rules (sentio_core/masks.py); each can be switched off through ``rules``."""
+
+    rules: list[Literal["stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold"]] = Field(
+        default_factory=lambda: ["stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold"],
+        description="Enabled rules, in priority order: a later rule yields when it would leave no action valid.",
+    )
+    max_abs_exposure: float = Field(1.0, gt=0, description="Exposure cap, fraction of equity.")
+    vol_target_ann: float = Field(1.2, gt=0, description="No level whose |exposure| x annualised volatility of its leg exceeds this.")
+    drawdown_limit: float = Field(0.35, gt=0, lt=1, description="At this drawdown only flat is allowed.")
+    drawdown_reduce_frac: float = Field(0.7, gt=0, le=1, description="From this fraction of the limit on, reduce-only.")
+    regime_high_vol_prob: float = Field(0.6, gt=0, le=1, description="Filtered probability of the highest-variance regime above which no new or larger long is opened.")
+    session_close_minutes: float = Field(0.0, ge=0, description="Intraday: reduce-only this many minutes before the close (0 = off).")
+    max_participation: float = Field(0.05, gt=0, description="A trade may not exceed this fraction of the leg's recent mean dollar volume per bar.")
+    min_hold_bars: int = Field(1, ge=1, description="Bars a non-flat position is held before it may change (1 = no constraint).")
+
+
+class TrainConfig(_Section):
+    """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
+
+    algorithms: list[Literal["maskable_ppo", "ppo"]] = Field(default_factory=lambda: ["maskable_ppo", "ppo"])
+    timesteps: int | None = Field(20_000, ge=1, description="Budget in environment steps (null = unlimited).")
+    episodes: int | None = Field(None, ge=1, description="Budget in finished episodes (null = unlimited).")
+    minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
+    learning_rate: float = Field(3e-4, gt=0)
+    n_envs: int = Field(4, ge=1)
+    n_steps: int = Field(256, ge=8, description="Rollout length per environment.")
+    batch_size: int = Field(256, ge=8)
+    n_epochs: int = Field(5, ge=1)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, gt=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    ent_coef: float = Field(0.01, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads on CPU.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TrainConfig":
+        if self.timesteps is None and self.episodes is None and self.minutes is None:
+            raise ValueError("train needs a budget: set train.timesteps, train.episodes or train.minutes")
+        return self
+
+
+class PromotionConfig(_Section):
+    """The gate between a trained MaskablePPO and the ``champion`` alias (out-of-sample means over folds)."""
+
+    min_sharpe_margin_vs_ppo: float = Field(0.0, description="Mean Sharpe must exceed PPO's by more than this.")
+    min_sharpe_margin_vs_flat: float = Field(0.0, description="Mean Sharpe must exceed flat's (0) by more than this.")
+    max_drawdown: float = Field(0.35, gt=0, le=1, description="Worst fold max drawdown allowed.")
+    require_zero_overrides: bool = True
+
+
+class RegistryConfig(_Section):
+    experiment: str = "sentio"
+    model_name: str = Field("sentio-maskable-ppo", description="Registered model name; also the export file stem.")
+    export_dir: Path = Field(Path("trained_models"), description="Where NAME.pth and NAME-metadata.json go.")
+    default_tracking_uri: str = Field("sqlite:///mlflow.db", description="Used when MLFLOW_TRACKING_URI is not set.")
 
 
 class CostConfig(_Section):
@@ -140,7 +279,11 @@ class Config(_Section):
     regimes: RegimeConfig = RegimeConfig()
     folds: FoldConfig = FoldConfig()
     env: EnvConfig = EnvConfig()
+    masks: MaskConfig = MaskConfig()
     costs: CostConfig
+    train: TrainConfig = TrainConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    registry: RegistryConfig = RegistryConfig()
     run: RunConfig = RunConfig()
 
     @property

@@ -211,10 +211,12 @@ def cross_asset_exprs(universe: UniverseConfig, cfg: FeatureConfig) -> list[pl.E
     """Each leveraged leg against ``beta`` x the underlying (beta = +leverage long, -leverage short)."""
     u = universe.underlying
     out: list[pl.Expr] = []
-    legs = [(universe.long, universe.leverage), (universe.short, -universe.leverage)]
-    for leg, beta in legs:
+    if universe.synthesize:  # synthetic legs track by construction: nothing to measure
+        return out
+    for leg in (universe.long_leg, universe.short_leg):
         if leg is None or leg == u:
             continue
+        beta = universe.leg_beta(leg)
         lc, uc = pl.col(f"_{leg}_close"), pl.col(f"_{u}_close")
         diff = (lc / lc.shift(1) - 1.0) - beta * (uc / uc.shift(1) - 1.0)
         n = cfg.cross_bars
@@ -242,7 +244,7 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
         lazy = htf_features(lazy, cfg, period)
     names = [n for n in lazy.collect_schema().names() if n not in ("timestamp", "symbol", "open", "high", "low")]
     wide: pl.LazyFrame | None = None
-    for sym in universe.symbols:
+    for sym in universe.panel_symbols:
         part = lazy.filter(pl.col("symbol") == sym).select(
             "timestamp",
             *[pl.col(n).alias(f"{sym}_{n}") for n in names if n not in ("close", "volume")],
@@ -253,7 +255,7 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
     wide = wide.sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
     if freq.intraday:
         wide = clock_features(wide, panel["timestamp"], freq, calendar, tz)
-    out = wide.drop([f"_{s}_close" for s in universe.symbols]).sort("timestamp").collect()
+    out = wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect()
     floats = [c for c in out.columns if c != "timestamp"]
     return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
 

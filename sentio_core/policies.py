@@ -1,0 +1,61 @@
+"""Policy construction: MaskablePPO and PPO with the same network, hyper-parameters and seed.
+
+Both algorithms get the same MLP (``train.net_arch`` for actor and critic), so the only
+difference between the primary model and the baseline is whether the policy sees the masks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import gymnasium as gym
+import torch
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecEnv
+
+from sentio_core.config import TrainConfig
+
+Algorithm = Literal["maskable_ppo", "ppo"]
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": MaskablePPO, "ppo": PPO}
+POLICIES: dict[str, type[ActorCriticPolicy]] = {"maskable_ppo": MaskableActorCriticPolicy, "ppo": ActorCriticPolicy}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def policy_kwargs(net_arch: list[int]) -> dict:
+    """Network shape shared by both algorithms (and needed again to rebuild an exported policy)."""
+    return {"net_arch": {"pi": list(net_arch), "vf": list(net_arch)}, "activation_fn": torch.nn.Tanh}
+
+
+def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int, learning_rate: float | None = None) -> BaseAlgorithm:
+    """A fresh MaskablePPO or PPO on ``env`` with the config's hyper-parameters.
+
+    :param env: vectorised training environment (masks read through ``action_masks``).
+    :param seed: seeds torch, numpy and the action sampling.
+    :param learning_rate: overrides ``cfg.learning_rate`` (the ``--lr`` flag).
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown model type {algorithm!r}; use one of {sorted(ALGORITHMS)}")
+    n_steps = cfg.n_steps
+    batch = min(cfg.batch_size, n_steps * env.num_envs)
+    return ALGORITHMS[algorithm](
+        "MlpPolicy", env, learning_rate=learning_rate or cfg.learning_rate, n_steps=n_steps, batch_size=batch,
+        n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
+        ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs=policy_kwargs(cfg.net_arch), seed=seed, device=resolve_device(cfg.device), verbose=0,
+    )
+
+
+def rebuild_policy(algorithm: Algorithm, obs_dim: int, n_actions: int, net_arch: list[int]) -> ActorCriticPolicy:
+    """An untrained policy with the exported network's shape, ready for ``load_state_dict``."""
+    space = gym.spaces.Box(low=-float("inf"), high=float("inf"), shape=(obs_dim,), dtype="float32")
+    return POLICIES[algorithm](space, gym.spaces.Discrete(n_actions), lambda _: 0.0, **policy_kwargs(net_arch))
