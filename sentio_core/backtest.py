@@ -1,0 +1,197 @@
+"""Out-of-sample backtest: many portfolios stepped together, with the environment's cost model.
+
+The engine keeps ``B`` portfolios as arrays (cash, shares per leg, equity, peak, level) and
+advances them one bar at a time: target shares, trades, costs (:func:`sentio_core.costs.trade_costs`
+on whole columns) and marks are numpy operations over ``B``. Policies (MaskablePPO, PPO) and the
+baselines (flat, buy-and-hold of the long leg, buy-and-hold of the underlying) run through it in
+one pass. :func:`reference_path` is the slow, obvious version (the gymnasium environment stepped
+one action at a time); the tests hold the two to the same equity, bar by bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from sentio_core.config import Config
+from sentio_core.costs import trade_costs
+from sentio_core.env import Book, TradingEnv, mask_state, observation
+from sentio_core.market import Leg, Market
+from sentio_core.masks import action_mask, nearest_allowed
+from sentio_core.metrics import performance
+
+
+class Policy(Protocol):
+    """Maps observations (N, obs_dim) and masks (N, A) to actions (N,)."""
+
+    def __call__(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+
+
+def sb3_policy(model, masked: bool) -> Policy:
+    """Deterministic actions of an sb3 model; masks are passed to it only when ``masked``."""
+    def act(obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        if masked:
+            actions, _ = model.predict(obs, action_masks=masks, deterministic=True)
+        else:
+            actions, _ = model.predict(obs, deterministic=True)
+        return np.asarray(actions, dtype=int).reshape(-1)
+    return act
+
+
+@dataclass
+class Path:
+    """One portfolio's out-of-sample path over bars ``first + 1 .. last``."""
+
+    name: str
+    timestamps: list[str]  # (T+1,) the decision bar's close, then each P&L bar's close
+    equity: np.ndarray  # (T+1,)
+    exposure: np.ndarray  # (T,) net exposure over each bar (at the fill)
+    turnover: np.ndarray  # (T,) traded notional / equity
+    costs: np.ndarray  # (T,) dollars
+    levels: np.ndarray  # (T,) level held over each bar
+    overrides: int = 0
+    trades: list[dict] = field(default_factory=list)
+
+    def metrics(self, periods_per_year: float) -> dict[str, float]:
+        return performance(self.equity, periods_per_year=periods_per_year, exposure=self.exposure,
+                           turnover=self.turnover, costs=self.costs, overrides=self.overrides)
+
+
+@dataclass
+class _State:
+    cash: np.ndarray  # (B,)
+    shares: np.ndarray  # (B, L)
+    equity: np.ndarray  # (B,)
+    peak: np.ndarray  # (B,)
+    level: np.ndarray  # (B,) int
+    held: np.ndarray  # (B,) int
+
+    def book(self, i: int) -> Book:
+        return Book(cash=float(self.cash[i]), shares=self.shares[i], level=int(self.level[i]),
+                    peak=float(self.peak[i]), equity=float(self.equity[i]), bars_held=int(self.held[i]))
+
+
+# A decider gets (t, state) and returns (target weights (B, L), trade? (B,), new level (B,), overrides (B,)).
+Decider = Callable[[int, _State], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def simulate(legs: list[Leg], weights: np.ndarray, cfg: Config, first: int, last: int, n: int, decide: Decider,
+             timestamps: list[str]) -> list[Path]:
+    """Step ``n`` portfolios from the close of ``first`` to the close of ``last``.
+
+    :param weights: (A, L) leg weights of each level (for the flat start level).
+    """
+    flat = int(np.flatnonzero(~weights.any(axis=1))[0])
+    eq0 = cfg.env.initial_equity_usd
+    s = _State(np.full(n, eq0), np.zeros((n, len(legs))), np.full(n, eq0), np.full(n, eq0),
+               np.full(n, flat), np.zeros(n, dtype=int))
+    T = last - first
+    equity = np.empty((n, T + 1))
+    equity[:, 0] = eq0
+    expo, turn, cost, lvl = (np.zeros((n, T)) for _ in range(4))
+    overrides = np.zeros(n, dtype=int)
+    trades: list[list[dict]] = [[] for _ in range(n)]
+    direction = np.array([leg.direction for leg in legs], dtype=float)
+    for k, t in enumerate(range(first, last)):
+        target_w, trade, new_level, over = decide(t, s)
+        overrides += over
+        close_t = np.array([leg.close[t] for leg in legs])
+        open_n = np.array([leg.open[t + 1] for leg in legs])
+        close_n = np.array([leg.close[t + 1] for leg in legs])
+        new = np.where(trade[:, None], target_w * s.equity[:, None] / close_t, s.shares)
+        delta = new - s.shares
+        c = np.zeros(n)
+        for j, leg in enumerate(legs):
+            c += trade_costs(cfg.costs, leg.symbol, delta[:, j], np.full(n, open_n[j]),
+                             np.full(n, leg.dollar_volume[t + 1]), np.full(n, leg.sigma[t])).total
+        for i in np.flatnonzero((delta != 0).any(axis=1)):
+            for j in np.flatnonzero(delta[i]):
+                trades[i].append({"timestamp": timestamps[t + 1], "symbol": legs[j].symbol, "shares": float(delta[i, j]),
+                                  "price": float(open_n[j])})
+        turn[:, k] = (np.abs(delta) * open_n).sum(axis=1) / s.equity
+        expo[:, k] = (direction * new * open_n).sum(axis=1) / s.equity
+        s.cash = s.cash - (delta * open_n).sum(axis=1) - c
+        s.shares = new
+        s.held = np.where(new_level == s.level, s.held + 1, 1)
+        s.level = new_level
+        s.equity = s.cash + (new * close_n).sum(axis=1)
+        s.peak = np.maximum(s.peak, s.equity)
+        equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, new_level
+    ts = timestamps[first: last + 1]
+    return [Path("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
+
+
+def policy_decider(market: Market, cfg: Config, policies: list[tuple[Policy, bool]]) -> Decider:
+    """Each portfolio follows one policy; ``masked`` policies are given the masks, the others are
+    overridden to the nearest allowed level when they pick a forbidden one."""
+    levels = market.levels
+
+    def decide(t: int, s: _State):
+        n = len(policies)
+        books = [s.book(i) for i in range(n)]
+        obs = np.stack([observation(market, t, cfg.env.lookback_bars, b) for b in books])
+        masks = np.stack([action_mask(levels, mask_state(market, t, b), cfg.masks) for b in books])
+        actions = np.empty(n, dtype=int)
+        over = np.zeros(n, dtype=int)
+        for i, (policy, masked) in enumerate(policies):
+            a = int(policy(obs[i: i + 1], masks[i: i + 1])[0])
+            if not masks[i, a]:
+                a, over[i] = nearest_allowed(levels, masks[i], a), 1
+            actions[i] = a
+        trade = actions != s.level
+        return market.weights[actions], trade, actions, over
+    return decide
+
+
+def hold_decider(weights: np.ndarray, level: int) -> Decider:
+    """Buy-and-hold: move to ``weights[level]`` at the first decision, then keep the shares."""
+    def decide(t: int, s: _State):
+        n = len(s.cash)
+        trade = s.level != level
+        return np.repeat(weights[level][None, :], n, axis=0), trade, np.full(n, level), np.zeros(n, dtype=int)
+    return decide
+
+
+def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
+                  policies: dict[str, tuple[Policy, bool]]) -> dict[str, Path]:
+    """Every policy and the baselines over the test rows ``[c, d)``: decisions from the close of
+    ``c - 1``, P&L on bars ``c .. d - 1``."""
+    first, last = test_rows[0] - 1, test_rows[1] - 1
+    names = list(policies)
+    out = {}
+    if names:
+        paths = simulate(market.legs, market.weights, cfg, first, last, len(names),
+                         policy_decider(market, cfg, [policies[k] for k in names]), market.timestamps)
+        out.update({k: p for k, p in zip(names, paths)})
+    long_w = np.zeros((2, len(market.legs)))
+    long_w[1, 0] = 1.0  # all equity in the long leg
+    out["flat"] = simulate(market.legs, long_w, cfg, first, last, 1, hold_decider(long_w, 0), market.timestamps)[0]
+    out["buy_hold_long"] = simulate(market.legs, long_w, cfg, first, last, 1, hold_decider(long_w, 1), market.timestamps)[0]
+    under_w = np.array([[0.0], [1.0]])
+    out["buy_hold_underlying"] = simulate([market.underlying], under_w, cfg, first, last, 1, hold_decider(under_w, 1),
+                                          market.timestamps)[0]
+    for name, path in out.items():
+        path.name = name
+    return out
+
+
+def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], policy: Policy, masked: bool) -> Path:
+    """The slow reference: the gymnasium environment stepped one action at a time."""
+    first, last = test_rows[0] - 1, test_rows[1] - 1
+    env = TradingEnv(market, cfg, first, last)
+    obs, _ = env.reset(seed=0)
+    equity, costs, levels = [env.book.equity], [], []
+    done = False
+    while not done:
+        mask = env.action_masks()
+        action = int(policy(obs[None, :], mask[None, :])[0])
+        obs, _, term, trunc, info = env.step(action)
+        equity.append(info["equity"])
+        costs.append(info["costs"])
+        levels.append(info["level"])
+        done = term or trunc
+    T = len(costs)
+    return Path("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
+                np.array(costs), np.array(levels), env.book.overrides)

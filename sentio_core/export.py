@@ -1,0 +1,205 @@
+"""Export of a trained policy for the trading application: ``STEM.pth`` and ``STEM-metadata.json``.
+
+``STEM.pth`` is a plain dict that ``torch.load(weights_only=True)`` reads (no pickled classes)::
+
+    {"format": "sentio-policy/1", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
+     "n_actions": int, "net_arch": [int, ...], "state_dict": {name: tensor (CPU)}}
+
+``STEM-metadata.json`` holds the caller's metadata (action meanings, feature spec, config,
+metrics, ...) plus the same header fields and ``created_at`` (ISO 8601, UTC).
+
+:class:`LoadedPolicy` rebuilds the network with :func:`sentio_core.policies.rebuild_policy` and acts
+deterministically: the action is the argmax of the logits with masked-out actions at -inf, which
+is what sb3's ``predict(..., deterministic=True)`` returns (with ``action_masks`` for MaskablePPO).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sentio_core.io import DataError, read_json, read_torch, write_json, write_torch
+from sentio_core.policies import POLICIES, rebuild_policy
+
+FORMAT = "sentio-policy/1"
+WEIGHTS_SUFFIX = ".pth"
+METADATA_SUFFIX = "-metadata.json"
+HEADER_KEYS = ("format", "algorithm", "obs_dim", "n_actions", "net_arch")
+
+
+def export_paths(stem: str | Path) -> tuple[Path, Path]:
+    """``(STEM.pth, STEM-metadata.json)``; suffixes are appended, so dots in the stem are kept."""
+    return Path(f"{stem}{WEIGHTS_SUFFIX}"), Path(f"{stem}{METADATA_SUFFIX}")
+
+
+def _stem_of(path: str | Path) -> str:
+    """The stem of ``STEM``, ``STEM.pth`` or ``STEM-metadata.json``."""
+    text = str(path)
+    for suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX):
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+def policy_header(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
+    """Format, algorithm and network shape of ``model``: what :func:`rebuild_policy` needs.
+
+    :raises ValueError: the model is not a 1-D Box / Discrete policy of ``algorithm`` built by
+        :func:`sentio_core.policies.build_model` (same MLP for actor and critic, tanh).
+    """
+    if algorithm not in POLICIES:
+        raise ValueError(f"unknown algorithm {algorithm!r}; use one of {sorted(POLICIES)}")
+    policy = model.policy
+    if not isinstance(policy, POLICIES[algorithm]):
+        raise ValueError(f"model.policy is a {type(policy).__name__}, not the {POLICIES[algorithm].__name__} of {algorithm!r}")
+    obs_space, act_space = model.observation_space, model.action_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"only a 1-D Box observation space can be exported, not {obs_space}")
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise ValueError(f"only a Discrete action space can be exported, not {act_space}")
+    arch = policy.net_arch
+    pi, vf = (arch.get("pi", []), arch.get("vf", [])) if isinstance(arch, dict) else (arch, arch)
+    if list(pi) != list(vf) or policy.activation_fn is not torch.nn.Tanh:
+        raise ValueError(f"the network (net_arch={arch}, activation={policy.activation_fn.__name__}) is not "
+                         "the shape build_model makes (same MLP for pi and vf, Tanh)")
+    return {"format": FORMAT, "algorithm": algorithm, "obs_dim": int(obs_space.shape[0]),
+            "n_actions": int(act_space.n), "net_arch": [int(n) for n in pi]}
+
+
+def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path, metadata: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``STEM.pth`` and ``STEM-metadata.json`` atomically (parent folders created).
+
+    :param model: a trained ``MaskablePPO`` or ``PPO`` from :func:`sentio_core.policies.build_model`.
+    :param algorithm: ``"maskable_ppo"`` or ``"ppo"``.
+    :param stem: path without suffix; ``out/model.v1`` gives ``out/model.v1.pth``.
+    :param metadata: JSON-serialisable; the header fields are added (a conflicting value raises)
+        and ``created_at`` when missing.
+    :returns: the paths of the weights and of the metadata.
+    """
+    header = policy_header(model, algorithm)
+    conflicts = sorted(k for k in HEADER_KEYS if k in metadata and metadata[k] != header[k])
+    if conflicts:
+        raise ValueError(f"metadata {conflicts} disagree with the model: {[(metadata[k], header[k]) for k in conflicts]}")
+    state = {name: tensor.detach().to("cpu").clone() for name, tensor in model.policy.state_dict().items()}
+    created = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    pth, meta = export_paths(stem)
+    write_json(created | dict(metadata) | header, meta)  # first: non-JSON metadata fails before any weights are written
+    write_torch(header | {"state_dict": state}, pth)
+    return pth, meta
+
+
+class LoadedPolicy:
+    """An exported policy on the CPU, in eval mode; acts deterministically.
+
+    :param state_dict: the policy's tensors, loaded strictly into a :func:`rebuild_policy` network.
+    """
+
+    def __init__(self, algorithm: str, obs_dim: int, n_actions: int, net_arch: list[int],
+                 state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None):
+        self.algorithm, self.obs_dim, self.n_actions = algorithm, obs_dim, n_actions
+        self.net_arch = list(net_arch)
+        self.metadata = dict(metadata or {})
+        self._policy = rebuild_policy(algorithm, obs_dim, n_actions, self.net_arch)  # type: ignore[arg-type]
+        self._policy.load_state_dict(state_dict, strict=True)
+        self._policy.eval()
+
+    def __repr__(self) -> str:
+        return f"LoadedPolicy({self.algorithm}, obs_dim={self.obs_dim}, n_actions={self.n_actions}, net_arch={self.net_arch})"
+
+    def act(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Deterministic actions: argmax of the logits, masked-out actions excluded.
+
+        :param obs: ``(obs_dim,)`` or ``(N, obs_dim)`` floats.
+        :param mask: booleans ``(n_actions,)`` or ``(N, n_actions)``, True = allowed; None = all allowed.
+        :returns: int64 actions, shape ``()`` for one observation, ``(N,)`` for a batch.
+        """
+        logits, lead = self._masked_logits(obs, mask)
+        return logits.argmax(dim=-1).numpy().astype(np.int64).reshape(lead)
+
+    def action_probabilities(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Action probabilities, masked-out actions at 0; shape ``(n_actions,)`` or ``(N, n_actions)``."""
+        logits, lead = self._masked_logits(obs, mask)
+        return torch.softmax(logits, dim=-1).numpy().reshape(lead + (self.n_actions,))
+
+    def _masked_logits(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Logits ``(N, n_actions)`` with masked-out actions at -inf, and the leading shape of ``obs``."""
+        x = np.asarray(obs, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"obs has shape {x.shape}; expected ({self.obs_dim},) or (N, {self.obs_dim})")
+        if not np.isfinite(x).all():
+            raise ValueError("obs contains NaN or infinite values")
+        lead = x.shape[:-1]
+        with torch.no_grad():
+            logits = self._policy.get_distribution(torch.as_tensor(x.reshape(-1, self.obs_dim))).distribution.logits
+        if mask is None:
+            return logits, lead
+        allowed = torch.as_tensor(self._check_mask(mask, lead).reshape(-1, self.n_actions))
+        return logits.masked_fill(~allowed, float("-inf")), lead
+
+    def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+        m = np.asarray(mask)
+        expected = lead + (self.n_actions,)
+        if m.shape != expected:
+            raise ValueError(f"mask has shape {m.shape}; expected {expected} (one row of {self.n_actions} booleans per observation)")
+        if m.dtype != np.bool_:
+            if not np.isin(m, (0, 1)).all():
+                raise ValueError("mask must hold booleans (or 0/1)")
+            m = m.astype(bool)
+        empty = np.flatnonzero(~m.reshape(-1, self.n_actions).any(axis=1))
+        if empty.size:
+            raise ValueError(f"mask row {int(empty[0])} allows no action; at least one must be True")
+        return m
+
+
+def load_policy(path: str | Path, metadata_path: str | Path | None = None, require_metadata: bool = True) -> LoadedPolicy:
+    """Load ``STEM.pth`` (given as ``STEM`` or ``STEM.pth``) and its ``STEM-metadata.json``.
+
+    :param metadata_path: where the metadata is, when not beside the weights under the usual name.
+    :param require_metadata: False loads weights without metadata (``.metadata`` is then ``{}``).
+    :raises DataError: naming the file: missing, not loadable with ``weights_only``, not this
+        format, weights that do not fit the network, or metadata that disagrees with the weights.
+    """
+    pth, meta = export_paths(_stem_of(path))
+    meta = Path(metadata_path) if metadata_path is not None else meta
+    payload = read_torch(pth)
+    header = _check_header(payload, pth)
+    metadata = _read_metadata(meta, header) if require_metadata or meta.is_file() else {}
+    try:
+        return LoadedPolicy(header["algorithm"], header["obs_dim"], header["n_actions"], header["net_arch"],
+                            payload["state_dict"], metadata)
+    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        raise DataError(pth, "fits network", str(exc).replace("\n", " ")[:500]) from None
+
+
+def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DataError(pth, "format", f"not a {FORMAT} export (found {found!r}); write it with sentio_core.export.save_policy")
+    header = {k: payload.get(k) for k in HEADER_KEYS}
+    shape_ok = all(isinstance(header[k], int) and header[k] > 0 for k in ("obs_dim", "n_actions"))
+    arch_ok = isinstance(header["net_arch"], list) and all(isinstance(n, int) and n > 0 for n in header["net_arch"])
+    if header["algorithm"] not in POLICIES or not shape_ok or not arch_ok or not isinstance(payload.get("state_dict"), dict):
+        raise DataError(pth, "format", f"bad header {header} or no state_dict")
+    return header
+
+
+def _read_metadata(meta: Path, header: dict[str, Any]) -> dict[str, Any]:
+    if not meta.is_file():
+        raise DataError(meta, "exists", "no such file; save_policy writes it beside the .pth (or pass require_metadata=False)")
+    try:
+        metadata = read_json(meta)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(meta, "readable", f"not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise DataError(meta, "format", f"expected a JSON object, found {type(metadata).__name__}")
+    wrong = {k: (metadata[k], header[k]) for k in HEADER_KEYS if k in metadata and metadata[k] != header[k]}
+    if wrong:
+        raise DataError(meta, "matches weights", f"(metadata, weights) differ for {wrong}; the files are from different exports")
+    return metadata

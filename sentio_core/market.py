@@ -1,0 +1,169 @@
+"""Market arrays for one fold: what the environment and the backtest read, as numpy.
+
+Every array is indexed by feature-table row (the aligned panel's timestamps in order). Anything
+fitted, here the feature normalisation, uses the fold's training rows only and is applied forward.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from sentio_core.config import Config
+from sentio_core.features import feature_columns
+
+
+@dataclass(frozen=True)
+class Leg:
+    """A traded instrument. ``direction`` is +1 when its value counts as long exposure, -1 for an
+    inverse product; ``weight_sign`` is the sign of the shares held for negative exposure."""
+
+    symbol: str
+    open: np.ndarray  # (T,) dollars
+    close: np.ndarray  # (T,) dollars
+    dollar_volume: np.ndarray  # (T,) dollars traded in the bar
+    mean_dollar_volume: np.ndarray  # (T,) trailing mean up to and including the bar
+    sigma: np.ndarray  # (T,) trailing per-bar std of log returns, up to and including the bar
+    direction: int
+
+
+@dataclass(frozen=True)
+class Market:
+    """One fold's arrays.
+
+    :param features: (T, F) float32, normalised with training statistics, clipped, NaN -> 0.
+    :param levels: (A,) target net exposure per action.
+    :param weights: (A, L) signed fraction of equity held in each leg for each action.
+    :param legs: the traded legs (one when both sides use the same symbol).
+    """
+
+    timestamps: list[str]
+    features: np.ndarray
+    feature_names: list[str]
+    levels: np.ndarray
+    weights: np.ndarray
+    legs: list[Leg]
+    high_vol_prob: np.ndarray  # (T,)
+    minutes_to_close: np.ndarray | None  # (T,) intraday only
+    stale: np.ndarray  # (T,) bool
+    periods_per_year: float
+    underlying: Leg  # for the buy-and-hold baseline
+    norm_mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    norm_std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.timestamps)
+
+    def leg_vol_ann(self, t: int) -> np.ndarray:
+        """(A,) annualised volatility of the leg each level trades (weighted, 0 for flat)."""
+        sig = np.array([leg.sigma[t] for leg in self.legs])
+        sig = np.nan_to_num(sig, nan=0.0) * np.sqrt(self.periods_per_year)
+        return np.abs(self.weights) @ sig / np.maximum(np.abs(self.levels), 1e-12) * (self.levels != 0)
+
+
+def _symbol(bars: pl.DataFrame, symbol: str) -> pl.DataFrame:
+    return bars.filter(pl.col("symbol") == symbol).sort("timestamp")
+
+
+def _leg(bars: pl.DataFrame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int) -> Leg:
+    s = _symbol(bars, symbol)
+    close = s["close"].to_numpy().astype(float)
+    dv = close * s["volume"].to_numpy().astype(float)
+    logret = np.concatenate([[np.nan], np.diff(np.log(close))])
+    sigma = pl.Series(logret).rolling_std(vol_bars, min_samples=2).to_numpy()
+    mean_dv = pl.Series(dv).rolling_mean(liquidity_bars, min_samples=1).to_numpy()
+    return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction)
+
+
+def _stale(bars: pl.DataFrame, symbols: list[str]) -> np.ndarray:
+    out = None
+    for sym in symbols:
+        s = _symbol(bars, sym)
+        flat = (s["open"] == s["high"]) & (s["high"] == s["low"]) & (s["low"] == s["close"])
+        flag = ((s["volume"] <= 0) | flat).to_numpy()
+        out = flag if out is None else out | flag
+    return out
+
+
+def select_features(columns: list[str], patterns: list[str] | None) -> list[str]:
+    """Feature columns matching any glob pattern (all when ``patterns`` is None), in table order."""
+    if patterns is None:
+        return columns
+    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    if not chosen:
+        raise ValueError(f"env.feature_columns {patterns} match no feature column")
+    return chosen
+
+
+def normalise(x: np.ndarray, train_rows: tuple[int, int], clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z-score ``x`` (T, F) with the mean and std of ``train_rows`` only; clip; NaN -> 0."""
+    a, b = train_rows
+    train = x[a:b]
+    mean = np.nanmean(train, axis=0)
+    std = np.nanstd(train, axis=0)
+    mean = np.nan_to_num(mean, nan=0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    z = np.clip((x - mean) / std, -clip, clip)
+    return np.nan_to_num(z, nan=0.0).astype(np.float32), mean, std
+
+
+def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
+    """Exposure levels, the (A, L) leg weights of each and the legs (symbol, direction).
+
+    Positive levels are held in the long leg; negative levels in the short leg, as positive shares
+    of an inverse product or negative shares of the underlying. Negative levels are dropped when
+    the universe has no short side.
+    """
+    u = cfg.universe
+    short = u.short_leg
+    levels = np.array(sorted(lv for lv in cfg.env.exposure_levels if lv >= 0 or short is not None), dtype=float)
+    legs: list[tuple[str, int]] = [(u.long_leg, 1)]
+    if short is not None and short != u.long_leg:
+        legs.append((short, -1 if u.short_sign == 1 else 1))
+    index = {sym: i for i, (sym, _) in enumerate(legs)}
+    weights = np.zeros((len(levels), len(legs)))
+    for a, lv in enumerate(levels):
+        if lv > 0:
+            weights[a, index[u.long_leg]] += lv
+        elif lv < 0:
+            weights[a, index[short]] += u.short_sign * abs(lv)
+    return levels, weights, legs
+
+
+def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
+                 train_rows: tuple[int, int], periods_per_year: float) -> Market:
+    """Arrays of one fold.
+
+    :param bars: the aligned long panel (synthetic legs included).
+    :param feats: the feature table (same timestamps as the panel).
+    :param regime_probs: ``timestamp, regime_0..K-1`` filtered probabilities (train start to test end)
+        or None; rows outside get a uniform prior and are never observed by a fold's episodes.
+    :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics).
+    """
+    names = select_features(feature_columns(feats), cfg.env.feature_columns)
+    x = feats.select(names).to_numpy().astype(float)
+    timestamps = feats["timestamp"]
+    if regime_probs is not None:
+        probs = feats.select("timestamp").join(regime_probs, on="timestamp", how="left").drop("timestamp")
+        k = probs.width
+        p = np.nan_to_num(probs.to_numpy().astype(float), nan=1.0 / k)
+        x = np.concatenate([x, p], axis=1)
+        names = names + probs.columns
+        high_vol = p[:, -1]  # regimes are ordered by variance: the last is the most volatile
+    else:
+        high_vol = np.zeros(len(timestamps))
+    z, mean, std = normalise(x, train_rows, cfg.env.clip_obs)
+    levels, weights, leg_specs = action_weights(cfg)
+    legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars) for sym, d in leg_specs]
+    mtc = feats["minutes_to_close"].to_numpy().astype(float) if "minutes_to_close" in feats.columns else None
+    return Market(
+        timestamps=[t.isoformat() for t in timestamps.to_list()], features=z, feature_names=names,
+        levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
+        stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
+        underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars),
+        norm_mean=mean, norm_std=std,
+    )

@@ -1,0 +1,102 @@
+"""Training one policy on one fold's training window, within a budget.
+
+A run is a function of (config, market, seed): the seed flows from the config into torch, numpy,
+the action sampling and each vectorised environment's episode starts. The budget is any of
+timesteps, finished episodes or wall-clock minutes; the first reached stops training. Only a
+binding minutes budget makes a run depend on the machine, and the result says which one stopped it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sentio_core.config import Config
+from sentio_core.env import TradingEnv
+from sentio_core.market import Market
+from sentio_core.policies import Algorithm, build_model
+
+UNLIMITED = 10**12
+
+
+@dataclass(frozen=True)
+class Budget:
+    timesteps: int | None = None
+    episodes: int | None = None
+    minutes: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, **overrides) -> "Budget":
+        values = {"timesteps": cfg.train.timesteps, "episodes": cfg.train.episodes, "minutes": cfg.train.minutes}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        budget = cls(**values)
+        if budget.timesteps is None and budget.episodes is None and budget.minutes is None:
+            raise ValueError("a training budget is needed: timesteps, episodes or minutes")
+        return budget
+
+
+class BudgetCallback(BaseCallback):
+    """Stops ``learn`` when the episode or minutes budget is reached (timesteps stop it natively)."""
+
+    def __init__(self, budget: Budget, on_progress=None):
+        super().__init__()
+        self.budget, self.on_progress = budget, on_progress
+        self.episodes, self.stopped_by, self.started = 0, "timesteps", 0.0
+
+    def _on_training_start(self) -> None:
+        self.started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        self.episodes += int(sum(self.locals.get("dones", [])))
+        if self.budget.episodes is not None and self.episodes >= self.budget.episodes:
+            self.stopped_by = "episodes"
+            return False
+        if self.budget.minutes is not None and time.perf_counter() - self.started >= 60 * self.budget.minutes:
+            self.stopped_by = "minutes"
+            return False
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.num_timesteps, self.episodes)
+
+
+@dataclass
+class TrainResult:
+    model: BaseAlgorithm
+    algorithm: str
+    timesteps: int
+    episodes: int
+    seconds: float
+    stopped_by: str
+    device: str
+
+
+def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
+    """``train.n_envs`` environments over the training rows, random episode starts."""
+    first, last = rows[0], rows[1] - 1
+    return DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * cfg.train.n_envs)
+
+
+def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int], seed: int,
+                 budget: Budget | None = None, learning_rate: float | None = None, on_progress=None) -> TrainResult:
+    """Train ``algorithm`` on ``market``'s training rows ``[a, b)``.
+
+    :param seed: the run's seed (torch, numpy, sampling, episode starts).
+    :param budget: defaults to the config's ``train`` budget.
+    :param on_progress: called as ``on_progress(timesteps, episodes)`` after each rollout.
+    """
+    budget = budget or Budget.from_config(cfg)
+    torch.set_num_threads(cfg.train.torch_threads)
+    env = vec_env(market, cfg, train_rows)
+    model = build_model(algorithm, env, cfg.train, seed, learning_rate)
+    callback = BudgetCallback(budget, on_progress)
+    start = time.perf_counter()
+    model.learn(total_timesteps=budget.timesteps or UNLIMITED, callback=callback)
+    return TrainResult(model, algorithm, int(model.num_timesteps), callback.episodes,
+                       time.perf_counter() - start, callback.stopped_by, str(model.device))
