@@ -9,8 +9,9 @@
 metrics, ...) plus the same header fields and ``created_at`` (ISO 8601, UTC).
 
 :class:`LoadedPolicy` rebuilds the network with :func:`sentio_core.policies.rebuild_policy` and acts
-deterministically: the action is the argmax of the logits with masked-out actions at -inf, which
-is what sb3's ``predict(..., deterministic=True)`` returns (with ``action_masks`` for MaskablePPO).
+deterministically: the most probable action with masked-out actions at probability 0, computed
+through sb3's own distributions, so it equals ``predict(..., deterministic=True)`` (with
+``action_masks`` for MaskablePPO); a PPO policy given a mask is masked the same way.
 """
 
 from __future__ import annotations
@@ -114,34 +115,41 @@ class LoadedPolicy:
         return f"LoadedPolicy({self.algorithm}, obs_dim={self.obs_dim}, n_actions={self.n_actions}, net_arch={self.net_arch})"
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Deterministic actions: argmax of the logits, masked-out actions excluded.
+        """Deterministic actions: the most probable allowed action (ties go to the lowest index).
 
         :param obs: ``(obs_dim,)`` or ``(N, obs_dim)`` floats.
         :param mask: booleans ``(n_actions,)`` or ``(N, n_actions)``, True = allowed; None = all allowed.
         :returns: int64 actions, shape ``()`` for one observation, ``(N,)`` for a batch.
         """
-        logits, lead = self._masked_logits(obs, mask)
-        return logits.argmax(dim=-1).numpy().astype(np.int64).reshape(lead)
+        probs, lead = self._probabilities(obs, mask)
+        return probs.argmax(dim=-1).numpy().astype(np.int64).reshape(lead)
 
     def action_probabilities(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Action probabilities, masked-out actions at 0; shape ``(n_actions,)`` or ``(N, n_actions)``."""
-        logits, lead = self._masked_logits(obs, mask)
-        return torch.softmax(logits, dim=-1).numpy().reshape(lead + (self.n_actions,))
+        probs, lead = self._probabilities(obs, mask)
+        return probs.numpy().reshape(lead + (self.n_actions,))
 
-    def _masked_logits(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Logits ``(N, n_actions)`` with masked-out actions at -inf, and the leading shape of ``obs``."""
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Probabilities ``(N, n_actions)`` and the leading shape of ``obs``.
+
+        Masked-out logits become -1e8 (probability exactly 0), through sb3's own distributions, so
+        the argmax, ties included, is bit for bit what ``predict(..., deterministic=True)`` returns.
+        """
         x = np.asarray(obs, dtype=np.float32)
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
             raise ValueError(f"obs has shape {x.shape}; expected ({self.obs_dim},) or (N, {self.obs_dim})")
         if not np.isfinite(x).all():
             raise ValueError("obs contains NaN or infinite values")
         lead = x.shape[:-1]
+        allowed = None if mask is None else self._check_mask(mask, lead).reshape(-1, self.n_actions)
+        batch = torch.as_tensor(x.reshape(-1, self.obs_dim))
         with torch.no_grad():
-            logits = self._policy.get_distribution(torch.as_tensor(x.reshape(-1, self.obs_dim))).distribution.logits
-        if mask is None:
-            return logits, lead
-        allowed = torch.as_tensor(self._check_mask(mask, lead).reshape(-1, self.n_actions))
-        return logits.masked_fill(~allowed, float("-inf")), lead
+            if self.algorithm == "maskable_ppo":
+                return self._policy.get_distribution(batch, action_masks=allowed).distribution.probs, lead
+            dist = self._policy.get_distribution(batch).distribution
+            if allowed is not None:
+                dist = torch.distributions.Categorical(logits=torch.where(torch.as_tensor(allowed), dist.logits, -1e8))
+            return dist.probs, lead
 
     def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
         m = np.asarray(mask)

@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sentio_core.backtest import Path as BacktestPath
+from sentio_core.backtest import backtest_fold
 from sentio_core.config import Config
 from sentio_core.data import AlignmentReport, BarFrequency, align, bar_frequency, read_raw, to_bars
 from sentio_core.features import build_features, first_complete_row
 from sentio_core.folds import Fold, from_config
 from sentio_core.io import SourceFile, discover, file_sha256
+from sentio_core.market import Market, build_market
 from sentio_core.regimes import RegimeModel, fit_regimes, forward_filter, regime_shares
+from sentio_core.train import Budget, TrainResult, train_policy
+from sentio_core.universe import add_synthetic_legs
 from sentio_core.validation import ValidationReport, validate_sources
 
 
@@ -41,6 +46,7 @@ def panel(cfg: Config, man: dict) -> tuple[pl.DataFrame, AlignmentReport, BarFre
     """Typed bars of every symbol aligned on common timestamps, the alignment report and bar spacing."""
     raws = read_raw(_sources(man), cfg.data.timezone, man["symbols"])
     frame, report = align([to_bars(r) for r in raws])
+    frame = add_synthetic_legs(frame, cfg.universe)
     freq = bar_frequency(frame.filter(pl.col("symbol") == cfg.universe.underlying)["timestamp"])
     return frame, report, freq
 
@@ -119,3 +125,55 @@ def regimes(cfg: Config, bars: pl.DataFrame, span: dict) -> FoldRegimes:
         [pl.Series(f"regime_{k}", probs[:, k]) for k in range(model.n_regimes)]
     )
     return FoldRegimes(model, frame, regime_shares(probs[: b - a]), regime_shares(probs[c - a:]))
+
+
+# --- per fold: market, training, backtest ---------------------------------------------------
+
+def fold_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
+                span: dict, freq: BarFrequency) -> Market:
+    """The fold's market arrays, normalised with its training rows only."""
+    return build_market(cfg, bars, feats, regime_probs, tuple(span["train_rows"]), freq.periods_per_year)
+
+
+def train(cfg: Config, market: Market, span: dict, algorithm: str, budget: Budget | None = None,
+          learning_rate: float | None = None, on_progress=None) -> TrainResult:
+    """Train one algorithm on the fold's training rows; the seed is ``seed + 1000 x fold``."""
+    seed = cfg.seed + 1000 * int(span["fold"])
+    return train_policy(algorithm, market, cfg, tuple(span["train_rows"]), seed, budget, learning_rate, on_progress)
+
+
+def policy_spec(cfg: Config, market: Market, span: dict) -> dict:
+    """What a user of an exported policy needs to build its inputs and read its outputs."""
+    return {
+        "action_meanings": action_meanings(cfg, market),
+        "exposure_levels": market.levels.tolist(),
+        "observation": {
+            "lookback_bars": cfg.env.lookback_bars, "features": market.feature_names,
+            "layout": "lookback_bars x features (oldest first, row-major), then state",
+            "state": ["exposure", "drawdown", "bars_held/(bars_held+20)", "current_level"],
+            "normalisation": {"mean": market.norm_mean.tolist(), "std": market.norm_std.tolist(),
+                              "clip": cfg.env.clip_obs, "fitted_on": [span["train_start"], span["train_end"]]},
+        },
+        "legs": [{"symbol": leg.symbol, "direction": leg.direction} for leg in market.legs],
+        "fold": span["fold"], "train_window": [span["train_start"], span["train_end"]],
+        "test_window": [span["test_start"], span["test_end"]],
+    }
+
+
+def action_meanings(cfg: Config, market: Market) -> list[str]:
+    """Human-readable meaning of each action index."""
+    out = []
+    for level in market.levels:
+        if level == 0:
+            out.append("flat (cash)")
+        elif level > 0:
+            out.append(f"{level:+.0%} of equity in {cfg.universe.long_leg}")
+        else:
+            how = "short" if cfg.universe.short_sign < 0 else "in"
+            out.append(f"{level:+.0%} exposure: {abs(level):.0%} of equity {how} {cfg.universe.short_leg}")
+    return out
+
+
+def backtest(cfg: Config, market: Market, span: dict, policies: dict) -> dict[str, BacktestPath]:
+    """Policies and baselines over the fold's test rows (see :func:`sentio_core.backtest.backtest_fold`)."""
+    return backtest_fold(market, cfg, tuple(span["test_rows"]), policies)
