@@ -1,4 +1,10 @@
-"""The ``sentio-retrain`` flow: ingest -> validate -> panel -> features -> folds -> per-fold regimes."""
+"""The ``sentio-retrain`` flow.
+
+ingest -> validate -> panel -> features -> folds -> per fold: regimes -> train MaskablePPO and PPO
+-> backtest -> register (gate, MLflow, export) -> report. Training runs one task at a time in a
+process: torch's random generator is process-wide, and sharing it between threads would make
+results depend on scheduling.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,17 @@ from typing import Any
 
 from prefect import flow
 
+from sentio_core import registry
 from sentio_core.config import load_config
 from tasks import report
+from tasks.backtest import backtest
 from tasks.features import features
 from tasks.folds import folds
 from tasks.ingest import ingest
 from tasks.panel import panel
 from tasks.regimes import regimes
+from tasks.register import register
+from tasks.train import train
 from tasks.validate import validate
 
 
@@ -46,7 +56,15 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     for i, fut in enumerate(futures):
         regime_outputs.append(fut.result())
         states[f"regimes-fold-{i}"] = fut.state.name
-    rows = report.fold_rows(spans, regime_outputs)
-    report.publish(rows, bars, feats, states)
+    trained, backtests = [], []
+    for i, reg in enumerate(regime_outputs):
+        fold_models = [_call(train, states, f"train-{algo}-fold-{i}", refresh, cfg, bars, feats, spans, reg, i, algo)
+                       for algo in cfg.train.algorithms]
+        trained += fold_models
+        backtests.append(_call(backtest, states, f"backtest-fold-{i}", refresh, cfg, bars, feats, spans, reg, fold_models, i))
+    registered = _call(register, states, "register", refresh, cfg, man, spans, trained, backtests,
+                       registry.tracking_uri(cfg.registry))
+    rows = report.fold_rows(spans, regime_outputs, backtests)
+    report.publish(rows, bars, feats, states, registered, backtests)
     return {"stages": states, "folds": rows, "alignment": bars.meta["alignment_lines"],
-            "n_features": feats.meta["n_features"]}
+            "n_features": feats.meta["n_features"], "registration": registered.meta}

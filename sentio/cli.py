@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     _common(p)
 
+    p = sub.add_parser("train", help="train one policy on the latest fold; write PATH.pth and PATH-metadata.json")
+    p.add_argument("--model-type", choices=["maskable_ppo", "ppo"], default="maskable_ppo",
+                   help="MaskablePPO (default) or the PPO baseline")
+    p.add_argument("--timesteps", type=int, default=None, help="budget in environment steps")
+    p.add_argument("--episodes", type=int, default=None, help="budget in finished episodes")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (not reproducible when it binds)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default train.learning_rate)")
+    p.add_argument("--output", default=None, help="output stem (default trained_models/MODEL_TYPE)")
+    _common(p)
+
     p = sub.add_parser("run", help="run the sentio-retrain Prefect flow (embedded Prefect, no server)")
     p.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
     _common(p)
@@ -103,6 +113,56 @@ def cmd_folds(args, cfg) -> int:
     return 0
 
 
+def cmd_train(args, cfg) -> int:
+    """Train on the latest fold's training window, backtest on its test window, export."""
+    from sentio_core import export, stages
+    from sentio_core.train import Budget
+    from tasks.report import format_table
+
+    flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
+    for name, value in flags.items():
+        if value is not None and value <= 0:
+            _err(f"--{name} must be positive (got {value})")
+            return EXIT_USAGE
+    if args.lr is not None and args.lr <= 0:
+        _err(f"--lr must be positive (got {args.lr})")
+        return EXIT_USAGE
+    # budget flags replace the config's budget (the first of them reached stops training)
+    budget = Budget(**flags) if any(v is not None for v in flags.values()) else Budget.from_config(cfg)
+    bars, freq = _prepare_data(cfg)
+    feats = stages.features(cfg, bars, freq)
+    span = stages.folds(cfg, feats)[-1].to_dict()
+    print(f"fold {span['fold']}: train {span['train_start'][:10]}..{span['train_end'][:10]}, "
+          f"test {span['test_start'][:10]}..{span['test_end'][:10]}", file=sys.stderr)
+    regimes = stages.regimes(cfg, bars, span)
+    market = stages.fold_market(cfg, bars, feats, regimes.probabilities, span, freq)
+
+    def progress(steps: int, episodes: int) -> None:
+        print(f"\r{args.model_type}: {steps} steps, {episodes} episodes", end="", file=sys.stderr, flush=True)
+
+    result = stages.train(cfg, market, span, args.model_type, budget, args.lr, progress)
+    print(f"\ntrained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
+          f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
+    masked = args.model_type == "maskable_ppo"
+    from sentio_core.backtest import sb3_policy
+
+    paths = stages.backtest(cfg, market, span, {args.model_type: (sb3_policy(result.model, masked), masked)})
+    metrics = {name: p.metrics(market.periods_per_year) for name, p in paths.items()}
+    training = {"timesteps": result.timesteps, "episodes": result.episodes, "seconds": round(result.seconds, 2),
+                "stopped_by": result.stopped_by, "device": result.device, "learning_rate": args.lr or cfg.train.learning_rate,
+                "budget": {k: v for k, v in vars(budget).items() if v is not None}}
+    meta = {**stages.policy_spec(cfg, market, span), "model_type": args.model_type, "config": cfg.model_dump(mode="json"),
+            "out_of_sample": {"fold": span["fold"], "metrics": metrics}, "training": training,
+            "data": {"path": str(cfg.data.path), "first": market.timestamps[0], "last": market.timestamps[-1]}}
+    stem = args.output or str(Path(cfg.registry.export_dir) / args.model_type)
+    pth, meta_path = export.save_policy(result.model, args.model_type, stem, meta)
+    rows = [{"strategy": k, **{m: f"{v[m]:.3f}" for m in ("sharpe", "total_return", "max_drawdown", "turnover")},
+             "overrides": int(v["overrides"])} for k, v in metrics.items()]
+    print(format_table(rows))
+    print(f"wrote {pth} and {meta_path}")
+    return 0
+
+
 def _prefect_env() -> None:
     """Embedded Prefect: no server, state under PREFECT_HOME (default .sentio/prefect), quiet telemetry."""
     os.environ.setdefault("PREFECT_HOME", str(Path(".sentio/prefect").resolve()))
@@ -119,7 +179,7 @@ def _prefect_env() -> None:
 def cmd_run(args, cfg) -> int:
     _prefect_env()
     from flows.retrain import sentio_retrain
-    from tasks.report import format_table
+    from tasks.report import format_table, summary_rows
 
     config_path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
     start = time.perf_counter()
@@ -134,14 +194,21 @@ def cmd_run(args, cfg) -> int:
     result = state.result()
     for line in result["alignment"]:
         print(line)
-    print("stages: " + ", ".join(f"{k}={v}" for k, v in result["stages"].items()))
+    counts: dict[str, int] = {}
+    for state_name in result["stages"].values():
+        counts[state_name] = counts.get(state_name, 0) + 1
+    print(f"stages: {len(result['stages'])} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})")
     print(f"features: {result['n_features']}")
-    print(format_table(result["folds"]))
+    print(format_table(summary_rows(result["folds"])))
+    reg = result["registration"]
+    print(f"promotion: {reg['alias']} (model {reg['version']}); " + "; ".join(reg["gate"]["reasons"]))
+    if reg["export"]:
+        print("exported: " + ", ".join(reg["export"]))
     print(f"run finished in {elapsed:.1f}s")
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "run": cmd_run}
+COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

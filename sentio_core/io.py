@@ -112,6 +112,9 @@ def _atomic_target(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -179,3 +182,10 @@ def read_torch(path: str | Path) -> Any:
         if unsafe:
             raise DataError(path, "weights only", f"holds {unsafe.group(1)}, not only tensors and plain types; refusing to unpickle it") from None
         raise DataError(path, "readable", f"truncated, corrupt or not a torch.save file ({type(exc).__name__})") from None
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` atomically (images, reports)."""
+    with _atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

@@ -80,3 +80,25 @@ class StageKey:
     def output(self, cfg: Config, suffix: str, *inputs: Any) -> Path:
         """Content-addressed output path: ``work_dir/<stage>/<key>.<suffix>``."""
         return Path(cfg.run.work_dir) / self.stage / f"{self.compute(cfg, *inputs)}.{suffix}"
+
+
+def fold_market(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
+                fold: int):
+    """Read the stage outputs a fold needs and build its market arrays (and return its span)."""
+    from sentio_core import io, stages
+    from sentio_core.data import BarFrequency
+
+    span = folds.meta["folds"][fold]
+    market = stages.fold_market(cfg, io.read_parquet(panel.require()), io.read_parquet(features.require()),
+                                io.read_parquet(regimes.require()), span, BarFrequency(**panel.meta["frequency"]))
+    return market, span
+
+
+def project_code_version() -> str:
+    """Hash of every source file of the library, tasks and flows (tagged on registered models)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for d in ("sentio_core", "tasks", "flows") for p in (root / d).glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

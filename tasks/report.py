@@ -1,4 +1,4 @@
-"""Run reports: the fold table and the data summary as Prefect artifacts of the flow run.
+"""Run reports: the fold table and the run summary as Prefect artifacts of the flow run.
 
 These are plain functions, not tasks: a cached stage does not run its body, so anything a user
 must see on *every* run (including a fully cached one) is published from the flow run itself.
@@ -6,38 +6,93 @@ must see on *every* run (including a fully cached one) is published from the flo
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import StageOutput
 
+STRATEGIES = ("maskable_ppo", "ppo", "buy_hold_underlying", "buy_hold_long", "flat")
+SHORT = {"maskable_ppo": "mppo", "ppo": "ppo", "buy_hold_underlying": "bh_u", "buy_hold_long": "bh_l", "flat": "flat"}
+METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides")
 
-def fold_rows(folds: StageOutput, regimes: list[StageOutput]) -> list[dict]:
-    """One row per fold: dates, sizes, purge/embargo and regime shares (train / test)."""
+
+def _day(ts: str) -> str:
+    return ts[:16].replace("T00:00", "")
+
+
+def fold_rows(folds: StageOutput, regimes: list[StageOutput], backtests: list[StageOutput] = ()) -> list[dict]:
+    """One row per fold: dates, sizes, purge/embargo, regime shares and out-of-sample metrics."""
     by_fold = {r.meta["fold"]: r.meta for r in regimes}
+    tests = {b.meta["fold"]: b.meta["metrics"] for b in backtests}
     rows = []
     for span in folds.meta["folds"]:
         row = {k: span[k] for k in ("fold", "train_start", "train_end", "test_start", "test_end",
                                     "train_bars", "test_bars", "purge_bars", "embargo_bars")}
         for k in ("train_start", "train_end", "test_start", "test_end"):
-            row[k] = row[k][:16].replace("T00:00", "")
+            row[k] = _day(row[k])
         reg = by_fold.get(span["fold"])
         if reg is not None:
             for i, (a, b) in enumerate(zip(reg["train_shares"], reg["test_shares"])):
                 row[f"regime_{i}_train"] = round(a, 3)
                 row[f"regime_{i}_test"] = round(b, 3)
+        for name in STRATEGIES:
+            metrics = tests.get(span["fold"], {}).get(name)
+            if metrics is None:
+                continue
+            for m in METRICS:
+                if m == "overrides" and name not in ("maskable_ppo", "ppo"):
+                    continue
+                row[f"{name}_{m}"] = round(metrics[m], 4) if m != "overrides" else int(metrics[m])
         rows.append(row)
     return rows
 
 
-def publish(rows: list[dict], panel: StageOutput, features: StageOutput, stage_states: dict[str, str]) -> None:
-    """Create the fold table artifact and a run summary artifact."""
-    create_table_artifact(rows, key="sentio-folds", description="Purged walk-forward folds: dates, sizes, purge, regime shares")
-    lines = ["# Sentio run summary", "", "## Data", ""]
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """The terminal's compact view: test window, Sharpe and max drawdown per strategy, overrides."""
+    out = []
+    for r in rows:
+        row = {"fold": r["fold"], "test": f"{r['test_start']}..{r['test_end']}"}
+        for name in STRATEGIES:
+            if f"{name}_sharpe" in r:
+                row[f"{SHORT[name]}_sharpe"] = f"{r[f'{name}_sharpe']:.2f}"
+                row[f"{SHORT[name]}_mdd"] = f"{r[f'{name}_max_drawdown']:.1%}"
+        for name in ("maskable_ppo", "ppo"):
+            if f"{name}_overrides" in r:
+                row[f"{SHORT[name]}_overrides"] = r[f"{name}_overrides"]
+        out.append(row)
+    return out
+
+
+def _image(path: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![equity and drawdown](data:image/png;base64,{data})"
+
+
+def publish(rows: list[dict], panel: StageOutput, features: StageOutput, stage_states: dict[str, str],
+            registered: StageOutput | None = None, backtests: list[StageOutput] = ()) -> None:
+    """Create the fold table artifact and a run summary artifact (gate, registry, curves)."""
+    create_table_artifact(rows, key="sentio-folds",
+                          description="Purged walk-forward folds: dates, regime shares, out-of-sample metrics after costs")
+    lines = ["# Sentio run summary", ""]
+    if registered is not None:
+        reg = registered.meta
+        lines += ["## Promotion", "", f"- model version {reg['version']} -> alias **{reg['alias']}**",
+                  *[f"- {r}" for r in reg["gate"]["reasons"]],
+                  f"- MLflow: parent run `{reg['parent_run_id']}` at `{reg['tracking_uri']}`",
+                  f"- export: {', '.join(reg['export']) if reg['export'] else 'none (not a champion)'}", ""]
+    lines += ["## Data", ""]
     lines += [f"- {line.strip()}" for line in panel.meta["alignment_lines"]]
     lines += ["", f"- features: {features.meta['n_features']} columns, {features.meta['rows']} rows, "
-              f"warm-up {features.meta['warmup_rows']} rows", "", "## Stages", "", "| stage | state |", "|---|---|"]
+              f"warm-up {features.meta['warmup_rows']} rows", ""]
+    for b in sorted(backtests, key=lambda b: b.meta["fold"]):
+        lines += [f"## Fold {b.meta['fold']} ({_day(b.meta['test_start'])} .. {_day(b.meta['test_end'])})", "",
+                  _image(b.meta["plot"]), ""]
+    lines += ["## Stages", "", "| stage | state |", "|---|---|"]
     lines += [f"| {name} | {state} |" for name, state in stage_states.items()]
-    create_markdown_artifact("\n".join(lines), key="sentio-run-summary", description="Data alignment and stage states")
+    create_markdown_artifact("\n".join(lines), key="sentio-run-summary",
+                             description="Promotion decision, data alignment, equity curves, stage states")
 
 
 def format_table(rows: list[dict]) -> str:

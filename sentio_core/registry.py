@@ -1,0 +1,224 @@
+"""MLflow tracking and model registry: the only module that imports mlflow.
+
+One parent run per pipeline run (flattened config as params), one child run per fold (params,
+metrics, artifacts), and the exported policy registered as a pyfunc model version tagged with the
+data fingerprint, config hash and code version; aliases (``champion``, ``challenger``) name versions.
+
+The tracking address comes from ``MLFLOW_TRACKING_URI`` when set, else from
+``registry.default_tracking_uri``; it is read when :func:`configure` is called, never at import.
+
+Pyfunc input (:class:`SentioPolicyModel`, :func:`model_input`): one row per observation, columns
+``obs_0 .. obs_{d-1}`` (floats) then ``mask_0 .. mask_{A-1}`` (booleans, True = allowed), where
+``d`` and ``A`` are the export's ``obs_dim`` and ``n_actions``. Mask columns may be left out (all
+actions allowed). A numpy array of ``d`` or ``d + A`` columns in that order is accepted too. The
+output is one int64 action per row.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+
+from sentio_core.config import RegistryConfig
+from sentio_core.export import LoadedPolicy, load_policy
+
+OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
+NONFINITE_TAG = "sentio.nonfinite_metrics"
+WEIGHTS_ARTIFACT, METADATA_ARTIFACT = "policy_weights", "policy_metadata"
+# what the pyfunc needs at load time (sentio_core itself must be importable too); passed
+# explicitly because MLflow's requirement inference costs seconds per log_model
+REQUIREMENT_DISTRIBUTIONS = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "pandas",
+                             "polars", "pydantic", "pyyaml")
+_TRUNCATED = "...[truncated]"
+
+
+def tracking_uri(cfg: RegistryConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` from the environment when set, else ``cfg.default_tracking_uri``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.default_tracking_uri
+
+
+def configure(cfg: RegistryConfig) -> None:
+    """Point MLflow's tracking and registry at :func:`tracking_uri` and select ``cfg.experiment``
+    (created with MLflow's default artifact location when it does not exist)."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(cfg.experiment)
+
+
+def _clip(value: Any, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
+
+
+def _chunks(items: Sequence[Any], size: int = MAX_PARAMS_TAGS_PER_BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _log_batched(run_id: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Params (values clipped to MLflow's 6,000 characters), metrics and tags, at most 100 per call."""
+    client = MlflowClient()
+    timestamp = int(time.time() * 1000)
+    entities = ([("params", Param(k, _clip(v, MAX_PARAM_VAL_LENGTH))) for k, v in params.items()]
+                + [("metrics", Metric(k, float(v), timestamp, 0)) for k, v in metrics.items()]
+                + [("tags", RunTag(k, _clip(v, MAX_TAG_VAL_LENGTH))) for k, v in tags.items()])
+    for chunk in _chunks(entities):
+        grouped: dict[str, list[Any]] = {"params": [], "metrics": [], "tags": []}
+        for kind, entity in chunk:
+            grouped[kind].append(entity)
+        client.log_batch(run_id, **grouped)
+
+
+@contextmanager
+def parent_run(cfg: RegistryConfig, run_name: str, params: dict[str, str], tags: dict[str, str]) -> Iterator[str]:
+    """Start the pipeline's parent run (after :func:`configure`) and yield its run id.
+
+    :param params: the flattened config (``sentio_core.config.flatten``).
+    The run ends FINISHED, or FAILED when the body raises.
+    """
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        raise ValueError(f"MLflow experiment {cfg.experiment!r} does not exist at {mlflow.get_tracking_uri()}; call configure(cfg) first")
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id, tags=dict(tags)) as run:
+        _log_batched(run.info.run_id, params, {}, {})
+        yield run.info.run_id
+
+
+def log_child_run(parent_run_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
+                  artifacts: list[Path], tags: dict[str, str]) -> str:
+    """Log one fold as a nested run under ``parent_run_id``; returns the child's run id.
+
+    Usable inside :func:`parent_run` or from another thread or process. Non-finite metrics are
+    not logged; their names go to the ``sentio.nonfinite_metrics`` tag.
+    :param artifacts: files (logged at the artifact root) or folders (logged under their name).
+    :raises FileNotFoundError: an artifact is missing (checked before the run is created).
+    """
+    missing = [str(p) for p in artifacts if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"artifacts not found: {', '.join(missing)}")
+    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    skipped = sorted(set(metrics) - set(finite))
+    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+    run_tags = dict(tags) | ({NONFINITE_TAG: ",".join(skipped)} if skipped else {})
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id) as run:
+        _log_batched(run.info.run_id, params, finite, run_tags)
+        for path in map(Path, artifacts):
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=path.name)
+            else:
+                mlflow.log_artifact(str(path))
+        return run.info.run_id
+
+
+def model_input(obs: np.ndarray, mask: np.ndarray | None = None) -> pd.DataFrame:
+    """The pyfunc input frame: ``obs_0..obs_{d-1}`` (float) then ``mask_0..mask_{A-1}`` (bool).
+
+    :param obs: ``(d,)`` or ``(N, d)``; :param mask: ``(A,)`` or ``(N, A)`` booleans, or None.
+    """
+    x = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+    frame = pd.DataFrame(x, columns=[f"{OBS_PREFIX}{i}" for i in range(x.shape[1])])
+    if mask is None:
+        return frame
+    m = np.atleast_2d(np.asarray(mask, dtype=bool))
+    if m.shape[0] != x.shape[0]:
+        raise ValueError(f"mask has {m.shape[0]} rows but obs has {x.shape[0]}")
+    return pd.concat([frame, pd.DataFrame(m, columns=[f"{MASK_PREFIX}{j}" for j in range(m.shape[1])])], axis=1)
+
+
+def split_model_input(data: pd.DataFrame | np.ndarray, obs_dim: int, n_actions: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(obs (N, obs_dim), mask (N, n_actions) or None)`` from a frame or array laid out as :func:`model_input`."""
+    obs_cols = [f"{OBS_PREFIX}{i}" for i in range(obs_dim)]
+    mask_cols = [f"{MASK_PREFIX}{j}" for j in range(n_actions)]
+    if isinstance(data, pd.DataFrame):
+        present = set(map(str, data.columns))
+        unexpected = sorted(present - set(obs_cols) - set(mask_cols))
+        absent = [c for c in obs_cols if c not in present]
+        some_masks = [c for c in mask_cols if c in present]
+        if unexpected or absent or 0 < len(some_masks) < n_actions:
+            raise ValueError(f"input columns must be {obs_cols[0]}..{obs_cols[-1]} and optionally {mask_cols[0]}..{mask_cols[-1]}; "
+                             f"missing {absent + [c for c in mask_cols if some_masks and c not in present]}, unexpected {unexpected}")
+        obs = data[obs_cols].to_numpy(dtype=np.float32)
+        return obs, (data[mask_cols].to_numpy() if some_masks else None)
+    array = np.atleast_2d(np.asarray(data))
+    if array.ndim != 2 or array.shape[1] not in (obs_dim, obs_dim + n_actions):
+        raise ValueError(f"input array has shape {array.shape}; expected (N, {obs_dim}) or (N, {obs_dim + n_actions}) (obs then mask)")
+    return array[:, :obs_dim].astype(np.float32), (array[:, obs_dim:] if array.shape[1] > obs_dim else None)
+
+
+class SentioPolicyModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper of an exported policy: input as in the module docstring, output int64 actions."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.policy: LoadedPolicy = load_policy(context.artifacts[WEIGHTS_ARTIFACT], context.artifacts[METADATA_ARTIFACT])
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """Deterministic actions, shape ``(N,)``; ``model_input`` may also be a numpy array."""
+        obs, mask = split_model_input(model_input, self.policy.obs_dim, self.policy.n_actions)
+        return self.policy.act(obs, mask)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the pyfunc, read from the installed versions (local tags like +cpu dropped)."""
+    return [f"{dist}=={version(dist).split('+')[0]}" for dist in REQUIREMENT_DISTRIBUTIONS]
+
+
+def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags: dict[str, str]) -> str:
+    """Log the exported policy as a pyfunc model in run ``run_id``, register it as a new version
+    of ``name`` and tag that version; returns the version (``"1"``, ``"2"``, ...).
+
+    :param tags: model-version tags: data fingerprint, config hash, code version, ...
+    """
+    active = mlflow.active_run()
+    resume = active is None or active.info.run_id != run_id
+    with mlflow.start_run(run_id=run_id, nested=active is not None) if resume else _no_context():
+        info = mlflow.pyfunc.log_model(
+            name="policy", python_model=SentioPolicyModel(),
+            artifacts={WEIGHTS_ARTIFACT: str(pth), METADATA_ARTIFACT: str(metadata_json)},
+            pip_requirements=pip_requirements(), registered_model_name=name,
+        )
+    model_version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, model_version, key, str(value))
+    return model_version
+
+
+@contextmanager
+def _no_context() -> Iterator[None]:
+    yield
+
+
+def set_alias(name: str, version: str, alias: str) -> None:
+    """Point ``name@alias`` at ``version`` (moving it from any other version)."""
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def get_alias_version(name: str, alias: str) -> str | None:
+    """The version ``name@alias`` points at, or None when the alias or the model does not exist."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def load_alias(name: str, alias: str) -> mlflow.pyfunc.PyFuncModel:
+    """The pyfunc model that ``name@alias`` points at (``models:/NAME@ALIAS``)."""
+    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
