@@ -13,6 +13,8 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
+# MLflow runs of the tests go to a throw-away SQLite file, never the repository's mlflow.db
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='sentio-test-mlflow-')}/mlflow.db"
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
