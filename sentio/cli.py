@@ -170,7 +170,13 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not os.environ.get("SENTIO_DEBUG"):
+        import logging
+        import warnings
+
+        logging.getLogger("mlflow").setLevel(logging.ERROR)  # registration chatter; results are printed below
+        warnings.filterwarnings("ignore", module="mlflow")
         # the CLI prints one clear error itself; Prefect's run loggers would add tracebacks
         for name in ("FLOW_RUNS", "TASK_RUNS"):
             os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")

@@ -207,7 +207,7 @@ class TrainConfig(_Section):
     """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
 
     algorithms: list[Literal["maskable_ppo", "ppo"]] = Field(default_factory=lambda: ["maskable_ppo", "ppo"])
-    timesteps: int | None = Field(20_000, ge=1, description="Budget in environment steps (null = unlimited).")
+    timesteps: int | None = Field(60_000, ge=1, description="Budget in environment steps (null = unlimited).")
     episodes: int | None = Field(None, ge=1, description="Budget in finished episodes (null = unlimited).")
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
     learning_rate: float = Field(3e-4, gt=0)

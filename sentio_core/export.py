@@ -85,10 +85,28 @@ def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path, metadata
     :returns: the paths of the weights and of the metadata.
     """
     header = policy_header(model, algorithm)
+    state = {name: tensor.detach().to("cpu").clone() for name, tensor in model.policy.state_dict().items()}
+    return _write_export(header, state, metadata, stem)
+
+
+def publish(pth: str | Path, metadata: dict[str, Any], stem: str | Path) -> tuple[Path, Path]:
+    """Copy an exported policy to ``STEM.pth`` with new metadata in ``STEM-metadata.json``.
+
+    The weights are read back with ``weights_only`` and their header checked before anything is
+    written; the metadata gets the header fields (a conflicting value raises) and ``created_at``.
+    :param pth: a ``.pth`` written by :func:`save_policy` (or its stem).
+    :returns: the paths of the published weights and metadata.
+    """
+    source = export_paths(_stem_of(pth))[0]
+    payload = read_torch(source)
+    return _write_export(_check_header(payload, source), payload["state_dict"], metadata, stem)
+
+
+def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metadata: dict[str, Any],
+                  stem: str | Path) -> tuple[Path, Path]:
     conflicts = sorted(k for k in HEADER_KEYS if k in metadata and metadata[k] != header[k])
     if conflicts:
         raise ValueError(f"metadata {conflicts} disagree with the model: {[(metadata[k], header[k]) for k in conflicts]}")
-    state = {name: tensor.detach().to("cpu").clone() for name, tensor in model.policy.state_dict().items()}
     created = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     pth, meta = export_paths(stem)
     write_json(created | dict(metadata) | header, meta)  # first: non-JSON metadata fails before any weights are written
@@ -135,7 +153,7 @@ class LoadedPolicy:
         Masked-out logits become -1e8 (probability exactly 0), through sb3's own distributions, so
         the argmax, ties included, is bit for bit what ``predict(..., deterministic=True)`` returns.
         """
-        x = np.asarray(obs, dtype=np.float32)
+        x = np.array(obs, dtype=np.float32)  # a copy: torch refuses read-only arrays (pandas 3 hands those out)
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
             raise ValueError(f"obs has shape {x.shape}; expected ({self.obs_dim},) or (N, {self.obs_dim})")
         if not np.isfinite(x).all():
@@ -152,7 +170,7 @@ class LoadedPolicy:
             return dist.probs, lead
 
     def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
-        m = np.asarray(mask)
+        m = np.array(mask)
         expected = lead + (self.n_actions,)
         if m.shape != expected:
             raise ValueError(f"mask has shape {m.shape}; expected {expected} (one row of {self.n_actions} booleans per observation)")

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,26 @@ def tracking_uri(cfg: RegistryConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.default_tracking_uri
 
 
+def artifact_location(uri: str) -> str | None:
+    """For a local SQLite store, artifacts live beside the database (``mlartifacts/``), never in
+    the working directory; other stores keep their server's default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
 def configure(cfg: RegistryConfig) -> None:
-    """Point MLflow's tracking and registry at :func:`tracking_uri` and select ``cfg.experiment``
-    (created with MLflow's default artifact location when it does not exist)."""
+    """Point MLflow's tracking and registry at :func:`tracking_uri` and select ``cfg.experiment``,
+    creating it (artifacts beside a SQLite store) when it does not exist."""
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(uri))
+        except MlflowException:
+            pass  # created meanwhile by a concurrent run
     mlflow.set_experiment(cfg.experiment)
 
 
@@ -111,18 +125,25 @@ def log_child_run(parent_run_id: str, run_name: str, params: dict[str, str], met
     missing = [str(p) for p in artifacts if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"artifacts not found: {', '.join(missing)}")
-    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    skipped = sorted(set(metrics) - set(finite))
     experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-    run_tags = dict(tags) | ({NONFINITE_TAG: ",".join(skipped)} if skipped else {})
     with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id) as run:
-        _log_batched(run.info.run_id, params, finite, run_tags)
+        _log_batched(run.info.run_id, params, {}, tags)
+        log_metrics(run.info.run_id, metrics)
         for path in map(Path, artifacts):
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)
             else:
                 mlflow.log_artifact(str(path))
         return run.info.run_id
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> list[str]:
+    """Log the finite ``metrics`` (step 0) to ``run_id``; the names of the others (NaN, inf) go to
+    the ``sentio.nonfinite_metrics`` tag, comma-separated. Returns those names."""
+    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    skipped = sorted(set(metrics) - set(finite))
+    _log_batched(run_id, {}, finite, {NONFINITE_TAG: ",".join(skipped)} if skipped else {})
+    return skipped
 
 
 def model_input(obs: np.ndarray, mask: np.ndarray | None = None) -> pd.DataFrame:
@@ -183,10 +204,14 @@ def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags
     of ``name`` and tag that version; returns the version (``"1"``, ``"2"``, ...).
 
     :param tags: model-version tags: data fingerprint, config hash, code version, ...
+    :raises FileNotFoundError: either file is missing (checked before anything is logged).
     """
+    missing = [str(p) for p in (pth, metadata_json) if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"export files not found: {', '.join(missing)}")
     active = mlflow.active_run()
     resume = active is None or active.info.run_id != run_id
-    with mlflow.start_run(run_id=run_id, nested=active is not None) if resume else _no_context():
+    with mlflow.start_run(run_id=run_id, nested=active is not None) if resume else nullcontext():
         info = mlflow.pyfunc.log_model(
             name="policy", python_model=SentioPolicyModel(),
             artifacts={WEIGHTS_ARTIFACT: str(pth), METADATA_ARTIFACT: str(metadata_json)},
@@ -199,11 +224,6 @@ def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags
     return model_version
 
 
-@contextmanager
-def _no_context() -> Iterator[None]:
-    yield
-
-
 def set_alias(name: str, version: str, alias: str) -> None:
     """Point ``name@alias`` at ``version`` (moving it from any other version)."""
     MlflowClient().set_registered_model_alias(name, alias, str(version))
@@ -214,7 +234,8 @@ def get_alias_version(name: str, alias: str) -> str | None:
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        missing_alias = exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
             return None
         raise
 

@@ -11,13 +11,17 @@ from .conftest import DAILY, SMOKE
 
 pytestmark = pytest.mark.flow
 
-STAGES = ["ingest", "validate", "panel", "features", "folds", "regimes-fold-0", "regimes-fold-1"]
+STAGES = ["ingest", "validate", "panel", "features", "folds", "regimes-fold-0", "regimes-fold-1",
+          "train-maskable_ppo-fold-0", "train-ppo-fold-0", "backtest-fold-0",
+          "train-maskable_ppo-fold-1", "train-ppo-fold-1", "backtest-fold-1", "register"]
+TRAINING = [s for s in STAGES if s.startswith(("train", "backtest"))] + ["register"]
 
 
 def _run(tmp, *overrides, refresh=False):
     from flows.retrain import sentio_retrain
 
-    return sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={tmp}", *overrides], refresh=refresh)
+    overrides = [f"run.work_dir={tmp}", f"registry.export_dir={tmp}/exports", *overrides]
+    return sentio_retrain(config=str(SMOKE), overrides=overrides, refresh=refresh)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +56,14 @@ def test_feature_change_reruns_features_and_after_only(first_run):
     assert out["stages"]["features"] == "Completed" and out["stages"]["folds"] == "Completed"
     # identical fold windows -> the regime fits are re-used (their inputs did not change)
     assert out["stages"]["regimes-fold-0"] == "Cached"
+    assert {out["stages"][s] for s in TRAINING} == {"Completed"}
+
+
+def test_cost_change_reruns_training_and_backtests_only(first_run):
+    work, _ = first_run
+    out = _run(work, "costs.impact_coef=0.7")
+    assert {out["stages"][s] for s in STAGES if s not in TRAINING} == {"Cached"}
+    assert {out["stages"][s] for s in TRAINING} == {"Completed"}
 
 
 def test_fold_change_reruns_folds_and_regimes_not_features(first_run):
@@ -62,10 +74,43 @@ def test_fold_change_reruns_folds_and_regimes_not_features(first_run):
 
 
 def test_refresh_recomputes_everything_with_identical_results(first_run):
+    """Determinism: the same config and seed on CPU give identical out-of-sample fold metrics."""
     work, first = first_run
     out = _run(work, refresh=True)
     assert set(out["stages"].values()) == {"Completed"}
     assert out["folds"] == first["folds"]
+    assert "maskable_ppo_sharpe" in out["folds"][0] and "ppo_max_drawdown" in out["folds"][1]
+    assert out["registration"]["gate"] == first["registration"]["gate"]
+
+
+def test_fold_metrics_cover_both_algorithms_and_the_baselines(first_run):
+    _, out = first_run
+    for row in out["folds"]:
+        for name in ("maskable_ppo", "ppo", "buy_hold_underlying", "buy_hold_long", "flat"):
+            for metric in ("sharpe", "total_return", "max_drawdown", "turnover"):
+                assert isinstance(row[f"{name}_{metric}"], float)
+        assert row["maskable_ppo_overrides"] == 0  # the masked policy never picks a forbidden action
+        assert row["flat_total_return"] == 0.0
+
+
+def test_registration_logs_runs_and_sets_an_alias(first_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    _, out = first_run
+    reg = out["registration"]
+    assert reg["alias"] in ("champion", "challenger") and reg["gate"]["reasons"]
+    client = MlflowClient()
+    parent = client.get_run(reg["parent_run_id"])
+    assert parent.data.params["costs.impact_coef"] == "0.5" and "maskable_ppo.mean_sharpe" in parent.data.metrics
+    assert sorted(reg["child_run_ids"]) == ["maskable_ppo-fold-0", "maskable_ppo-fold-1", "ppo-fold-0", "ppo-fold-1"]
+    child = client.get_run(reg["child_run_ids"]["ppo-fold-1"])
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "sharpe" in child.data.metrics
+    names = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert any(n.endswith(".png") for n in names) and any("trades" in n for n in names)
+    version = client.get_model_version("sentio-maskable-ppo", reg["version"])
+    assert {"data_fingerprint", "config_hash", "code_version"} <= set(version.tags)
+    assert mlflow.get_tracking_uri() == reg["tracking_uri"]
 
 
 def test_fold_table_artifact_has_one_row_per_fold(first_run):
@@ -103,3 +148,60 @@ def test_bad_data_stops_before_any_other_stage(prefect_harness, tmp_path):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sentio-validation"])))
     assert arts and "TQQQ.csv" in arts[-1].data and "high >= max(open, close)" in arts[-1].data
+
+
+def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_path):
+    """A gate every model passes: alias champion, export written, models:/NAME@champion acts like the export."""
+    import mlflow
+    import numpy as np
+
+    from sentio_core.export import load_policy
+    from sentio_core.registry import model_input
+
+    out = _run(tmp_path, "promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
+               "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-champion")
+    reg = out["registration"]
+    assert reg["alias"] == "champion"
+    pth, meta = (tmp_path / "exports" / "sentio-test-champion.pth"), (tmp_path / "exports" / "sentio-test-champion-metadata.json")
+    assert sorted(reg["export"]) == sorted([str(pth), str(meta)])
+    exported = load_policy(pth)
+    md = exported.metadata
+    for key in ("model_type", "action_meanings", "observation", "config", "out_of_sample", "data", "code_version", "created_at"):
+        assert key in md, key
+    assert md["model_type"] == "maskable_ppo" and len(md["out_of_sample"]["folds"]) == 2
+    assert len(md["observation"]["normalisation"]["mean"]) == len(md["observation"]["features"])
+    import torch
+
+    torch.load(pth, weights_only=True)  # plain tensors and python values only
+    registered = mlflow.pyfunc.load_model("models:/sentio-test-champion@champion")
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(32, exported.obs_dim)).astype(np.float32)
+    mask = rng.random((32, exported.n_actions)) < 0.6
+    mask[:, 2] = True  # flat
+    np.testing.assert_array_equal(np.asarray(registered.predict(model_input(obs, mask))), exported.act(obs, mask))
+
+
+def test_a_failed_fold_leaves_no_registered_model_and_no_export(prefect_harness, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from sentio_core import stages
+
+    real = stages.train
+
+    def failing(cfg, market, span, algorithm, *args, **kwargs):
+        if span["fold"] == 1:
+            raise RuntimeError("simulated training crash on fold 1")
+        return real(cfg, market, span, algorithm, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "train", failing)
+    from flows.retrain import sentio_retrain
+
+    state = sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={tmp_path}", f"registry.export_dir={tmp_path}/exports",
+                                                         "registry.model_name=sentio-test-failed", "seed=99"],
+                           return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="simulated training crash on fold 1"):
+        state.result()
+    assert not (tmp_path / "exports").exists()
+    assert not (tmp_path / "register").exists()
+    assert MlflowClient().search_model_versions("name='sentio-test-failed'") == []

@@ -1,0 +1,227 @@
+"""Export round trip: the loaded policy acts exactly like sb3's own deterministic ``predict``."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sentio_core.config import TrainConfig
+from sentio_core.export import FORMAT, LoadedPolicy, export_paths, load_policy, publish, save_policy
+from sentio_core.io import DataError
+from sentio_core.policies import build_model
+
+OBS_DIM, N_ACTIONS = 6, 3
+
+
+class ToyMaskedEnv(gym.Env):
+    """Six Gaussian features, three actions, a random non-empty mask per step, 16-step episodes.
+
+    Reward +1 when the action equals ``argmax(obs[:3])`` and that action is allowed, so training
+    moves the logits away from the near-uniform initial policy.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(N_ACTIONS)
+        self._rng = np.random.default_rng(seed)
+        self._obs = np.zeros(OBS_DIM, dtype=np.float32)
+        self._mask = np.ones(N_ACTIONS, dtype=bool)
+        self._t = 0
+
+    def _draw(self) -> np.ndarray:
+        self._obs = self._rng.normal(size=OBS_DIM).astype(np.float32)
+        self._mask = random_masks(self._rng, 1)[0]
+        return self._obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._draw(), {}
+
+    def step(self, action):
+        reward = float(action == int(np.argmax(self._obs[:3])) and self._mask[action])
+        self._t += 1
+        return self._draw(), reward, False, self._t >= 16, {}
+
+    def action_masks(self) -> np.ndarray:
+        return self._mask.copy()
+
+
+def random_masks(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``(n, N_ACTIONS)`` random booleans, each row with at least one True."""
+    masks = rng.random((n, N_ACTIONS)) < 0.6
+    masks[np.arange(n), rng.integers(0, N_ACTIONS, n)] = True
+    return masks
+
+
+def trained(algorithm: str):
+    cfg = TrainConfig(timesteps=256, n_envs=1, n_steps=64, batch_size=32, n_epochs=1, net_arch=[16, 16], device="cpu")
+    model = build_model(algorithm, DummyVecEnv([lambda: ToyMaskedEnv(seed=1)]), cfg, seed=3)
+    return model.learn(192)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    return {alg: trained(alg) for alg in ("maskable_ppo", "ppo")}
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return rng.normal(size=(50, OBS_DIM)).astype(np.float32) * 2, random_masks(rng, 50)
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("export")
+    return {alg: save_policy(m, alg, out / alg, {"note": alg}) for alg, m in models.items()}
+
+
+def test_maskable_round_trip_matches_sb3_predict(models, exported, batch):
+    obs, masks = batch
+    loaded = load_policy(exported["maskable_ppo"][0])
+    ours = loaded.act(obs, masks)
+    theirs, _ = models["maskable_ppo"].predict(obs, action_masks=masks, deterministic=True)
+    np.testing.assert_array_equal(ours, theirs)
+    assert ours.dtype == np.int64 and masks[np.arange(50), ours].all()
+    one = [int(loaded.act(o, m)) for o, m in zip(obs, masks)]
+    assert one == ours.tolist()
+
+
+def test_ppo_round_trip_matches_sb3_predict_and_respects_a_mask(models, exported, batch):
+    obs, masks = batch
+    loaded = load_policy(exported["ppo"][0])
+    np.testing.assert_array_equal(loaded.act(obs), models["ppo"].predict(obs, deterministic=True)[0])
+    masked = loaded.act(obs, masks)
+    assert masks[np.arange(50), masked].all()
+    probs = loaded.action_probabilities(obs, masks)
+    np.testing.assert_array_equal(masked, probs.argmax(axis=1))
+
+
+def test_action_probabilities_sum_to_one_and_zero_masked(exported, batch):
+    obs, masks = batch
+    loaded = load_policy(exported["maskable_ppo"][0])
+    probs = loaded.action_probabilities(obs, masks)
+    assert probs.shape == (50, N_ACTIONS)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probs[~masks] == 0).all()
+    assert loaded.action_probabilities(obs[0]).shape == (N_ACTIONS,)
+
+
+def test_pth_is_plain_weights_only_data(exported):
+    pth, meta = exported["maskable_ppo"]
+    payload = torch.load(pth, weights_only=True, map_location="cpu")
+    assert {k: payload[k] for k in ("format", "algorithm", "obs_dim", "n_actions", "net_arch")} == {
+        "format": FORMAT, "algorithm": "maskable_ppo", "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16]}
+    assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
+    doc = json.loads(meta.read_text())
+    assert doc["note"] == "maskable_ppo" and doc["format"] == FORMAT and doc["created_at"].endswith("+00:00")
+    loaded = load_policy(pth.with_name("maskable_ppo"))  # the stem works too
+    assert loaded.metadata == doc and (loaded.algorithm, loaded.obs_dim, loaded.n_actions) == ("maskable_ppo", 6, 3)
+
+
+def test_dotted_stem_keeps_its_dots(models, tmp_path, batch):
+    pth, meta = save_policy(models["ppo"], "ppo", tmp_path / "new" / "model.v1", {"created_at": "fixed"})
+    assert (pth.name, meta.name) == ("model.v1.pth", "model.v1-metadata.json")
+    assert sorted(p.name for p in pth.parent.iterdir()) == ["model.v1-metadata.json", "model.v1.pth"]  # no temp files left
+    loaded = load_policy(tmp_path / "new" / "model.v1")
+    assert loaded.metadata["created_at"] == "fixed"
+    np.testing.assert_array_equal(loaded.act(batch[0]), load_policy(pth).act(batch[0]))
+
+
+def test_missing_and_corrupt_files_name_the_file(exported, tmp_path):
+    with pytest.raises(DataError, match=r"nowhere\.pth.*\[exists\]") as err:
+        load_policy(tmp_path / "nowhere")
+    assert err.value.file.endswith("nowhere.pth")
+
+    pth, meta = export_paths(tmp_path / "broken")
+    pth.write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match=r"broken\.pth.*\[readable\]"):
+        load_policy(pth)
+
+    pth.write_bytes(exported["ppo"][0].read_bytes())
+    with pytest.raises(DataError, match=r"broken-metadata\.json.*\[exists\]"):
+        load_policy(pth)
+    assert load_policy(pth, require_metadata=False).metadata == {}
+    meta.write_text("{not json")
+    with pytest.raises(DataError, match=r"broken-metadata\.json.*\[readable\]"):
+        load_policy(pth)
+    meta.write_text(json.dumps({"algorithm": "maskable_ppo"}))
+    with pytest.raises(DataError, match=r"\[matches weights\]"):
+        load_policy(pth)
+
+
+def test_foreign_torch_files_are_refused(tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(DataError, match=r"other\.pth.*\[format\]"):
+        load_policy(other)
+    torch.save({"x": DataError("a", "b", "c")}, other)  # a pickled class: weights_only refuses it
+    with pytest.raises(DataError, match=r"\[weights only\].*DataError"):
+        load_policy(other)
+
+
+def test_shape_errors_name_the_expected_shape(exported):
+    loaded = load_policy(exported["maskable_ppo"][0])
+    with pytest.raises(ValueError, match=r"expected \(6,\) or \(N, 6\)"):
+        loaded.act(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"expected \(4, 3\)"):
+        loaded.act(np.zeros((4, 6)), np.ones((4, 2), dtype=bool))
+    with pytest.raises(ValueError, match="allows no action"):
+        loaded.act(np.zeros(6), np.zeros(3, dtype=bool))
+    with pytest.raises(ValueError, match="NaN"):
+        loaded.act(np.full(6, np.nan))
+
+
+def test_save_refuses_wrong_algorithm_and_conflicting_metadata(models, tmp_path):
+    with pytest.raises(ValueError, match="not the MaskableActorCriticPolicy"):
+        save_policy(models["ppo"], "maskable_ppo", tmp_path / "x", {})
+    with pytest.raises(ValueError, match="disagree"):
+        save_policy(models["ppo"], "ppo", tmp_path / "x", {"obs_dim": 7})
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_must_fit_the_network(exported, tmp_path):
+    payload = torch.load(exported["ppo"][0], weights_only=True)
+    payload["net_arch"] = [8, 8]
+    torch.save(payload, tmp_path / "mis.pth")
+    with pytest.raises(DataError, match=r"mis\.pth.*\[fits network\]"):
+        load_policy(tmp_path / "mis.pth", require_metadata=False)
+    assert isinstance(load_policy(exported["ppo"][0]), LoadedPolicy)
+
+
+def test_ties_break_to_the_lowest_allowed_action_like_sb3(models, tmp_path, batch):
+    """With the action head zeroed every logit is equal: sb3 and the export both take the first allowed action."""
+    obs, masks = batch
+    model = models["maskable_ppo"]
+    saved = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    try:
+        with torch.no_grad():
+            model.policy.action_net.weight.zero_()
+            model.policy.action_net.bias.zero_()
+        pth, _ = save_policy(model, "maskable_ppo", tmp_path / "flat", {})
+        theirs, _ = model.predict(obs, action_masks=masks, deterministic=True)
+    finally:
+        model.policy.load_state_dict(saved)
+    ours = load_policy(pth).act(obs, masks)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, masks.argmax(axis=1))
+
+
+def test_publish_copies_the_weights_with_new_metadata(exported, tmp_path, batch):
+    source, _ = exported["maskable_ppo"]
+    pth, meta = publish(source, {"alias": "champion", "created_at": "t0"}, tmp_path / "trained_models" / "sentio.v2")
+    loaded = load_policy(pth)
+    assert loaded.metadata == {"alias": "champion", "created_at": "t0", "format": FORMAT, "algorithm": "maskable_ppo",
+                               "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16]}
+    np.testing.assert_array_equal(loaded.act(*batch), load_policy(source).act(*batch))
+    with pytest.raises(ValueError, match="disagree"):
+        publish(source, {"algorithm": "ppo"}, tmp_path / "other")
+    with pytest.raises(DataError, match=r"gone\.pth.*\[exists\]"):
+        publish(tmp_path / "gone.pth", {}, tmp_path / "other")
+    assert not list(tmp_path.glob("other*"))

@@ -1,0 +1,154 @@
+"""MLflow registry: runs, registration, version tags and aliases against a throw-away SQLite store.
+
+Everything MLflow writes goes under a temporary folder: the tracking URI comes from
+``MLFLOW_TRACKING_URI`` and the experiment is created with its artifact location there. The
+expensive part (two registrations) runs once, in a module-scoped fixture.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sentio_core.config import RegistryConfig, flatten, load_config
+from sentio_core.export import load_policy, save_policy
+from sentio_core.registry import (
+    NONFINITE_TAG, configure, get_alias_version, load_alias, log_child_run, log_metrics, model_input, parent_run,
+    register_policy, set_alias, split_model_input, tracking_uri,
+)
+
+from .test_export import N_ACTIONS, OBS_DIM, random_masks, trained
+
+# raised inside MLflow's SQLAlchemy store, not by this project's code
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+VERSION_TAGS = {"data_fingerprint": "sha256:abc123", "config_hash": "0123456789abcdef", "code_version": "deadbeef"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A configured MLflow store under a temporary folder, with MLflow's env variables restored after."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for var in ("MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            mp.delenv(var, raising=False)  # MLflow's setters export these; the context restores them
+        cfg = RegistryConfig(experiment="sentio-test", model_name="sentio-test-policy", export_dir=root / "export")
+        MlflowClient(tracking_uri(cfg)).create_experiment(cfg.experiment, artifact_location=(root / "artifacts").as_uri())
+        configure(cfg)
+        yield SimpleNamespace(root=root, cfg=cfg)
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    """A parent run with one fold child; MaskablePPO registered as version 1 (inside the parent
+    run) and PPO as version 2 (into the finished child run, resumed)."""
+    cfg, out = store.cfg, store.cfg.export_dir
+    exports = {alg: save_policy(trained(alg), alg, out / f"{cfg.model_name}-{alg}", {"fold": 0}) for alg in ("maskable_ppo", "ppo")}
+    report = out / "fold-0"
+    report.mkdir()
+    (report / "trades.csv").write_text("bar,action\n0,1\n")
+    params = flatten(load_config()) | {"long.value": "x" * 7000}
+    with parent_run(cfg, "pipeline", params, {"sentio.kind": "pipeline"}) as parent_id:
+        child_id = log_child_run(parent_id, "fold-0", {"fold": "0"}, {"sharpe": 1.25, "calmar": math.nan, "sortino": math.inf},
+                                 [exports["maskable_ppo"][1], report], {"fold": "0"})
+        skipped = log_metrics(parent_id, {"maskable_ppo.sharpe.mean": 0.8, "ppo.sharpe.std": math.nan})
+        v1 = register_policy(*exports["maskable_ppo"], cfg.model_name, parent_id, VERSION_TAGS)
+    v2 = register_policy(*exports["ppo"], cfg.model_name, child_id, VERSION_TAGS | {"code_version": "cafef00d"})
+    return SimpleNamespace(exports=exports, parent_id=parent_id, child_id=child_id, versions=(v1, v2), n_params=len(params),
+                           skipped=skipped)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(50, OBS_DIM)), random_masks(rng, 50)
+
+
+def test_tracking_uri_prefers_the_environment(monkeypatch):
+    cfg = RegistryConfig(default_tracking_uri="sqlite:///elsewhere.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(cfg) == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(cfg) == "sqlite:///elsewhere.db"
+
+
+def test_parent_and_child_runs(store, registered):
+    client = MlflowClient()
+    parent, child = client.get_run(registered.parent_id), client.get_run(registered.child_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sentio.kind"] == "pipeline"
+    assert len(parent.data.params) == registered.n_params > 100  # more than one batch
+    assert len(parent.data.params["long.value"]) == 6000 and parent.data.params["long.value"].endswith("[truncated]")
+    assert parent.data.params["costs.commission_mode"] == str(load_config().costs.commission_mode)
+    assert parent.data.metrics == {"maskable_ppo.sharpe.mean": 0.8}
+    assert registered.skipped == ["ppo.sharpe.std"] and parent.data.tags[NONFINITE_TAG] == "ppo.sharpe.std"
+    assert child.data.tags["mlflow.parentRunId"] == registered.parent_id and child.data.tags["fold"] == "0"
+    assert child.data.metrics == {"sharpe": 1.25}
+    assert child.data.tags[NONFINITE_TAG] == "calmar,sortino"
+    listed = {a.path for a in client.list_artifacts(registered.child_id)} | {a.path for a in client.list_artifacts(registered.child_id, "fold-0")}
+    assert {"sentio-test-policy-maskable_ppo-metadata.json", "fold-0", "fold-0/trades.csv"} <= listed
+    for run in (parent, child):
+        assert run.info.artifact_uri.startswith(store.root.as_uri())  # nothing written into the repository
+
+
+def test_missing_artifact_fails_before_a_run_is_made(store, registered):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(store.cfg.experiment).experiment_id
+    before = len(client.search_runs([experiment]))
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        log_child_run(registered.parent_id, "fold-1", {}, {}, [store.root / "nowhere.png"], {})
+    assert len(client.search_runs([experiment])) == before
+
+
+def test_versions_are_tagged(store, registered):
+    client = MlflowClient()
+    v1, v2 = registered.versions
+    assert (v1, v2) == ("1", "2")
+    assert client.get_model_version(store.cfg.model_name, v1).tags == VERSION_TAGS
+    assert client.get_model_version(store.cfg.model_name, v2).tags["code_version"] == "cafef00d"
+    assert client.get_model_version(store.cfg.model_name, v1).run_id == registered.parent_id
+
+
+def test_champion_alias_loads_and_acts_like_the_export(store, registered, batch):
+    name, (v1, v2) = store.cfg.model_name, registered.versions
+    obs, masks = batch
+    assert get_alias_version(name, "champion") is None and get_alias_version("no-such-model", "champion") is None
+    set_alias(name, v1, "champion")
+    assert get_alias_version(name, "champion") == v1
+    exported = load_policy(registered.exports["maskable_ppo"][0]).act(obs, masks)
+    champion = load_alias(name, "champion")
+    np.testing.assert_array_equal(champion.predict(model_input(obs, masks)), exported)
+    np.testing.assert_array_equal(champion.predict(np.hstack([obs, masks])), exported)  # numpy: obs then mask columns
+
+    set_alias(name, v2, "champion")  # the alias moves to the PPO version
+    assert get_alias_version(name, "champion") == v2
+    moved = load_alias(name, "champion").predict(model_input(obs, masks))
+    np.testing.assert_array_equal(moved, load_policy(registered.exports["ppo"][0]).act(obs, masks))
+    assert masks[np.arange(len(moved)), moved].all()
+
+
+def test_model_input_layout_and_errors():
+    obs, masks = np.arange(12.0).reshape(2, OBS_DIM), np.array([[True, False, True], [False, True, False]])
+    frame = model_input(obs, masks)
+    assert list(frame.columns) == [f"obs_{i}" for i in range(OBS_DIM)] + [f"mask_{j}" for j in range(N_ACTIONS)]
+    got_obs, got_mask = split_model_input(frame[frame.columns[::-1]], OBS_DIM, N_ACTIONS)  # order of columns is free
+    np.testing.assert_array_equal(got_obs, obs)
+    np.testing.assert_array_equal(got_mask, masks)
+    assert split_model_input(model_input(obs[0]), OBS_DIM, N_ACTIONS)[1] is None
+    with pytest.raises(ValueError, match=r"missing \['obs_5'\]"):
+        split_model_input(frame.drop(columns="obs_5"), OBS_DIM, N_ACTIONS)
+    with pytest.raises(ValueError, match=r"missing \['mask_2'\]"):
+        split_model_input(frame.drop(columns="mask_2"), OBS_DIM, N_ACTIONS)
+    with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
+        split_model_input(frame.assign(extra=1), OBS_DIM, N_ACTIONS)
+    with pytest.raises(ValueError, match=r"expected \(N, 6\) or \(N, 9\)"):
+        split_model_input(np.zeros((2, 7)), OBS_DIM, N_ACTIONS)
