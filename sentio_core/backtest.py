@@ -77,11 +77,12 @@ class _State:
 Decider = Callable[[int, _State], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
-def simulate(legs: list[Leg], weights: np.ndarray, cfg: Config, first: int, last: int, n: int, decide: Decider,
-             timestamps: list[str]) -> list[Path]:
+def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Config, first: int, last: int, n: int,
+             decide: Decider, timestamps: list[str]) -> list[Path]:
     """Step ``n`` portfolios from the close of ``first`` to the close of ``last``.
 
     :param weights: (A, L) leg weights of each level (for the flat start level).
+    :param levels: (A,) net exposure of each level (recorded in the paths).
     """
     flat = int(np.flatnonzero(~weights.any(axis=1))[0])
     eq0 = cfg.env.initial_equity_usd
@@ -100,7 +101,11 @@ def simulate(legs: list[Leg], weights: np.ndarray, cfg: Config, first: int, last
         close_t = np.array([leg.close[t] for leg in legs])
         open_n = np.array([leg.open[t + 1] for leg in legs])
         close_n = np.array([leg.close[t + 1] for leg in legs])
-        new = np.where(trade[:, None], target_w * s.equity[:, None] / close_t, s.shares)
+        dead = np.array([leg.dollar_volume[t + 1] <= 0 for leg in legs])
+        target = target_w * s.equity[:, None] / close_t
+        trade = trade & ~((target != s.shares) & dead).any(axis=1)  # no volume in the fill bar: no fill
+        new_level = np.where(trade | (new_level == s.level), new_level, s.level)
+        new = np.where(trade[:, None], target, s.shares)
         delta = new - s.shares
         c = np.zeros(n)
         for j, leg in enumerate(legs):
@@ -118,7 +123,7 @@ def simulate(legs: list[Leg], weights: np.ndarray, cfg: Config, first: int, last
         s.level = new_level
         s.equity = s.cash + (new * close_n).sum(axis=1)
         s.peak = np.maximum(s.peak, s.equity)
-        equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, new_level
+        equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, levels[new_level]
     ts = timestamps[first: last + 1]
     return [Path("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
 
@@ -162,15 +167,16 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
     names = list(policies)
     out = {}
     if names:
-        paths = simulate(market.legs, market.weights, cfg, first, last, len(names),
+        paths = simulate(market.legs, market.weights, market.levels, cfg, first, last, len(names),
                          policy_decider(market, cfg, [policies[k] for k in names]), market.timestamps)
         out.update({k: p for k, p in zip(names, paths)})
     long_w = np.zeros((2, len(market.legs)))
     long_w[1, 0] = 1.0  # all equity in the long leg
-    out["flat"] = simulate(market.legs, long_w, cfg, first, last, 1, hold_decider(long_w, 0), market.timestamps)[0]
-    out["buy_hold_long"] = simulate(market.legs, long_w, cfg, first, last, 1, hold_decider(long_w, 1), market.timestamps)[0]
+    hold = np.array([0.0, 1.0])
+    out["flat"] = simulate(market.legs, long_w, hold, cfg, first, last, 1, hold_decider(long_w, 0), market.timestamps)[0]
+    out["buy_hold_long"] = simulate(market.legs, long_w, hold, cfg, first, last, 1, hold_decider(long_w, 1), market.timestamps)[0]
     under_w = np.array([[0.0], [1.0]])
-    out["buy_hold_underlying"] = simulate([market.underlying], under_w, cfg, first, last, 1, hold_decider(under_w, 1),
+    out["buy_hold_underlying"] = simulate([market.underlying], under_w, hold, cfg, first, last, 1, hold_decider(under_w, 1),
                                           market.timestamps)[0]
     for name, path in out.items():
         path.name = name

@@ -7,7 +7,8 @@ costs of :mod:`sentio_core.costs`; equity is marked at the close of ``t + 1``. S
     equity[t+1] - equity[t] = old shares x (open[t+1] - close[t]) + new shares x (close[t+1] - open[t+1]) - costs
 
 and the reward is ``log(equity[t+1] / equity[t]) - drawdown_penalty x max(0, dd[t+1] - dd[t])``.
-Choosing the level already held keeps the shares (no rebalancing of drift).
+Choosing the level already held keeps the shares (no rebalancing of drift). An order whose fill
+bar has no volume does not fill (the position is kept).
 
 An action the mask forbids is moved to the nearest allowed level and counted in ``overrides``
 (this is how the unmasked PPO baseline meets the same risk rules); MaskablePPO reads the mask
@@ -160,6 +161,8 @@ class TradingEnv(gym.Env):
         """Fill at the open of ``t + 1``, mark at its close; returns the costs paid (dollars)."""
         m, b, t = self.market, self.book, self.t
         new = b.shares.copy() if action == b.level else target_shares(m, t, action, b.equity)
+        if any(d != 0 and leg.dollar_volume[t + 1] <= 0 for leg, d in zip(m.legs, new - b.shares)):
+            new, action = b.shares.copy(), b.level  # nothing trades in the fill bar: the order does not fill
         delta = new - b.shares
         cost = 0.0
         for leg, d in zip(m.legs, delta):

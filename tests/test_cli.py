@@ -133,3 +133,46 @@ def test_sentio_run_on_bad_data_exits_1_with_the_report_and_no_traceback(tmp_pat
     assert "TQQQ.csv" in proc.stderr and "high >= max(open, close)" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ingest"]
+
+
+def _sentio() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "sentio"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
+
+
+def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
+    """The seeds' command line: --model-type, budgets, --lr, --output PATH -> PATH.pth + PATH-metadata.json."""
+    import torch
+
+    out = tmp_path / "deep" / "er" / "ppo.v1"
+    proc = subprocess.run([*_sentio(), "train", "--model-type", "ppo", "--episodes", "3", "--timesteps", "100000",
+                           "--lr", "0.001", "--output", str(out), "--config", str(SMOKE)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "deep" / "er" / "ppo.v1-metadata.json").read_text())
+    assert meta["model_type"] == "ppo" and meta["training"]["stopped_by"] == "episodes"
+    assert meta["training"]["learning_rate"] == 0.001 and meta["training"]["episodes"] >= 3
+    assert set(meta["out_of_sample"]["metrics"]) == {"ppo", "flat", "buy_hold_long", "buy_hold_underlying"}
+    assert meta["action_meanings"][0].startswith("-100%") and "created_at" in meta
+    payload = torch.load(tmp_path / "deep" / "er" / "ppo.v1.pth", weights_only=True)
+    assert payload["algorithm"] == "ppo" and payload["n_actions"] == 5
+
+
+def test_sentio_train_rejects_a_non_positive_budget():
+    proc = subprocess.run([*_sentio(), "train", "--minutes", "0", "--config", str(SMOKE)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--minutes must be positive" in proc.stderr
+
+
+def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
+    """The contract command: one file, legs synthesized from it (daily-reset 3x, expense ratio)."""
+    data = tmp_path / "one"
+    data.mkdir()
+    (data / "QQQ.csv").write_text((REPO / "data" / "daily" / "QQQ.csv").read_text())
+    proc = subprocess.run([*_sentio(), "train", "--timesteps", "512", "--output", str(tmp_path / "m"),
+                           "--config", str(SMOKE), "--set", f"data.path={data}", "--set", "universe.underlying=QQQ",
+                           "--set", "universe.synthesize=true", "--set", "universe.long=null", "--set", "universe.short=null"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "m-metadata.json").read_text())
+    assert [leg["symbol"] for leg in meta["legs"]] == ["QQQ_L3X", "QQQ_S3X"]
