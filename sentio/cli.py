@@ -175,7 +175,8 @@ def _prefect_env() -> None:
         import logging
         import warnings
 
-        logging.getLogger("mlflow").setLevel(logging.ERROR)  # registration chatter; results are printed below
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # registration chatter; results are printed below
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", module="mlflow")
         # the CLI prints one clear error itself; Prefect's run loggers would add tracebacks
         for name in ("FLOW_RUNS", "TASK_RUNS"):
