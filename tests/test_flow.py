@@ -124,6 +124,8 @@ def test_fold_table_artifact_has_one_row_per_fold(first_run):
 
     table = arts[-1].data if isinstance(arts[-1].data, list) else json.loads(arts[-1].data)
     assert len(table) == 2 and {"fold", "train_start", "test_end", "purge_bars", "regime_2_test"} <= set(table[0])
+    assert {"maskable_ppo_sharpe", "ppo_sharpe", "buy_hold_underlying_sharpe", "buy_hold_long_max_drawdown",
+            "flat_total_return", "maskable_ppo_overrides", "ppo_overrides"} <= set(table[0])
 
 
 def test_bad_data_stops_before_any_other_stage(prefect_harness, tmp_path):
