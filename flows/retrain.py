@@ -1,29 +1,42 @@
 """The ``sentio-retrain`` flow.
 
-ingest -> validate -> panel -> features -> folds -> per fold: regimes -> train MaskablePPO and PPO
--> backtest -> register (gate, MLflow, export) -> report. Training runs one task at a time in a
-process: torch's random generator is process-wide, and sharing it between threads would make
-results depend on scheduling.
+ingest -> validate -> panel -> features -> folds -> re-score the champion on the newest bars
+-> per fold (sub-flow ``sentio-folds`` on the configured task runner): regimes -> train MaskablePPO
+and PPO -> backtest -> drift report -> register (gate, MLflow, export) -> report.
+
+A training task that crashes is retried (``run.train_retries``); a fold that still fails is
+reported by fold while the other folds finish, and the run then fails without registering
+anything. Trainings hold a slot of the global concurrency limit ``sentio-training``
+(``run.training_slots``, one GPU by default).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_client
+from prefect.futures import as_completed
 
 from sentio_core import registry
-from sentio_core.config import load_config
+from sentio_core.config import Config, load_config
 from tasks import report
 from tasks.backtest import backtest
+from tasks.common import StageOutput
+from tasks.drift import drift
 from tasks.features import features
 from tasks.folds import folds
 from tasks.ingest import ingest
 from tasks.panel import panel
 from tasks.regimes import regimes
 from tasks.register import register
-from tasks.train import train
+from tasks.rescore import rescore
+from tasks.runners import task_runner
+from tasks.train import TRAINING_LIMIT, train
 from tasks.validate import validate
+
+
+class FoldFailure(RuntimeError):
+    """One or more folds failed after their retries; nothing was registered."""
 
 
 def _call(task, states: dict[str, str], name: str, refresh: bool, *args: Any):
@@ -31,6 +44,55 @@ def _call(task, states: dict[str, str], name: str, refresh: bool, *args: Any):
     state = task.with_options(refresh_cache=refresh)(*args, return_state=True)
     states[name] = state.name
     return state.result()
+
+
+def _ensure_training_limit(cfg: Config) -> None:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(TRAINING_LIMIT, cfg.run.training_slots)
+
+
+@flow(name="sentio-folds")
+def fold_work(cfg: Config, bars: StageOutput, feats: StageOutput, spans: StageOutput, refresh: bool) -> list[dict]:
+    """Every fold's regimes, trainings and backtest, submitted to the task runner.
+
+    :returns: per fold ``{"states": {task: state}, "regimes", "trained", "backtest", "error"}``.
+    """
+    # the timeout is enforced inside training (a Prefect timeout cannot interrupt a worker thread)
+    train_task = train.with_options(refresh_cache=refresh, retries=cfg.run.train_retries)
+    per_fold, futures = [], {}
+    n_folds = len(spans.meta["folds"])
+    progress = report.Progress(n_folds * (len(cfg.train.algorithms) + 2))
+    for i in range(n_folds):
+        reg = regimes.with_options(refresh_cache=refresh).submit(cfg, bars, spans, i)
+        trained = [train_task.submit(cfg, bars, feats, spans, reg, i, algo) for algo in cfg.train.algorithms]
+        test = backtest.with_options(refresh_cache=refresh).submit(cfg, bars, feats, spans, reg, trained, i)
+        names = [f"regimes-fold-{i}", *[f"train-{a}-fold-{i}" for a in cfg.train.algorithms], f"backtest-fold-{i}"]
+        futures.update({f: (i, n) for f, n in zip([reg, *trained, test], names)})
+        per_fold.append({"futures": (reg, trained, test), "states": {}, "error": None})
+    for fut in as_completed(list(futures)):
+        i, name = futures[fut]
+        fut.wait()
+        progress.step(name, fut.state.name)
+    progress.close()
+    for fut, (i, name) in futures.items():
+        per_fold[i]["states"][name] = fut.state.name
+    for i, item in enumerate(per_fold):
+        reg, trained, test = item.pop("futures")
+        failed = [f for f in (reg, *trained, test) if not f.state.is_completed()]
+        if failed:
+            item["error"] = _first_error(failed)
+            continue
+        item.update(regimes=reg.result(), trained=[t.result() for t in trained], backtest=test.result())
+    return per_fold
+
+
+def _first_error(futures) -> str:
+    for fut in futures:
+        try:
+            fut.result()
+        except Exception as exc:  # the task's own error, reported by fold
+            return f"{type(exc).__name__}: {exc}"
+    return "upstream task failed"
 
 
 @flow(name="sentio-retrain", log_prints=True)
@@ -47,24 +109,26 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     checked = _call(validate, states, "validate", refresh, cfg, man)
     bars = _call(panel, states, "panel", refresh, cfg, man, checked)
     feats = _call(features, states, "features", refresh, cfg, bars)
-    spans = _call(folds, states, "folds", refresh, cfg, feats)
-    futures = [
-        regimes.with_options(refresh_cache=refresh).submit(cfg, bars, spans, i)
-        for i in range(len(spans.meta["folds"]))
-    ]
-    regime_outputs = []
-    for i, fut in enumerate(futures):
-        regime_outputs.append(fut.result())
-        states[f"regimes-fold-{i}"] = fut.state.name
-    trained, backtests = [], []
-    for i, reg in enumerate(regime_outputs):
-        fold_models = [_call(train, states, f"train-{algo}-fold-{i}", refresh, cfg, bars, feats, spans, reg, i, algo)
-                       for algo in cfg.train.algorithms]
-        trained += fold_models
-        backtests.append(_call(backtest, states, f"backtest-fold-{i}", refresh, cfg, bars, feats, spans, reg, fold_models, i))
+    spans = _call(folds, states, "folds", refresh, cfg, bars, feats)
+    rescored = _call(rescore, states, "rescore-champion", refresh, cfg, man, bars, feats)
+    _ensure_training_limit(cfg)
+    per_fold = fold_work.with_options(task_runner=task_runner(cfg.run))(cfg, bars, feats, spans, refresh)
+    for item in per_fold:
+        states.update(item["states"])
+    failures = {i: item["error"] for i, item in enumerate(per_fold) if item["error"]}
+    if failures:
+        rows = report.fold_rows(spans, [], [], failures)
+        report.publish(rows, bars, feats, states)
+        raise FoldFailure("; ".join(f"fold {i} failed: {err}" for i, err in failures.items())
+                          + " (no model registered, nothing exported)")
+    regime_outputs = [item["regimes"] for item in per_fold]
+    trained = [t for item in per_fold for t in item["trained"]]
+    backtests = [item["backtest"] for item in per_fold]
+    drifted = _call(drift, states, "drift", refresh, cfg, bars, feats, spans, regime_outputs[-1])
     registered = _call(register, states, "register", refresh, cfg, man, spans, trained, backtests,
                        registry.tracking_uri(cfg.registry))
     rows = report.fold_rows(spans, regime_outputs, backtests)
-    report.publish(rows, bars, feats, states, registered, backtests)
+    report.publish(rows, bars, feats, states, registered, backtests, drifted, rescored)
     return {"stages": states, "folds": rows, "alignment": bars.meta["alignment_lines"],
-            "n_features": feats.meta["n_features"], "registration": registered.meta}
+            "n_features": feats.meta["n_features"], "registration": registered.meta,
+            "drift": drifted.meta["summary"], "champion": rescored.meta}

@@ -159,6 +159,8 @@ class FoldConfig(_Section):
     min_train_bars: int = Field(500, ge=1)
     purge_bars: int | None = Field(None, ge=0, description="Bars dropped between train and test; null = lookback + reward horizon.")
     embargo_bars: int = Field(0, ge=0, description="Bars after each test window that belong to no test window.")
+    step_bars: int = Field(1, ge=1, description="The fold layout ends on a multiple of this many bars: bars appended "
+                                                "since then move no window, so their trainings stay cached (nightly runs).")
 
 
 class EnvConfig(_Section):
@@ -268,6 +270,19 @@ class CostConfig(_Section):
 
 class RunConfig(_Section):
     work_dir: Path = Field(Path(".sentio/work"), description="Where stage outputs are written (content-addressed).")
+    task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="Prefect task runner of the per-fold work.")
+    cluster_address: str | None = Field(None, description="Dask scheduler or Ray address; null starts a local cluster.")
+    workers: int = Field(2, ge=1, description="Worker processes of a local Dask or Ray cluster.")
+    training_slots: int = Field(1, ge=1, description="Global concurrency limit 'sentio-training': trainings at once (one GPU slot).")
+    train_retries: int = Field(1, ge=0, description="Retries of a crashed training task before its fold is reported failed.")
+    train_timeout_minutes: float = Field(60.0, gt=0, description="A training task running longer fails (and is retried).")
+
+
+class DriftConfig(_Section):
+    recent_bars: int = Field(60, ge=5, description="Newest bars compared with the latest fold's training window.")
+    psi_bins: int = Field(10, ge=2)
+    psi_warn: float = Field(0.1, gt=0)
+    psi_alert: float = Field(0.25, gt=0)
 
 
 class Config(_Section):
@@ -284,6 +299,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     promotion: PromotionConfig = PromotionConfig()
     registry: RegistryConfig = RegistryConfig()
+    drift: DriftConfig = DriftConfig()
     run: RunConfig = RunConfig()
 
     @property

@@ -135,7 +135,8 @@ def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str,
 
 
 def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
-                 train_rows: tuple[int, int], periods_per_year: float) -> Market:
+                 train_rows: tuple[int, int], periods_per_year: float,
+                 fitted: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> Market:
     """Arrays of one fold.
 
     :param bars: the aligned long panel (synthetic legs included).
@@ -143,8 +144,16 @@ def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_pr
     :param regime_probs: ``timestamp, regime_0..K-1`` filtered probabilities (train start to test end)
         or None; rows outside get a uniform prior and are never observed by a fold's episodes.
     :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics).
+    :param fitted: ``(feature names, mean, std)`` of an already trained policy: its features and
+        normalisation are applied instead of fitting new ones (re-scoring a champion).
     """
-    names = select_features(feature_columns(feats), cfg.env.feature_columns)
+    if fitted is None:
+        names = select_features(feature_columns(feats), cfg.env.feature_columns)
+    else:
+        names = [n for n in fitted[0] if not n.startswith("regime_")]
+        missing = sorted(set(names) - set(feats.columns))
+        if missing:
+            raise ValueError(f"the policy observes features this feature table lacks: {missing[:5]}")
     x = feats.select(names).to_numpy().astype(float)
     timestamps = feats["timestamp"]
     if regime_probs is not None:
@@ -156,7 +165,13 @@ def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_pr
         high_vol = p[:, -1]  # regimes are ordered by variance: the last is the most volatile
     else:
         high_vol = np.zeros(len(timestamps))
-    z, mean, std = normalise(x, train_rows, cfg.env.clip_obs)
+    if fitted is None:
+        z, mean, std = normalise(x, train_rows, cfg.env.clip_obs)
+    else:
+        mean, std = np.asarray(fitted[1], dtype=float), np.asarray(fitted[2], dtype=float)
+        if len(mean) != x.shape[1]:
+            raise ValueError(f"the policy's normalisation has {len(mean)} columns, the observation {x.shape[1]}")
+        z = np.nan_to_num(np.clip((x - mean) / std, -cfg.env.clip_obs, cfg.env.clip_obs), nan=0.0).astype(np.float32)
     levels, weights, leg_specs = action_weights(cfg)
     legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars) for sym, d in leg_specs]
     mtc = feats["minutes_to_close"].to_numpy().astype(float) if "minutes_to_close" in feats.columns else None

@@ -74,6 +74,12 @@ def configure(cfg: RegistryConfig) -> None:
     mlflow.set_experiment(cfg.experiment)
 
 
+def experiment_id(cfg: RegistryConfig) -> str | None:
+    """The id of ``cfg.experiment`` in the configured store (None when it does not exist)."""
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    return None if exp is None else exp.experiment_id
+
+
 def _clip(value: Any, limit: int) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED

@@ -6,6 +6,8 @@ and caching belong to the callers (``tasks/``), so the CLI and the flow compute 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from sentio_core.backtest import Path as BacktestPath
 from sentio_core.backtest import backtest_fold
 from sentio_core.config import Config
 from sentio_core.data import AlignmentReport, BarFrequency, align, bar_frequency, read_raw, to_bars
-from sentio_core.features import build_features, first_complete_row
+from sentio_core.features import build_features, feature_columns, first_complete_row
 from sentio_core.folds import Fold, from_config
 from sentio_core.io import SourceFile, discover, file_sha256
 from sentio_core.market import Market, build_market
@@ -88,10 +90,34 @@ def folds(cfg: Config, feats: pl.DataFrame) -> list[FoldSpan]:
     offset = first_complete_row(feats)
     ts = feats["timestamp"][offset:]
     iso = [t.isoformat() for t in ts.to_list()]
+    n_used = len(iso) - len(iso) % cfg.folds.step_bars  # the layout moves only once every step_bars bars
     out = []
-    for f in from_config(cfg.folds, cfg.purge_bars).folds(len(iso)):
+    for f in from_config(cfg.folds, cfg.purge_bars).folds(n_used):
         out.append(FoldSpan(f, offset, iso[f.train_start], iso[f.train_end - 1], iso[f.test_start], iso[f.test_end - 1]))
     return out
+
+
+def fold_fingerprint(bars: pl.DataFrame, feats: pl.DataFrame | None, span: dict) -> str:
+    """SHA-256 (16 hex) of everything a fold's work reads: the panel rows (and, unless ``feats`` is
+    None, the feature rows) up to the end of its test window, and the window itself. Features are
+    causal, so bars appended later leave it unchanged and the fold's work stays cached."""
+    end = span["test_rows"][1]
+    last = bars["timestamp"].unique().sort()[end - 1]
+    digest = hashlib.sha256(json.dumps({k: v for k, v in span.items() if not k.endswith("fingerprint")},
+                                       sort_keys=True).encode())
+    frames = [bars.filter(pl.col("timestamp") <= last).sort("symbol", "timestamp")]
+    if feats is not None:
+        frames.append(feats.slice(0, end))
+    for frame in frames:
+        for name in frame.columns:
+            col = frame[name]
+            digest.update(name.encode())
+            if col.dtype == pl.String:
+                digest.update("\x00".join(col.to_list()).encode())
+            else:
+                values = col.dt.epoch("us") if col.dtype.is_temporal() else col
+                digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def underlying_returns(cfg: Config, bars: pl.DataFrame) -> np.ndarray:
@@ -177,3 +203,63 @@ def action_meanings(cfg: Config, market: Market) -> list[str]:
 def backtest(cfg: Config, market: Market, span: dict, policies: dict) -> dict[str, BacktestPath]:
     """Policies and baselines over the fold's test rows (see :func:`sentio_core.backtest.backtest_fold`)."""
     return backtest_fold(market, cfg, tuple(span["test_rows"]), policies)
+
+
+# --- nightly: the champion on the newest bars, and drift ------------------------------------
+
+def row_of(feats: pl.DataFrame, iso: str) -> int:
+    """Feature-table row of an ISO timestamp written by :func:`folds`."""
+    iso_all = [t.isoformat() for t in feats["timestamp"].to_list()]
+    if iso not in iso_all:
+        raise ValueError(f"timestamp {iso} is not in the data (was history rewritten?)")
+    return iso_all.index(iso)
+
+
+def rescore(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, freq: BarFrequency, policy) -> dict:
+    """An exported policy (``export.LoadedPolicy``) from the start of its test window to the newest
+    bar: everything it never trained on, with its own config, features and normalisation.
+
+    :returns: ``{"metrics": {strategy: metrics}, "since_test": metrics of the bars after its test
+        window (or None), "first", "last", "bars", "new_bars"}``.
+    """
+    md = policy.metadata
+    ccfg = Config.model_validate(md["config"])
+    a, c = row_of(feats, md["train_window"][0]), row_of(feats, md["test_window"][0])
+    t_end = row_of(feats, md["test_window"][1])
+    model = RegimeModel.from_dict(md["regime_model"])
+    probs = forward_filter(model, underlying_returns(ccfg, bars)[a:])
+    frame = pl.DataFrame({"timestamp": feats["timestamp"][a:]}).with_columns(
+        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(model.n_regimes)])
+    norm = md["observation"]["normalisation"]
+    market = build_market(ccfg, bars, feats, frame, (a, c), freq.periods_per_year,
+                          fitted=(md["observation"]["features"], norm["mean"], norm["std"]))
+    act = (lambda obs, m: policy.act(obs, m))
+    paths = backtest_fold(market, ccfg, (c, market.n_rows), {"champion": (act, True)})
+    metrics = {k: p.metrics(freq.periods_per_year) for k, p in paths.items()}
+    new = market.n_rows - 1 - t_end
+    since = None
+    if new >= 2:
+        eq = paths["champion"].equity[t_end - c + 1:]
+        from sentio_core.metrics import performance
+        since = performance(eq, periods_per_year=freq.periods_per_year)
+    return {"metrics": metrics, "since_test": since, "first": market.timestamps[c], "last": market.timestamps[-1],
+            "bars": market.n_rows - c, "new_bars": new}
+
+
+def drift_report(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, span: dict, regime_model: dict):
+    """Feature and regime drift between the latest fold's training window and the newest bars.
+
+    :returns: ``(DriftTable, occupancy, summary metrics, markdown)``.
+    """
+    from sentio_core import drift
+    from sentio_core.market import select_features
+
+    names = select_features(feature_columns(feats), cfg.env.feature_columns)
+    a, b = span["train_rows"]
+    x = feats.select(names).to_numpy().astype(float)
+    recent = x[-cfg.drift.recent_bars:]
+    table = drift.feature_drift(x[a:b], recent, names, bins=cfg.drift.psi_bins)
+    probs = forward_filter(RegimeModel.from_dict(regime_model), underlying_returns(cfg, bars)[a:])
+    occupancy = drift.regime_occupancy(probs[: b - a], probs[-cfg.drift.recent_bars:])
+    summary = drift.summarise(table, occupancy, cfg.drift.psi_warn, cfg.drift.psi_alert)
+    return table, occupancy, summary, drift.to_markdown(table, occupancy, summary)

@@ -29,6 +29,7 @@ class Budget:
     timesteps: int | None = None
     episodes: int | None = None
     minutes: float | None = None
+    timeout_minutes: float | None = None  # not a budget: exceeding it is a failure (TrainingTimeout)
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> "Budget":
@@ -38,6 +39,10 @@ class Budget:
         if budget.timesteps is None and budget.episodes is None and budget.minutes is None:
             raise ValueError("a training budget is needed: timesteps, episodes or minutes")
         return budget
+
+
+class TrainingTimeout(TimeoutError):
+    """Training ran past its timeout; the run treats it as a failed (retryable) task."""
 
 
 class BudgetCallback(BaseCallback):
@@ -56,9 +61,13 @@ class BudgetCallback(BaseCallback):
         if self.budget.episodes is not None and self.episodes >= self.budget.episodes:
             self.stopped_by = "episodes"
             return False
-        if self.budget.minutes is not None and time.perf_counter() - self.started >= 60 * self.budget.minutes:
+        elapsed = time.perf_counter() - self.started
+        if self.budget.minutes is not None and elapsed >= 60 * self.budget.minutes:
             self.stopped_by = "minutes"
             return False
+        if self.budget.timeout_minutes is not None and elapsed >= 60 * self.budget.timeout_minutes:
+            raise TrainingTimeout(f"training exceeded its {self.budget.timeout_minutes:g}-minute timeout "
+                                  f"after {self.num_timesteps} steps")
         return True
 
     def _on_rollout_end(self) -> None:

@@ -39,7 +39,7 @@ def _trades_frame(paths: dict[str, backtest_mod.Path]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-@task(name="backtest", cache_key_fn=KEY.cache_key_fn, persist_result=True, task_run_name="backtest-fold-{fold}")
+@task(name="backtest", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="backtest-fold-{fold}")
 def backtest(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
              trained: list[StageOutput], fold: int) -> StageOutput:
     """Write the fold's metrics (JSON), equity/drawdown paths and trades (Parquet) and a plot (PNG)."""
@@ -47,7 +47,8 @@ def backtest(cfg: Config, panel: StageOutput, features: StageOutput, folds: Stag
     policies = {t.meta["algorithm"]: _policy(t.require()) for t in trained}
     paths = stages.backtest(cfg, mkt, span, policies)
     result = {name: p.metrics(mkt.periods_per_year) for name, p in paths.items()}
-    base = KEY.output(cfg, "json", panel, features, folds, regimes, trained, fold)
+    base = KEY.fold_output("json", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
+                                    "trained": trained, "fold": fold})
     stem = str(base)[: -len(".json")]
     files = {"paths": f"{stem}-paths.parquet", "trades": f"{stem}-trades.parquet", "plot": f"{stem}.png"}
     io.write_parquet(_paths_frame(paths), files["paths"])

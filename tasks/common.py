@@ -64,8 +64,9 @@ class StageKey:
     :param modules: modules whose source is the stage's code version.
     """
 
-    def __init__(self, stage: str, sections: tuple[str, ...], modules: tuple[ModuleType, ...]):
-        self.stage, self.sections = stage, sections
+    def __init__(self, stage: str, sections: tuple[str, ...], modules: tuple[ModuleType, ...],
+                 fold_field: str = "fingerprint"):
+        self.stage, self.sections, self.fold_field = stage, sections, fold_field
         self.version = code_version(*modules)
 
     def compute(self, cfg: Config, *inputs: Any) -> str:
@@ -76,6 +77,20 @@ class StageKey:
         """Prefect ``cache_key_fn``: the config is the ``cfg`` parameter, the rest are inputs."""
         cfg = parameters["cfg"]
         return self.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"])
+
+    def fold_inputs(self, parameters: dict[str, Any]) -> list[Any]:
+        """Inputs of a per-fold task: the fold's fingerprint stands for the whole panel, feature
+        table and fold list, so bars appended after the fold's test window change nothing."""
+        span = parameters["folds"].meta["folds"][parameters["fold"]]
+        rest = [v for k, v in parameters.items() if k not in ("cfg", "panel", "features", "folds")]
+        return [span[self.fold_field], *rest]
+
+    def fold_cache_key_fn(self, context: Any, parameters: dict[str, Any]) -> str:
+        """Prefect ``cache_key_fn`` of a per-fold task (see :meth:`fold_inputs`)."""
+        return self.compute(parameters["cfg"], *self.fold_inputs(parameters))
+
+    def fold_output(self, suffix: str, parameters: dict[str, Any]) -> Path:
+        return self.output(parameters["cfg"], suffix, *self.fold_inputs(parameters))
 
     def output(self, cfg: Config, suffix: str, *inputs: Any) -> Path:
         """Content-addressed output path: ``work_dir/<stage>/<key>.<suffix>``."""

@@ -36,18 +36,27 @@ def export_metadata(cfg: Config, spec: dict, gate: promotion.GateResult, backtes
     return {
         **spec, "model_type": PRIMARY, "model_name": cfg.registry.model_name, "registry_version": version,
         "alias": gate.alias, "config": cfg.model_dump(mode="json"), "config_hash": stable_hash(cfg.model_dump(mode="json")),
-        "out_of_sample": {"folds": [{"fold": b.meta["fold"], "test_start": b.meta["test_start"], "test_end": b.meta["test_end"],
-                                     "metrics": b.meta["metrics"]} for b in backtests],
+        "out_of_sample": {"folds": [{"fold": i, "test_start": b.meta["test_start"], "test_end": b.meta["test_end"],
+                                     "metrics": b.meta["metrics"]} for i, b in enumerate(backtests)],
                           "summary": gate.summary, "gate": gate.reasons},
         "data": data, "code_version": code_version, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-@task(name="register", cache_key_fn=KEY.cache_key_fn, persist_result=True, retries=2, retry_delay_seconds=5)
+def _key(context, parameters) -> str:
+    """The models, their backtests and the registry; not the data fingerprint, so bars appended
+    after the last test window (which change no model) do not register the same models again."""
+    return KEY.compute(parameters["cfg"], *[v for k, v in parameters.items() if k not in ("cfg", "manifest")])
+
+
+@task(name="register", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)
 def register(cfg: Config, manifest: StageOutput, folds: StageOutput, trained: list[StageOutput],
              backtests: list[StageOutput], tracking_uri: str) -> StageOutput:
-    """Gate, log, register and (champion only) export; returns the decision and the MLflow ids."""
-    backtests = sorted(backtests, key=lambda b: b.meta["fold"])
+    """Gate, log, register and (champion only) export; returns the decision and the MLflow ids.
+
+    :param trained: per fold, one output per ``train.algorithms`` entry, in that order.
+    :param backtests: one per fold, in fold order.
+    """
     gate = promotion.promotion_gate([b.meta["metrics"] for b in backtests], cfg.promotion)
     code = project_code_version()
     spans = folds.meta["folds"]
@@ -58,18 +67,19 @@ def register(cfg: Config, manifest: StageOutput, folds: StageOutput, trained: li
     registry.configure(cfg.registry)
     run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     params = flatten(cfg)
-    by_fold = {(t.meta["fold"], t.meta["algorithm"]): t for t in trained}
+    algos = list(cfg.train.algorithms)
+    by_fold = {(i // len(algos), t.meta["algorithm"]): t for i, t in enumerate(trained)}
     with registry.parent_run(cfg.registry, run_name, params, {**tags, "gate": gate.alias}) as parent_id:
         children = {}
-        for b in backtests:
-            for algo in cfg.train.algorithms:
-                t = by_fold[(b.meta["fold"], algo)]
-                children[f"{algo}-fold-{b.meta['fold']}"] = registry.log_child_run(
-                    parent_id, f"{algo}-fold-{b.meta['fold']}", params, _child_metrics(algo, b.meta["metrics"], t.meta),
+        for i, b in enumerate(backtests):
+            for algo in algos:
+                t = by_fold[(i, algo)]
+                children[f"{algo}-fold-{i}"] = registry.log_child_run(
+                    parent_id, f"{algo}-fold-{i}", params, _child_metrics(algo, b.meta["metrics"], t.meta),
                     [Path(b.meta["plot"]), Path(b.meta["trades"]), Path(b.meta["paths"])],
-                    {**tags, "fold": str(b.meta["fold"]), "algorithm": algo})
+                    {**tags, "fold": str(i), "algorithm": algo})
         registry.log_metrics(parent_id, {f"{name}.{k}": v for name, s in gate.summary.items() for k, v in s.items()})
-        last = by_fold[(backtests[-1].meta["fold"], PRIMARY)]
+        last = by_fold[(len(backtests) - 1, PRIMARY)]
         version = registry.register_policy(Path(last.path), Path(last.meta["metadata_path"]), cfg.registry.model_name,
                                            parent_id, tags)
     registry.set_alias(cfg.registry.model_name, version, gate.alias)
@@ -79,8 +89,9 @@ def register(cfg: Config, manifest: StageOutput, folds: StageOutput, trained: li
         meta = export_metadata(cfg, spec, gate, backtests, data, code, version)
         stem = Path(cfg.registry.export_dir) / cfg.registry.model_name
         exported = [str(p) for p in export.publish(Path(last.path), meta, stem)]
-    out = KEY.output(cfg, "json", manifest, folds, trained, backtests, tracking_uri)
+    out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
     record = {"gate": gate.to_dict(), "version": version, "alias": gate.alias, "parent_run_id": parent_id,
-              "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri, **tags}
+              "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,
+              "experiment_id": registry.experiment_id(cfg.registry), **tags}
     io.write_json(record, out)
     return StageOutput("register", str(out), io.file_sha256(out), record)

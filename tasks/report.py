@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+import sys
+
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from tasks.common import StageOutput
 
@@ -18,27 +21,57 @@ SHORT = {"maskable_ppo": "mppo", "ppo": "ppo", "buy_hold_underlying": "bh_u", "b
 METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides")
 
 
+class Progress:
+    """The run's progress: a Prefect progress artifact (``sentio-progress``) updated as each fold task
+    finishes, and a progress bar on the terminal when stderr is one."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.total, self.done = total, 0
+        self.artifact_id = create_progress_artifact(0.0, key="sentio-progress",
+                                                    description="Fold tasks finished (regimes, trainings, backtests)")
+        self.bar = tqdm(total=total, desc="folds", unit="task", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def step(self, name: str, state: str) -> None:
+        self.done += 1
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total,
+                                 description=f"{self.done}/{self.total}: {name} {state}")
+        self.bar.set_postfix_str(f"{name} {state}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _day(ts: str) -> str:
     return ts[:16].replace("T00:00", "")
 
 
-def fold_rows(folds: StageOutput, regimes: list[StageOutput], backtests: list[StageOutput] = ()) -> list[dict]:
-    """One row per fold: dates, sizes, purge/embargo, regime shares and out-of-sample metrics."""
-    by_fold = {r.meta["fold"]: r.meta for r in regimes}
-    tests = {b.meta["fold"]: b.meta["metrics"] for b in backtests}
+def fold_rows(folds: StageOutput, regimes: list[StageOutput], backtests: list[StageOutput] = (),
+              failures: dict[int, str] | None = None) -> list[dict]:
+    """One row per fold: dates, sizes, purge/embargo, regime shares and out-of-sample metrics.
+
+    ``regimes`` and ``backtests`` are in fold order (empty when not available); ``failures`` maps a
+    fold to its error.
+    """
+    failures = failures or {}
     rows = []
-    for span in folds.meta["folds"]:
+    for i, span in enumerate(folds.meta["folds"]):
         row = {k: span[k] for k in ("fold", "train_start", "train_end", "test_start", "test_end",
                                     "train_bars", "test_bars", "purge_bars", "embargo_bars")}
         for k in ("train_start", "train_end", "test_start", "test_end"):
             row[k] = _day(row[k])
-        reg = by_fold.get(span["fold"])
-        if reg is not None:
-            for i, (a, b) in enumerate(zip(reg["train_shares"], reg["test_shares"])):
-                row[f"regime_{i}_train"] = round(a, 3)
-                row[f"regime_{i}_test"] = round(b, 3)
+        if i in failures:
+            row["error"] = failures[i]
+        if i < len(regimes):
+            reg = regimes[i].meta
+            for k, (a, b) in enumerate(zip(reg["train_shares"], reg["test_shares"])):
+                row[f"regime_{k}_train"] = round(a, 3)
+                row[f"regime_{k}_test"] = round(b, 3)
+        tests = backtests[i].meta["metrics"] if i < len(backtests) else {}
         for name in STRATEGIES:
-            metrics = tests.get(span["fold"], {}).get(name)
+            metrics = tests.get(name)
             if metrics is None:
                 continue
             for m in METRICS:
@@ -70,29 +103,43 @@ def _image(path: str) -> str:
     return f"![equity and drawdown](data:image/png;base64,{data})"
 
 
+def mlflow_link(tracking_uri: str, experiment_id: str | None, run_id: str) -> str:
+    """A link to the MLflow UI for an http(s) tracking server; otherwise the run id and how to browse it."""
+    if tracking_uri.startswith(("http://", "https://")) and experiment_id:
+        return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}` (browse with `mlflow ui --backend-store-uri {tracking_uri}`)"
+
+
 def publish(rows: list[dict], panel: StageOutput, features: StageOutput, stage_states: dict[str, str],
-            registered: StageOutput | None = None, backtests: list[StageOutput] = ()) -> None:
-    """Create the fold table artifact and a run summary artifact (gate, registry, curves)."""
+            registered: StageOutput | None = None, backtests: list[StageOutput] = (),
+            drift: StageOutput | None = None, champion: StageOutput | None = None) -> None:
+    """Create the fold table artifact and a run summary artifact (gate, registry, curves, drift)."""
     create_table_artifact(rows, key="sentio-folds",
                           description="Purged walk-forward folds: dates, regime shares, out-of-sample metrics after costs")
     lines = ["# Sentio run summary", ""]
     if registered is not None:
         reg = registered.meta
+        uri, exp = reg["tracking_uri"], reg.get("experiment_id")
         lines += ["## Promotion", "", f"- model version {reg['version']} -> alias **{reg['alias']}**",
                   *[f"- {r}" for r in reg["gate"]["reasons"]],
-                  f"- MLflow: parent run `{reg['parent_run_id']}` at `{reg['tracking_uri']}`",
+                  f"- MLflow parent run: {mlflow_link(uri, exp, reg['parent_run_id'])}",
+                  *[f"  - {name}: {mlflow_link(uri, exp, run)}" for name, run in sorted(reg["child_run_ids"].items())],
                   f"- export: {', '.join(reg['export']) if reg['export'] else 'none (not a champion)'}", ""]
+    if champion is not None:
+        lines += ["## Current champion on the newest bars", "", champion.meta["summary_line"], ""]
+    if drift is not None:
+        lines += [drift.meta["markdown"], ""]
     lines += ["## Data", ""]
     lines += [f"- {line.strip()}" for line in panel.meta["alignment_lines"]]
     lines += ["", f"- features: {features.meta['n_features']} columns, {features.meta['rows']} rows, "
               f"warm-up {features.meta['warmup_rows']} rows", ""]
-    for b in sorted(backtests, key=lambda b: b.meta["fold"]):
-        lines += [f"## Fold {b.meta['fold']} ({_day(b.meta['test_start'])} .. {_day(b.meta['test_end'])})", "",
+    for i, b in enumerate(backtests):
+        lines += [f"## Fold {i} ({_day(b.meta['test_start'])} .. {_day(b.meta['test_end'])})", "",
                   _image(b.meta["plot"]), ""]
     lines += ["## Stages", "", "| stage | state |", "|---|---|"]
     lines += [f"| {name} | {state} |" for name, state in stage_states.items()]
     create_markdown_artifact("\n".join(lines), key="sentio-run-summary",
-                             description="Promotion decision, data alignment, equity curves, stage states")
+                             description="Promotion decision, MLflow runs, drift, equity curves, stage states")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -11,9 +11,9 @@ from .conftest import DAILY, SMOKE
 
 pytestmark = pytest.mark.flow
 
-STAGES = ["ingest", "validate", "panel", "features", "folds", "regimes-fold-0", "regimes-fold-1",
-          "train-maskable_ppo-fold-0", "train-ppo-fold-0", "backtest-fold-0",
-          "train-maskable_ppo-fold-1", "train-ppo-fold-1", "backtest-fold-1", "register"]
+STAGES = ["ingest", "validate", "panel", "features", "folds", "rescore-champion",
+          "regimes-fold-0", "train-maskable_ppo-fold-0", "train-ppo-fold-0", "backtest-fold-0",
+          "regimes-fold-1", "train-maskable_ppo-fold-1", "train-ppo-fold-1", "backtest-fold-1", "drift", "register"]
 TRAINING = [s for s in STAGES if s.startswith(("train", "backtest"))] + ["register"]
 
 
@@ -62,7 +62,7 @@ def test_feature_change_reruns_features_and_after_only(first_run):
 def test_cost_change_reruns_training_and_backtests_only(first_run):
     work, _ = first_run
     out = _run(work, "costs.impact_coef=0.7")
-    assert {out["stages"][s] for s in STAGES if s not in TRAINING} == {"Cached"}
+    assert {out["stages"][s] for s in STAGES if s not in TRAINING + ["rescore-champion"]} == {"Cached"}
     assert {out["stages"][s] for s in TRAINING} == {"Completed"}
 
 
@@ -183,27 +183,31 @@ def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_p
     np.testing.assert_array_equal(np.asarray(registered.predict(model_input(obs, mask))), exported.act(obs, mask))
 
 
-def test_a_failed_fold_leaves_no_registered_model_and_no_export(prefect_harness, tmp_path, monkeypatch):
+def test_a_failed_fold_is_retried_then_reported_while_the_others_finish(prefect_harness, tmp_path, monkeypatch):
+    """A crashing training is retried once; its fold is then reported, fold 0 still finishes, and
+    the run registers and exports nothing."""
     from mlflow.tracking import MlflowClient
 
+    from flows.retrain import FoldFailure, sentio_retrain
     from sentio_core import stages
 
-    real = stages.train
+    real, calls = stages.train, []
 
     def failing(cfg, market, span, algorithm, *args, **kwargs):
+        calls.append((span["fold"], algorithm))
         if span["fold"] == 1:
             raise RuntimeError("simulated training crash on fold 1")
         return real(cfg, market, span, algorithm, *args, **kwargs)
 
     monkeypatch.setattr(stages, "train", failing)
-    from flows.retrain import sentio_retrain
-
     state = sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={tmp_path}", f"registry.export_dir={tmp_path}/exports",
                                                          "registry.model_name=sentio-test-failed", "seed=99"],
                            return_state=True)
     assert state.is_failed()
-    with pytest.raises(RuntimeError, match="simulated training crash on fold 1"):
+    with pytest.raises(FoldFailure, match="fold 1 failed: RuntimeError: simulated training crash on fold 1"):
         state.result()
+    assert calls.count((1, "maskable_ppo")) == 2  # retried once (run.train_retries), then reported
+    assert len(list((tmp_path / "backtest").glob("*.json"))) == 1  # fold 0 finished
     assert not (tmp_path / "exports").exists()
     assert not (tmp_path / "register").exists()
     assert MlflowClient().search_model_versions("name='sentio-test-failed'") == []
