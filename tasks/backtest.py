@@ -39,8 +39,7 @@ def _trades_frame(paths: dict[str, backtest_mod.Path]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-@task(name="backtest", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="backtest-fold-{fold}")
-def backtest(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
+def _backtest(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
              trained: list[StageOutput], fold: int) -> StageOutput:
     """Write the fold's metrics (JSON), equity/drawdown paths and trades (Parquet) and a plot (PNG)."""
     mkt, span = fold_market(cfg, panel, features, folds, regimes, fold)
@@ -59,3 +58,7 @@ def backtest(cfg: Config, panel: StageOutput, features: StageOutput, folds: Stag
     io.write_json({"fold": fold, "metrics": result, "files": files}, base)
     meta = {"fold": fold, "metrics": result, **files, "test_start": span["test_start"], "test_end": span["test_end"]}
     return StageOutput("backtest", str(base), io.file_sha256(base), meta)
+
+
+# the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
+backtest = task(name="backtest", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="backtest-fold-{fold}")(_backtest)

@@ -9,6 +9,7 @@ changed feature setting re-runs features and what follows but not ingest or vali
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -73,10 +74,23 @@ class StageKey:
         payload = [cfg.section_hash(*self.sections), _fingerprint(list(inputs)), self.version]
         return f"{self.stage}-{stable_hash(payload)}"
 
+    def checked(self, cfg: Config, key: str) -> str:
+        """``key``, unless Prefect holds a cached result for it whose output is gone from
+        ``run.work_dir`` (cleaned, or copied from another machine): then a fresh key, so the stage
+        runs again instead of returning a result that points at a missing file. Outputs are
+        content-addressed, so the rebuilt file lands where the old cache entry points."""
+        if any((Path(cfg.run.work_dir) / self.stage).glob(f"{key}.*")):
+            return key
+        from prefect.settings import get_current_settings
+
+        if (Path(get_current_settings().results.local_storage_path) / key).exists():
+            return f"{key}-rebuild-{time.time_ns()}"
+        return key
+
     def cache_key_fn(self, context: Any, parameters: dict[str, Any]) -> str:
         """Prefect ``cache_key_fn``: the config is the ``cfg`` parameter, the rest are inputs."""
         cfg = parameters["cfg"]
-        return self.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"])
+        return self.checked(cfg, self.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"]))
 
     def fold_inputs(self, parameters: dict[str, Any]) -> list[Any]:
         """Inputs of a per-fold task: the fold's fingerprint stands for the whole panel, feature
@@ -87,7 +101,7 @@ class StageKey:
 
     def fold_cache_key_fn(self, context: Any, parameters: dict[str, Any]) -> str:
         """Prefect ``cache_key_fn`` of a per-fold task (see :meth:`fold_inputs`)."""
-        return self.compute(parameters["cfg"], *self.fold_inputs(parameters))
+        return self.checked(parameters["cfg"], self.compute(parameters["cfg"], *self.fold_inputs(parameters)))
 
     def fold_output(self, suffix: str, parameters: dict[str, Any]) -> Path:
         return self.output(parameters["cfg"], suffix, *self.fold_inputs(parameters))

@@ -15,7 +15,7 @@ KEY = StageKey("ingest", ("data", "universe"), (stages, io, sys.modules[__name__
 
 def _key(context, parameters) -> str:
     cfg = parameters["cfg"]
-    return KEY.compute(cfg, stages.manifest(cfg)["files"])
+    return KEY.checked(cfg, KEY.compute(cfg, stages.manifest(cfg)["files"]))
 
 
 @task(name="ingest", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=2)

@@ -14,8 +14,7 @@ KEY = StageKey("regimes", ("regimes", "seed", "universe"), (stages, regimes_mod,
                fold_field="panel_fingerprint")
 
 
-@task(name="regimes", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="regimes-fold-{fold}")
-def regimes(cfg: Config, panel: StageOutput, folds: StageOutput, fold: int) -> StageOutput:
+def _regimes(cfg: Config, panel: StageOutput, folds: StageOutput, fold: int) -> StageOutput:
     """Write the fold's filtered regime probabilities (parquet) and fitted model (in ``meta``)."""
     span = folds.meta["folds"][fold]
     result = stages.regimes(cfg, io.read_parquet(panel.require()), span)
@@ -24,3 +23,7 @@ def regimes(cfg: Config, panel: StageOutput, folds: StageOutput, fold: int) -> S
     meta = {"fold": fold, "model": result.model.to_dict(),
             "train_shares": result.train_shares, "test_shares": result.test_shares}
     return StageOutput("regimes", str(out), io.file_sha256(out), meta)
+
+
+# the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
+regimes = task(name="regimes", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="regimes-fold-{fold}")(_regimes)

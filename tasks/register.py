@@ -46,7 +46,8 @@ def export_metadata(cfg: Config, spec: dict, gate: promotion.GateResult, backtes
 def _key(context, parameters) -> str:
     """The models, their backtests and the registry; not the data fingerprint, so bars appended
     after the last test window (which change no model) do not register the same models again."""
-    return KEY.compute(parameters["cfg"], *[v for k, v in parameters.items() if k not in ("cfg", "manifest")])
+    cfg = parameters["cfg"]
+    return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k not in ("cfg", "manifest")]))
 
 
 @task(name="register", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)

@@ -24,7 +24,12 @@ def _key(context, parameters) -> str:
     """The data and the champion's weights: a new champion or new bars re-score."""
     cfg, pth = parameters["cfg"], _champion(parameters["cfg"])
     champion = io.file_sha256(pth) if pth.exists() else "none"
-    return KEY.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"], champion)
+    return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"], champion))
+
+
+def _skipped(out: Path, status: str, line: str) -> StageOutput:
+    io.write_json({"status": status}, out)
+    return StageOutput("rescore", str(out), io.file_sha256(out), {"status": status, "summary_line": line})
 
 
 def _line(result: dict) -> str:
@@ -43,15 +48,15 @@ def _line(result: dict) -> str:
 def rescore(cfg, manifest: StageOutput, panel: StageOutput, features: StageOutput) -> StageOutput:
     """Score the exported champion, if any, from its test window to the newest bar; log to MLflow."""
     pth = _champion(cfg)
+    champion = io.file_sha256(pth) if pth.exists() else "none"
+    out = KEY.output(cfg, "json", manifest, panel, features, champion)
     if not pth.exists():
-        return StageOutput("rescore", "", "", {"status": "no champion", "summary_line": f"- no champion exported yet ({pth})"})
+        return _skipped(out, "no champion", f"- no champion exported yet ({pth})")
     policy = export.load_policy(pth)
     if "regime_model" not in policy.metadata:
-        return StageOutput("rescore", "", "", {"status": "skipped",
-                                               "summary_line": f"- {pth} predates re-scoring metadata; not re-scored"})
+        return _skipped(out, "skipped", f"- {pth} predates re-scoring metadata; not re-scored")
     result = stages.rescore(cfg, io.read_parquet(panel.require()), io.read_parquet(features.require()),
                             BarFrequency(**panel.meta["frequency"]), policy)
-    out = KEY.output(cfg, "json", manifest, panel, features, io.file_sha256(pth))
     io.write_json(result, out)
     registry.configure(cfg.registry)
     tags = {"kind": "champion-rescore", "model_version": str(policy.metadata.get("registry_version")),

@@ -21,8 +21,7 @@ SECTIONS = ("seed", "universe", "env", "masks", "costs", "train")
 KEY = StageKey("train", SECTIONS, (stages, train_mod, env, market, masks, policies, export, io, sys.modules[__name__]))
 
 
-@task(name="train", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="train-{algorithm}-fold-{fold}")
-def train(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
+def _train(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
           fold: int, algorithm: str) -> StageOutput:
     """Train ``algorithm`` on the fold; returns the .pth path with the training summary in ``meta``."""
     mkt, span = fold_market(cfg, panel, features, folds, regimes, fold)
@@ -36,3 +35,7 @@ def train(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOu
     spec = {**stages.policy_spec(cfg, mkt, span), "regime_model": regimes.meta["model"], "training": summary}
     pth, meta_json = export.save_policy(result.model, algorithm, stem, spec)
     return StageOutput("train", str(pth), io.file_sha256(pth), {**summary, "metadata_path": str(meta_json)})
+
+
+# the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
+train = task(name="train", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="train-{algorithm}-fold-{fold}")(_train)

@@ -107,7 +107,7 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     stages_line = next(line for line in second.stdout.splitlines() if line.startswith("stages:"))
-    assert stages_line == "stages: 14 (14 Cached)"
+    assert stages_line == "stages: 16 (16 Cached)"
 
 
 def test_sentio_run_on_bad_data_exits_1_with_the_report_and_no_traceback(tmp_path):
