@@ -47,8 +47,16 @@ def _call(task, states: dict[str, str], name: str, refresh: bool, *args: Any):
 
 
 def _ensure_training_limit(cfg: Config) -> None:
+    """Create or resize the ``sentio-training`` limit. On the embedded API (no server) this run is
+    its only user and the API keeps no leases between processes, so slots left occupied by a
+    killed run are freed here; a real server expires a dead holder's lease itself."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.settings import get_current_settings
+
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(TRAINING_LIMIT, cfg.run.training_slots)
+        if get_current_settings().api.url is None:
+            client.update_global_concurrency_limit(TRAINING_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
 @flow(name="sentio-folds")

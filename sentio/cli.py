@@ -137,11 +137,17 @@ def cmd_train(args, cfg) -> int:
     regimes = stages.regimes(cfg, bars, span)
     market = stages.fold_market(cfg, bars, feats, regimes.probabilities, span, freq)
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=budget.timesteps, desc=args.model_type, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+
     def progress(steps: int, episodes: int) -> None:
-        print(f"\r{args.model_type}: {steps} steps, {episodes} episodes", end="", file=sys.stderr, flush=True)
+        bar.update(steps - bar.n)
+        bar.set_postfix(episodes=episodes)
 
     result = stages.train(cfg, market, span, args.model_type, budget, args.lr, progress)
-    print(f"\ntrained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
+    bar.close()
+    print(f"trained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
           f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
     masked = args.model_type == "maskable_ppo"
     from sentio_core.backtest import sb3_policy

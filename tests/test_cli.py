@@ -45,7 +45,9 @@ def test_folds_json_contract(capsys):
         assert f["purge_bars"] == 31 and f["embargo_bars"] == 5
         assert f["train_end"] < f["test_start"] <= f["test_end"]
     assert folds[0]["test_end"] < folds[1]["test_start"]
-    assert folds[-1]["test_end"].startswith("2025-04-21")
+    assert folds[-1]["test_end"].startswith("2025-04-16")  # folds.step_bars=21: the layout ends on a step
+    assert main(["folds", "--json", "--set", "folds.step_bars=1"]) == 0
+    assert json.loads(capsys.readouterr().out)[-1]["test_end"].startswith("2025-04-21")  # the last bar
 
 
 def test_folds_table(capsys):
