@@ -58,26 +58,24 @@ def fold_rows(folds: StageOutput, regimes: list[StageOutput], backtests: list[St
     failures = failures or {}
     rows = []
     for i, span in enumerate(folds.meta["folds"]):
-        row = {k: span[k] for k in ("fold", "train_start", "train_end", "test_start", "test_end",
-                                    "train_bars", "test_bars", "purge_bars", "embargo_bars")}
-        for k in ("train_start", "train_end", "test_start", "test_end"):
-            row[k] = _day(row[k])
+        # the out-of-sample results first (what a reader scans for), then the fold's anatomy
+        row = {"fold": span["fold"], "test_start": _day(span["test_start"]), "test_end": _day(span["test_end"])}
         if i in failures:
             row["error"] = failures[i]
+        tests = backtests[i].meta["metrics"] if i < len(backtests) else {}
+        for m in METRICS:
+            for name in STRATEGIES:
+                if name not in tests or (m == "overrides" and name not in ("maskable_ppo", "ppo")):
+                    continue
+                value = tests[name][m]
+                row[f"{name}_{m}"] = round(value, 4) if m != "overrides" else int(value)
+        row.update({"train_start": _day(span["train_start"]), "train_end": _day(span["train_end"]),
+                    **{k: span[k] for k in ("train_bars", "test_bars", "purge_bars", "embargo_bars")}})
         if i < len(regimes):
             reg = regimes[i].meta
             for k, (a, b) in enumerate(zip(reg["train_shares"], reg["test_shares"])):
                 row[f"regime_{k}_train"] = round(a, 3)
                 row[f"regime_{k}_test"] = round(b, 3)
-        tests = backtests[i].meta["metrics"] if i < len(backtests) else {}
-        for name in STRATEGIES:
-            metrics = tests.get(name)
-            if metrics is None:
-                continue
-            for m in METRICS:
-                if m == "overrides" and name not in ("maskable_ppo", "ppo"):
-                    continue
-                row[f"{name}_{m}"] = round(metrics[m], 4) if m != "overrides" else int(metrics[m])
         rows.append(row)
     return rows
 

@@ -211,3 +211,32 @@ def test_a_failed_fold_is_retried_then_reported_while_the_others_finish(prefect_
     assert not (tmp_path / "exports").exists()
     assert not (tmp_path / "register").exists()
     assert MlflowClient().search_model_versions("name='sentio-test-failed'") == []
+
+
+def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness, tmp_path, monkeypatch):
+    """The `sentio-training` limit exists with run.training_slots slots, and no two trainings overlap."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    from sentio_core import stages
+
+    real, spans, lock = stages.train, [], threading.Lock()
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                spans.append((start, time.perf_counter()))
+
+    monkeypatch.setattr(stages, "train", timed)
+    _run(tmp_path, "seed=31", "train.timesteps=256", "train.n_steps=64", "train.batch_size=64")
+    spans.sort()
+    assert len(spans) == 4
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("sentio-training")
+    assert limit.limit == 1 and limit.active_slots == 0
