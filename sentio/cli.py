@@ -116,6 +116,7 @@ def cmd_folds(args, cfg) -> int:
 def cmd_train(args, cfg) -> int:
     """Train on the latest fold's training window, backtest on its test window, export."""
     from sentio_core import export, stages
+    from sentio_core.backtest import sb3_policy
     from sentio_core.train import Budget
     from tasks.report import format_table
 
@@ -150,8 +151,6 @@ def cmd_train(args, cfg) -> int:
     print(f"trained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
           f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
     masked = args.model_type == "maskable_ppo"
-    from sentio_core.backtest import sb3_policy
-
     paths = stages.backtest(cfg, market, span, {args.model_type: (sb3_policy(result.model, masked), masked)})
     metrics = {name: p.metrics(market.periods_per_year) for name, p in paths.items()}
     training = {"timesteps": result.timesteps, "episodes": result.episodes, "seconds": round(result.seconds, 2),

@@ -109,8 +109,7 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
         delta = new - s.shares
         c = np.zeros(n)
         for j, leg in enumerate(legs):
-            c += trade_costs(cfg.costs, leg.symbol, delta[:, j], np.full(n, open_n[j]),
-                             np.full(n, leg.dollar_volume[t + 1]), np.full(n, leg.sigma[t])).total
+            c += trade_costs(cfg.costs, leg.symbol, delta[:, j], open_n[j], leg.dollar_volume[t + 1], leg.sigma[t]).total
         for i in np.flatnonzero((delta != 0).any(axis=1)):
             for j in np.flatnonzero(delta[i]):
                 trades[i].append({"timestamp": timestamps[t + 1], "symbol": legs[j].symbol, "shares": float(delta[i, j]),

@@ -107,8 +107,12 @@ def normalise(x: np.ndarray, train_rows: tuple[int, int], clip: float) -> tuple[
     std = np.nanstd(train, axis=0)
     mean = np.nan_to_num(mean, nan=0.0)
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-    z = np.clip((x - mean) / std, -clip, clip)
-    return np.nan_to_num(z, nan=0.0).astype(np.float32), mean, std
+    return apply_normalisation(x, mean, std, clip), mean, std
+
+
+def apply_normalisation(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
+    """``(x - mean) / std`` clipped to ``+-clip``, NaN -> 0, as float32 (T, F)."""
+    return np.nan_to_num(np.clip((x - mean) / std, -clip, clip), nan=0.0).astype(np.float32)
 
 
 def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
@@ -171,7 +175,7 @@ def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_pr
         mean, std = np.asarray(fitted[1], dtype=float), np.asarray(fitted[2], dtype=float)
         if len(mean) != x.shape[1]:
             raise ValueError(f"the policy's normalisation has {len(mean)} columns, the observation {x.shape[1]}")
-        z = np.nan_to_num(np.clip((x - mean) / std, -cfg.env.clip_obs, cfg.env.clip_obs), nan=0.0).astype(np.float32)
+        z = apply_normalisation(x, mean, std, cfg.env.clip_obs)
     levels, weights, leg_specs = action_weights(cfg)
     legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars) for sym, d in leg_specs]
     mtc = feats["minutes_to_close"].to_numpy().astype(float) if "minutes_to_close" in feats.columns else None

@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
@@ -117,6 +118,15 @@ def parent_run(cfg: RegistryConfig, run_name: str, params: dict[str, str], tags:
     with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id, tags=dict(tags)) as run:
         _log_batched(run.info.run_id, params, {}, {})
         yield run.info.run_id
+
+
+def log_run(cfg: RegistryConfig, prefix: str, metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """A standalone run ``PREFIX-<UTC time>`` with ``metrics`` (nightly drift, champion re-score);
+    configures MLflow first. Returns the run id."""
+    configure(cfg)
+    with parent_run(cfg, f"{prefix}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}", {}, tags) as run_id:
+        log_metrics(run_id, metrics)
+    return run_id
 
 
 def log_child_run(parent_run_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],

@@ -22,6 +22,7 @@ from sentio_core.features import build_features, feature_columns, first_complete
 from sentio_core.folds import Fold, from_config
 from sentio_core.io import SourceFile, discover, file_sha256
 from sentio_core.market import Market, build_market
+from sentio_core.metrics import performance
 from sentio_core.regimes import RegimeModel, fit_regimes, forward_filter, regime_shares
 from sentio_core.train import Budget, TrainResult, train_policy
 from sentio_core.universe import add_synthetic_legs
@@ -136,6 +137,17 @@ class FoldRegimes:
     test_shares: list[float]
 
 
+def fold_seed(cfg: Config, span: dict) -> int:
+    """The seed of one fold's fits and trainings: ``seed + 1000 x fold``."""
+    return cfg.seed + 1000 * int(span["fold"])
+
+
+def regime_frame(timestamps: pl.Series, probs: np.ndarray) -> pl.DataFrame:
+    """``timestamp, regime_0..K-1`` from filtered probabilities of shape (T, K)."""
+    return pl.DataFrame({"timestamp": timestamps}).with_columns(
+        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(probs.shape[1])])
+
+
 def regimes(cfg: Config, bars: pl.DataFrame, span: dict) -> FoldRegimes:
     """Fit the regime model on one fold's training rows, then filter forward through its test rows.
 
@@ -144,13 +156,10 @@ def regimes(cfg: Config, bars: pl.DataFrame, span: dict) -> FoldRegimes:
     """
     r = underlying_returns(cfg, bars)
     (a, b), (c, d) = span["train_rows"], span["test_rows"]
-    model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.seed + 1000 * int(span["fold"]))
+    model = fit_regimes(r[a:b], cfg.regimes, seed=fold_seed(cfg, span))
     probs = forward_filter(model, r[a:d])
     timestamps = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["timestamp"]
-    frame = pl.DataFrame({"timestamp": timestamps[a:d]}).with_columns(
-        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(model.n_regimes)]
-    )
-    return FoldRegimes(model, frame, regime_shares(probs[: b - a]), regime_shares(probs[c - a:]))
+    return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(probs[: b - a]), regime_shares(probs[c - a:]))
 
 
 # --- per fold: market, training, backtest ---------------------------------------------------
@@ -163,9 +172,9 @@ def fold_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_pro
 
 def train(cfg: Config, market: Market, span: dict, algorithm: str, budget: Budget | None = None,
           learning_rate: float | None = None, on_progress=None) -> TrainResult:
-    """Train one algorithm on the fold's training rows; the seed is ``seed + 1000 x fold``."""
-    seed = cfg.seed + 1000 * int(span["fold"])
-    return train_policy(algorithm, market, cfg, tuple(span["train_rows"]), seed, budget, learning_rate, on_progress)
+    """Train one algorithm on the fold's training rows, seeded with :func:`fold_seed`."""
+    return train_policy(algorithm, market, cfg, tuple(span["train_rows"]), fold_seed(cfg, span), budget,
+                        learning_rate, on_progress)
 
 
 def policy_spec(cfg: Config, market: Market, span: dict) -> dict:
@@ -227,21 +236,16 @@ def rescore(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, freq: BarFrequ
     a, c = row_of(feats, md["train_window"][0]), row_of(feats, md["test_window"][0])
     t_end = row_of(feats, md["test_window"][1])
     model = RegimeModel.from_dict(md["regime_model"])
-    probs = forward_filter(model, underlying_returns(ccfg, bars)[a:])
-    frame = pl.DataFrame({"timestamp": feats["timestamp"][a:]}).with_columns(
-        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(model.n_regimes)])
+    frame = regime_frame(feats["timestamp"][a:], forward_filter(model, underlying_returns(ccfg, bars)[a:]))
     norm = md["observation"]["normalisation"]
     market = build_market(ccfg, bars, feats, frame, (a, c), freq.periods_per_year,
                           fitted=(md["observation"]["features"], norm["mean"], norm["std"]))
-    act = (lambda obs, m: policy.act(obs, m))
-    paths = backtest_fold(market, ccfg, (c, market.n_rows), {"champion": (act, True)})
+    paths = backtest_fold(market, ccfg, (c, market.n_rows), {"champion": (policy.act, True)})
     metrics = {k: p.metrics(freq.periods_per_year) for k, p in paths.items()}
     new = market.n_rows - 1 - t_end
     since = None
     if new >= 2:
-        eq = paths["champion"].equity[t_end - c + 1:]
-        from sentio_core.metrics import performance
-        since = performance(eq, periods_per_year=freq.periods_per_year)
+        since = performance(paths["champion"].equity[t_end - c + 1:], periods_per_year=freq.periods_per_year)
     return {"metrics": metrics, "since_test": since, "first": market.timestamps[c], "last": market.timestamps[-1],
             "bars": market.n_rows - c, "new_bars": new}
 

@@ -4,7 +4,6 @@ and regime occupancy; a Prefect markdown artifact and MLflow metrics."""
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -26,10 +25,8 @@ def drift(cfg, panel: StageOutput, features: StageOutput, folds: StageOutput, re
     io.write_json({"rows": table.rows, "skipped": table.skipped, "occupancy": occupancy, "summary": summary}, out)
     create_markdown_artifact(markdown, key="sentio-drift", description="Feature PSI/KS and regime occupancy: "
                              "latest training window vs the newest bars")
-    registry.configure(cfg.registry)
-    with registry.parent_run(cfg.registry, f"drift-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}", {},
-                             {"kind": "drift", "reference": f"{span['train_start']}..{span['train_end']}",
-                              "recent_bars": str(cfg.drift.recent_bars)}) as run_id:
-        registry.log_metrics(run_id, {f"drift.{k}": v for k, v in summary.items()})
+    run_id = registry.log_run(cfg.registry, "drift", {f"drift.{k}": v for k, v in summary.items()},
+                              {"kind": "drift", "reference": f"{span['train_start']}..{span['train_end']}",
+                               "recent_bars": str(cfg.drift.recent_bars)})
     return StageOutput("drift", str(out), io.file_sha256(out), {"summary": summary, "markdown": markdown,
                                                                "mlflow_run_id": run_id})

@@ -4,7 +4,6 @@ before anything is retrained: how the model in production did on bars it never t
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
@@ -58,14 +57,12 @@ def rescore(cfg, manifest: StageOutput, panel: StageOutput, features: StageOutpu
     result = stages.rescore(cfg, io.read_parquet(panel.require()), io.read_parquet(features.require()),
                             BarFrequency(**panel.meta["frequency"]), policy)
     io.write_json(result, out)
-    registry.configure(cfg.registry)
     tags = {"kind": "champion-rescore", "model_version": str(policy.metadata.get("registry_version")),
             "first": result["first"], "last": result["last"]}
-    with registry.parent_run(cfg.registry, f"champion-rescore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}", {}, tags) as rid:
-        metrics = {f"{k}.{m}": v for k, ms in result["metrics"].items() for m, v in ms.items()}
-        if result["since_test"] is not None:
-            metrics.update({f"since_test.{m}": v for m, v in result["since_test"].items()})
-        registry.log_metrics(rid, metrics)
+    metrics = {f"{k}.{m}": v for k, ms in result["metrics"].items() for m, v in ms.items()}
+    if result["since_test"] is not None:
+        metrics.update({f"since_test.{m}": v for m, v in result["since_test"].items()})
+    rid = registry.log_run(cfg.registry, "champion-rescore", metrics, tags)
     return StageOutput("rescore", str(out), io.file_sha256(out),
                        {"status": "scored", "summary_line": _line(result), "mlflow_run_id": rid,
                         "sharpe": result["metrics"]["champion"]["sharpe"], "bars": result["bars"]})

@@ -240,3 +240,16 @@ def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("sentio-training")
     assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_the_next_run_rescores_the_exported_champion(prefect_harness, tmp_path):
+    """Before retraining, the champion is scored from its test window on: over the same window it
+    reproduces the Sharpe its fold's backtest reported."""
+    relaxed = ["promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
+               "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-rescore",
+               "folds.step_bars=1"]  # the last test window ends on the last bar: the re-score covers exactly it
+    first = _run(tmp_path, *relaxed)
+    assert first["registration"]["alias"] == "champion" and first["champion"]["status"] == "no champion"
+    again = _run(tmp_path, *relaxed)
+    assert again["stages"]["rescore-champion"] == "Completed" and again["champion"]["status"] == "scored"
+    assert again["champion"]["sharpe"] == pytest.approx(first["folds"][-1]["maskable_ppo_sharpe"], abs=1e-4)
