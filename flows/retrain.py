@@ -12,6 +12,7 @@ anything. Trainings hold a slot of the global concurrency limit ``sentio-trainin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_client
@@ -19,24 +20,48 @@ from prefect.futures import as_completed
 
 from sentio_core import registry
 from sentio_core.config import Config, load_config
+from sentio_core.report import fold_rows
 from tasks import report
-from tasks.backtest import backtest
-from tasks.common import StageOutput
+from tasks.backtest import BacktestOutput, backtest
 from tasks.drift import drift
-from tasks.features import features
-from tasks.folds import folds
+from tasks.features import FeaturesOutput, features
+from tasks.folds import FoldsOutput, folds
 from tasks.ingest import ingest
-from tasks.panel import panel
-from tasks.regimes import regimes
-from tasks.register import register
-from tasks.rescore import rescore
+from tasks.panel import PanelOutput, panel
+from tasks.regimes import RegimesOutput, regimes
+from tasks.register import RegisterOutput, register
+from tasks.rescore import RescoreOutput, rescore
 from tasks.runners import task_runner
-from tasks.train import TRAINING_LIMIT, train
+from tasks.train import TRAINING_LIMIT, TrainOutput, train
 from tasks.validate import validate
 
 
 class FoldFailure(RuntimeError):
     """One or more folds failed after their retries; nothing was registered."""
+
+
+@dataclass
+class FoldWork:
+    """One fold's outputs (all None when it failed) and its tasks' final states."""
+
+    states: dict[str, str] = field(default_factory=dict)
+    regimes: RegimesOutput | None = None
+    trained: list[TrainOutput] = field(default_factory=list)
+    backtest: BacktestOutput | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``sentio run`` prints: stage states, the fold table, data notes, the decision."""
+
+    stages: dict[str, str]
+    folds: list[dict]
+    alignment: list[str]
+    n_features: int
+    registration: RegisterOutput
+    drift: dict[str, float]
+    champion: RescoreOutput
 
 
 def _call(task, states: dict[str, str], name: str, refresh: bool, *args: Any):
@@ -60,15 +85,12 @@ def _ensure_training_limit(cfg: Config) -> None:
 
 
 @flow(name="sentio-folds")
-def fold_work(cfg: Config, bars: StageOutput, feats: StageOutput, spans: StageOutput, refresh: bool) -> list[dict]:
-    """Every fold's regimes, trainings and backtest, submitted to the task runner.
-
-    :returns: per fold ``{"states": {task: state}, "regimes", "trained", "backtest", "error"}``.
-    """
+def fold_work(cfg: Config, bars: PanelOutput, feats: FeaturesOutput, spans: FoldsOutput, refresh: bool) -> list[FoldWork]:
+    """Every fold's regimes, trainings and backtest, submitted to the task runner."""
     # the timeout is enforced inside training (a Prefect timeout cannot interrupt a worker thread)
     train_task = train.with_options(refresh_cache=refresh, retries=cfg.run.train_retries)
-    per_fold, futures = [], {}
-    n_folds = len(spans.meta["folds"])
+    per_fold, submitted, futures = [], [], {}
+    n_folds = len(spans.folds)
     progress = report.Progress(n_folds * (len(cfg.train.algorithms) + 2))
     for i in range(n_folds):
         reg = regimes.with_options(refresh_cache=refresh).submit(cfg, bars, spans, i)
@@ -76,24 +98,22 @@ def fold_work(cfg: Config, bars: StageOutput, feats: StageOutput, spans: StageOu
         test = backtest.with_options(refresh_cache=refresh).submit(cfg, bars, feats, spans, reg, trained, i)
         names = [f"regimes-fold-{i}", *[f"train-{a}-fold-{i}" for a in cfg.train.algorithms], f"backtest-fold-{i}"]
         futures.update({f: (i, n) for f, n in zip([reg, *trained, test], names)})
-        per_fold.append({"futures": (reg, trained, test), "states": {}, "error": None})
+        per_fold.append(FoldWork())
+        submitted.append((reg, trained, test))
     for fut in as_completed(list(futures)):
         i, name = futures[fut]
         fut.wait()
         progress.step(name, fut.state.name)
     progress.close()
     for fut, (i, name) in futures.items():
-        per_fold[i]["states"][name] = fut.state.name
-    for i, item in enumerate(per_fold):
-        reg, trained, test = item.pop("futures")
+        per_fold[i].states[name] = fut.state.name
+    for work, (reg, trained, test) in zip(per_fold, submitted):
         failed = [f for f in (reg, *trained, test) if not f.state.is_completed()]
         if failed:
-            item["error"] = _first_error(failed)
+            work.error = _first_error(failed)
             continue
-        item.update(regimes=reg.result(), trained=[t.result() for t in trained], backtest=test.result())
+        work.regimes, work.trained, work.backtest = reg.result(), [t.result() for t in trained], test.result()
     return per_fold
-
-
 def _first_error(futures) -> str:
     for fut in futures:
         try:
@@ -104,7 +124,7 @@ def _first_error(futures) -> str:
 
 
 @flow(name="sentio-retrain", log_prints=True)
-def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | None = None, refresh: bool = False) -> dict:
+def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | None = None, refresh: bool = False) -> RunResult:
     """Retrain on the configured data.
 
     :param config: config file path.
@@ -121,22 +141,21 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     rescored = _call(rescore, states, "rescore-champion", refresh, cfg, man, bars, feats)
     _ensure_training_limit(cfg)
     per_fold = fold_work.with_options(task_runner=task_runner(cfg.run))(cfg, bars, feats, spans, refresh)
-    for item in per_fold:
-        states.update(item["states"])
-    failures = {i: item["error"] for i, item in enumerate(per_fold) if item["error"]}
+    for work in per_fold:
+        states.update(work.states)
+    failures = {i: work.error for i, work in enumerate(per_fold) if work.error}
     if failures:
-        rows = report.fold_rows(spans, [], [], failures)
-        report.publish(rows, bars, feats, states)
+        report.publish(fold_rows(spans.folds, failures=failures), bars, feats, states)
         raise FoldFailure("; ".join(f"fold {i} failed: {err}" for i, err in failures.items())
                           + " (no model registered, nothing exported)")
-    regime_outputs = [item["regimes"] for item in per_fold]
-    trained = [t for item in per_fold for t in item["trained"]]
-    backtests = [item["backtest"] for item in per_fold]
+    regime_outputs = [work.regimes for work in per_fold]
+    trained = [t for work in per_fold for t in work.trained]
+    backtests = [work.backtest for work in per_fold]
     drifted = _call(drift, states, "drift", refresh, cfg, bars, feats, spans, regime_outputs[-1])
     registered = _call(register, states, "register", refresh, cfg, man, spans, trained, backtests,
                        registry.tracking_uri(cfg.registry))
-    rows = report.fold_rows(spans, regime_outputs, backtests)
+    rows = fold_rows(spans.folds, [(r.train_shares, r.test_shares) for r in regime_outputs],
+                     [b.result.metrics for b in backtests])
     report.publish(rows, bars, feats, states, registered, backtests, drifted, rescored)
-    return {"stages": states, "folds": rows, "alignment": bars.meta["alignment_lines"],
-            "n_features": feats.meta["n_features"], "registration": registered.meta,
-            "drift": drifted.meta["summary"], "champion": rescored.meta}
+    return RunResult(stages=states, folds=rows, alignment=bars.alignment.lines(), n_features=feats.n_features,
+                     registration=registered, drift=drifted.summary, champion=rescored)

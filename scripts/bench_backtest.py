@@ -11,9 +11,13 @@ import time
 
 import numpy as np
 
-from sentio_core import stages
 from sentio_core.backtest import backtest_fold, reference_path
 from sentio_core.config import load_config
+from sentio_core.data import build_manifest, build_panel
+from sentio_core.features import feature_table
+from sentio_core.folds import fold_spans
+from sentio_core.market import fold_market
+from sentio_core.regimes import fold_regimes
 
 
 def linear_policy(obs_dim: int, n_actions: int, seed: int):
@@ -31,13 +35,13 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=32)
     args = ap.parse_args()
     cfg = load_config(args.config)
-    bars, _, freq = stages.panel(cfg, stages.manifest(cfg))
-    feats = stages.features(cfg, bars, freq)
-    span = stages.folds(cfg, feats)[-1].to_dict()
-    market = stages.fold_market(cfg, bars, feats, stages.regimes(cfg, bars, span).probabilities, span, freq)
+    bars, _, freq = build_panel(cfg, build_manifest(cfg))
+    feats = feature_table(cfg, bars, freq)
+    span = fold_spans(cfg, feats)[-1]
+    market = fold_market(cfg, bars, feats, fold_regimes(cfg, bars, span).probabilities, span, freq.periods_per_year)
     obs_dim = cfg.env.lookback_bars * market.features.shape[1] + 4
     pols = {f"p{i}": (linear_policy(obs_dim, len(market.levels), i), True) for i in range(args.policies)}
-    rows = tuple(span["test_rows"])
+    rows = span.test_rows
     t0 = time.perf_counter()
     fast = backtest_fold(market, cfg, rows, pols)
     t_fast = time.perf_counter() - t0

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 from sentio_core.config import ConfigError, load_config
+from sentio_core.files import DataError
 from sentio_core.folds import FoldError
-from sentio_core.io import DataError
 
 EXIT_DATA, EXIT_USAGE, EXIT_RUN = 1, 2, 3
-FOLD_KEYS = ("fold", "train_start", "train_end", "test_start", "test_end", "train_bars", "test_bars",
-             "purge_bars", "embargo_bars")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -66,18 +64,18 @@ def _err(msg: str) -> None:
 
 
 def _prepare_data(cfg):
-    """Validate the configured data, then build the panel; raises DataError with the report."""
-    from sentio_core import stages
+    """Validate the configured data, then build the panel; raises DataValidationError with the report."""
+    from sentio_core.data import build_manifest, build_panel
+    from sentio_core.validation import DataValidationError, validate_manifest
 
-    man = stages.manifest(cfg)
-    report = stages.validate(cfg, man)
+    manifest = build_manifest(cfg)
+    report = validate_manifest(cfg, manifest)
     if not report.ok:
-        print(report.to_text(), file=sys.stderr)
-        raise DataError(cfg.data.path, "validation", "the data failed validation (report above)")
-    bars, alignment, freq = stages.panel(cfg, man)
+        raise DataValidationError(report, cfg.data.path)
+    bars, alignment, freq = build_panel(cfg, manifest)
     for line in alignment.lines():
         print(line, file=sys.stderr)
-    return bars, freq
+    return manifest, bars, freq
 
 
 def cmd_validate(args, cfg) -> int:
@@ -89,54 +87,61 @@ def cmd_validate(args, cfg) -> int:
 
 
 def cmd_features(args, cfg) -> int:
-    from sentio_core import io, stages
+    from sentio_core import files
+    from sentio_core.features import feature_table
 
     out = Path(args.out)
     if out.suffix.lower() != ".parquet":
         _err(f"--out {out}: the feature table is written as Parquet; name it *.parquet")
         return EXIT_USAGE
-    bars, freq = _prepare_data(cfg)
-    table = stages.features(cfg, bars, freq)
-    io.write_parquet(table, out)
+    _, bars, freq = _prepare_data(cfg)
+    table = feature_table(cfg, bars, freq)
+    files.write_parquet(table, out)
     print(f"wrote {out}: {table.height} rows x {table.width - 1} features", file=sys.stderr)
     return 0
 
 
 def cmd_folds(args, cfg) -> int:
-    from sentio_core import stages
-    from tasks.report import format_table
+    from sentio_core.features import feature_table
+    from sentio_core.folds import fold_spans
+    from sentio_core.report import format_table
 
-    bars, freq = _prepare_data(cfg)
-    spans = [s.to_dict() for s in stages.folds(cfg, stages.features(cfg, bars, freq))]
-    rows = [{k: s[k] for k in FOLD_KEYS} for s in spans]
+    _, bars, freq = _prepare_data(cfg)
+    rows = [s.summary() for s in fold_spans(cfg, feature_table(cfg, bars, freq))]
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
 def cmd_train(args, cfg) -> int:
     """Train on the latest fold's training window, backtest on its test window, export."""
-    from sentio_core import export, stages
-    from sentio_core.backtest import sb3_policy
-    from sentio_core.train import Budget
-    from tasks.report import format_table
+    from sentio_core.backtest import fold_backtest, sb3_policy
+    from sentio_core.codeversion import project_version
+    from sentio_core.export import policy_header, save_policy
+    from sentio_core.features import feature_table
+    from sentio_core.folds import fold_spans
+    from sentio_core.market import fold_market, policy_spec
+    from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, build_metadata
+    from sentio_core.policies import reads_masks
+    from sentio_core.regimes import fold_regimes
+    from sentio_core.report import format_table, strategy_rows
+    from sentio_core.train import Budget, BudgetError, fold_training, training_summary
 
-    flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
-    for name, value in flags.items():
-        if value is not None and value <= 0:
-            _err(f"--{name} must be positive (got {value})")
-            return EXIT_USAGE
     if args.lr is not None and args.lr <= 0:
         _err(f"--lr must be positive (got {args.lr})")
         return EXIT_USAGE
-    # budget flags replace the config's budget (the first of them reached stops training)
-    budget = Budget(**flags) if any(v is not None for v in flags.values()) else Budget.from_config(cfg)
-    bars, freq = _prepare_data(cfg)
-    feats = stages.features(cfg, bars, freq)
-    span = stages.folds(cfg, feats)[-1].to_dict()
-    print(f"fold {span['fold']}: train {span['train_start'][:10]}..{span['train_end'][:10]}, "
-          f"test {span['test_start'][:10]}..{span['test_end'][:10]}", file=sys.stderr)
-    regimes = stages.regimes(cfg, bars, span)
-    market = stages.fold_market(cfg, bars, feats, regimes.probabilities, span, freq)
+    flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
+    try:  # budget flags replace the config's budget (the first of them reached stops training)
+        budget = Budget(**flags) if any(v is not None for v in flags.values()) else Budget.from_config(cfg)
+    except BudgetError as exc:
+        _err("; ".join(f"--{name}: {msg}" if name else msg for name, msg in exc.problems))
+        return EXIT_USAGE
+    manifest, bars, freq = _prepare_data(cfg)
+    feats = feature_table(cfg, bars, freq)
+    span = fold_spans(cfg, feats)[-1]
+    print(f"fold {span.fold}: train {span.train_start[:10]}..{span.train_end[:10]}, "
+          f"test {span.test_start[:10]}..{span.test_end[:10]}", file=sys.stderr)
+    regimes = fold_regimes(cfg, bars, span)
+    market = fold_market(cfg, bars, feats, regimes.probabilities, span, freq.periods_per_year)
 
     from tqdm import tqdm
 
@@ -146,24 +151,23 @@ def cmd_train(args, cfg) -> int:
         bar.update(steps - bar.n)
         bar.set_postfix(episodes=episodes)
 
-    result = stages.train(cfg, market, span, args.model_type, budget, args.lr, progress)
+    result = fold_training(cfg, market, span, args.model_type, budget, args.lr, progress)
     bar.close()
     print(f"trained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
           f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
-    masked = args.model_type == "maskable_ppo"
-    paths = stages.backtest(cfg, market, span, {args.model_type: (sb3_policy(result.model, masked), masked)})
+    masked = reads_masks(args.model_type)
+    paths = fold_backtest(cfg, market, span, {args.model_type: (sb3_policy(result.model, masked), masked)})
     metrics = {name: p.metrics(market.periods_per_year) for name, p in paths.items()}
-    training = {"timesteps": result.timesteps, "episodes": result.episodes, "seconds": round(result.seconds, 2),
-                "stopped_by": result.stopped_by, "device": result.device, "learning_rate": args.lr or cfg.train.learning_rate,
-                "budget": {k: v for k, v in vars(budget).items() if v is not None}}
-    meta = {**stages.policy_spec(cfg, market, span), "model_type": args.model_type, "config": cfg.model_dump(mode="json"),
-            "out_of_sample": {"fold": span["fold"], "metrics": metrics}, "training": training,
-            "data": {"path": str(cfg.data.path), "first": market.timestamps[0], "last": market.timestamps[-1]}}
+    evidence = OutOfSample(folds=[FoldResult(fold=span.fold, test_start=span.test_start, test_end=span.test_end,
+                                             metrics=metrics)])
+    data = DataProvenance(fingerprint=manifest.fingerprint(), files=[f.model_dump() for f in manifest.files],
+                          first_train=span.train_start, last_test=span.test_end)
+    metadata = build_metadata(policy_header(result.model, args.model_type), policy_spec(cfg, market, span),
+                              regimes.model.to_dict(), training_summary(cfg, result, span.fold, budget, args.lr),
+                              cfg, project_version(), evidence, data)
     stem = args.output or str(Path(cfg.registry.export_dir) / args.model_type)
-    pth, meta_path = export.save_policy(result.model, args.model_type, stem, meta)
-    rows = [{"strategy": k, **{m: f"{v[m]:.3f}" for m in ("sharpe", "total_return", "max_drawdown", "turnover")},
-             "overrides": int(v["overrides"])} for k, v in metrics.items()]
-    print(format_table(rows))
+    pth, meta_path = save_policy(result.model, args.model_type, stem, metadata)
+    print(format_table(strategy_rows(metrics)))
     print(f"wrote {pth} and {meta_path}")
     return 0
 
@@ -191,7 +195,7 @@ def _prefect_env() -> None:
 def cmd_run(args, cfg) -> int:
     _prefect_env()
     from flows.retrain import sentio_retrain
-    from tasks.report import format_table, summary_rows
+    from sentio_core.report import format_table, summary_rows
 
     config_path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
     start = time.perf_counter()
@@ -200,22 +204,25 @@ def cmd_run(args, cfg) -> int:
     if not state.is_completed():
         try:
             state.result()
+        except DataError as exc:  # the validation gate (or a data rule) stopped the run
+            _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {exc}")
+            return EXIT_DATA
         except Exception as exc:  # the flow's own error, reported without a traceback
             _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {exc}")
-            return EXIT_DATA if type(exc).__name__ == "DataValidationError" else EXIT_RUN
+            return EXIT_RUN
     result = state.result()
-    for line in result["alignment"]:
+    for line in result.alignment:
         print(line)
     counts: dict[str, int] = {}
-    for state_name in result["stages"].values():
+    for state_name in result.stages.values():
         counts[state_name] = counts.get(state_name, 0) + 1
-    print(f"stages: {len(result['stages'])} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})")
-    print(f"features: {result['n_features']}")
-    print(format_table(summary_rows(result["folds"])))
-    reg = result["registration"]
-    print(f"promotion: {reg['alias']} (model {reg['version']}); " + "; ".join(reg["gate"]["reasons"]))
-    if reg["export"]:
-        print("exported: " + ", ".join(reg["export"]))
+    print(f"stages: {len(result.stages)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})")
+    print(f"features: {result.n_features}")
+    print(format_table(summary_rows(result.folds)))
+    reg = result.registration
+    print(f"promotion: {reg.alias} (model {reg.version}); " + "; ".join(reg.gate.reasons))
+    if reg.export:
+        print("exported: " + ", ".join(reg.export))
     print(f"run finished in {elapsed:.1f}s")
     return 0
 

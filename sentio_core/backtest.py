@@ -11,16 +11,20 @@ one action at a time); the tests hold the two to the same equity, bar by bar.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
+import polars as pl
 
-from sentio_core.config import Config
+from sentio_core.config import Config, reads
 from sentio_core.costs import trade_costs
 from sentio_core.env import Book, TradingEnv, mask_state, observation
 from sentio_core.market import Leg, Market
 from sentio_core.masks import action_mask, nearest_allowed
-from sentio_core.metrics import performance
+from sentio_core.metrics import drawdown, performance
+
+if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
+    from sentio_core.folds import FoldSpan
 
 
 class Policy(Protocol):
@@ -41,7 +45,7 @@ def sb3_policy(model, masked: bool) -> Policy:
 
 
 @dataclass
-class Path:
+class StrategyPath:
     """One portfolio's out-of-sample path over bars ``first + 1 .. last``."""
 
     name: str
@@ -78,7 +82,7 @@ Decider = Callable[[int, _State], tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Config, first: int, last: int, n: int,
-             decide: Decider, timestamps: list[str]) -> list[Path]:
+             decide: Decider, timestamps: list[str]) -> list[StrategyPath]:
     """Step ``n`` portfolios from the close of ``first`` to the close of ``last``.
 
     :param weights: (A, L) leg weights of each level (for the flat start level).
@@ -124,7 +128,7 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
         s.peak = np.maximum(s.peak, s.equity)
         equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, levels[new_level]
     ts = timestamps[first: last + 1]
-    return [Path("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
+    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
 
 
 def policy_decider(market: Market, cfg: Config, policies: list[tuple[Policy, bool]]) -> Decider:
@@ -159,7 +163,7 @@ def hold_decider(weights: np.ndarray, level: int) -> Decider:
 
 
 def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
-                  policies: dict[str, tuple[Policy, bool]]) -> dict[str, Path]:
+                  policies: dict[str, tuple[Policy, bool]]) -> dict[str, StrategyPath]:
     """Every policy and the baselines over the test rows ``[c, d)``: decisions from the close of
     ``c - 1``, P&L on bars ``c .. d - 1``."""
     first, last = test_rows[0] - 1, test_rows[1] - 1
@@ -182,7 +186,7 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
     return out
 
 
-def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], policy: Policy, masked: bool) -> Path:
+def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], policy: Policy, masked: bool) -> StrategyPath:
     """The slow reference: the gymnasium environment stepped one action at a time."""
     first, last = test_rows[0] - 1, test_rows[1] - 1
     env = TradingEnv(market, cfg, first, last)
@@ -198,5 +202,31 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
         levels.append(info["level"])
         done = term or trunc
     T = len(costs)
-    return Path("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
+    return StrategyPath("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
                 np.array(costs), np.array(levels), env.book.overrides)
+
+
+@reads("universe", "env", "masks", "costs")
+def fold_backtest(cfg: Config, market: Market, span: FoldSpan,
+                  policies: dict[str, tuple[Policy, bool]]) -> dict[str, StrategyPath]:
+    """Policies and baselines over the fold's test rows (see :func:`backtest_fold`)."""
+    return backtest_fold(market, cfg, span.test_rows, policies)
+
+
+def paths_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
+    """One row per bar: ``timestamp`` and, per strategy, ``NAME_equity``, ``NAME_drawdown`` and
+    ``NAME_level`` (the level held over the bar; null on the first row, the decision bar)."""
+    first = next(iter(paths.values()))
+    cols: dict[str, object] = {"timestamp": first.timestamps}
+    for name, p in paths.items():
+        cols[f"{name}_equity"] = p.equity
+        cols[f"{name}_drawdown"] = drawdown(p.equity)
+        cols[f"{name}_level"] = np.concatenate([[np.nan], p.levels])
+    return pl.DataFrame(cols)
+
+
+def trades_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
+    """Every fill: ``strategy, timestamp, symbol, shares, price``."""
+    rows = [{"strategy": name, **t} for name, p in paths.items() for t in p.trades]
+    schema = {"strategy": pl.String, "timestamp": pl.String, "symbol": pl.String, "shares": pl.Float64, "price": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)

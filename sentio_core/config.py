@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,35 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says what to change."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reads(*sections: str) -> Callable[[F], F]:
+    """Declare the config sections a stage function reads (``@reads("features", "universe")``).
+
+    The declaration sits next to the function it describes and is the only list of them: a
+    stage's cache key hashes exactly these sections (``tasks/common.py``), so a change to any
+    other section, a new schema key included, leaves the stage cached.
+    """
+
+    def mark(fn: F) -> F:
+        unknown = sorted(set(sections) - set(Config.model_fields))
+        if unknown:
+            raise ValueError(f"{fn.__qualname__} declares unknown config sections {unknown}")
+        fn.config_sections = tuple(sections)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def sections_of(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The sections ``fn`` declared with :func:`reads`."""
+    try:
+        return fn.config_sections  # type: ignore[attr-defined]
+    except AttributeError:
+        raise TypeError(f"{fn.__qualname__} declares no config sections; decorate it with @reads(...)") from None
 
 
 class _Section(BaseModel):
@@ -162,6 +191,12 @@ class FoldConfig(_Section):
     step_bars: int = Field(1, ge=1, description="The fold layout ends on a multiple of this many bars: bars appended "
                                                 "since then move no window, so their trainings stay cached (nightly runs).")
 
+    @model_validator(mode="after")
+    def _rolling(self) -> "FoldConfig":
+        if self.scheme == "rolling" and self.train_bars is None:
+            raise ValueError("folds.scheme 'rolling' needs folds.train_bars; set it or use scheme 'expanding'")
+        return self
+
 
 class EnvConfig(_Section):
     lookback_bars: int = Field(30, ge=1, description="Bars of features the agent sees at each decision.")
@@ -188,11 +223,16 @@ class EnvConfig(_Section):
         return self
 
 
+# the risk and execution rules of sentio_core/masks.py, named once, in their default priority order
+MaskRule = Literal["stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold"]
+MASK_RULES: tuple[str, ...] = get_args(MaskRule)
+
+
 class MaskConfig(_Section):
     """Risk and execution rules (sentio_core/masks.py); each can be switched off through ``rules``."""
 
-    rules: list[Literal["stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold"]] = Field(
-        default_factory=lambda: ["stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold"],
+    rules: list[MaskRule] = Field(
+        default_factory=lambda: list(MASK_RULES),
         description="Enabled rules, in priority order: a later rule yields when it would leave no action valid.",
     )
     max_abs_exposure: float = Field(1.0, gt=0, description="Exposure cap, fraction of equity.")
@@ -205,10 +245,15 @@ class MaskConfig(_Section):
     min_hold_bars: int = Field(1, ge=1, description="Bars a non-flat position is held before it may change (1 = no constraint).")
 
 
+# the learning algorithms of sentio_core/policies.py, named once; the first is the primary one
+AlgorithmName = Literal["maskable_ppo", "ppo"]
+ALGORITHM_NAMES: tuple[str, ...] = get_args(AlgorithmName)
+
+
 class TrainConfig(_Section):
     """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
 
-    algorithms: list[Literal["maskable_ppo", "ppo"]] = Field(default_factory=lambda: ["maskable_ppo", "ppo"])
+    algorithms: list[AlgorithmName] = Field(default_factory=lambda: list(ALGORITHM_NAMES))
     timesteps: int | None = Field(60_000, ge=1, description="Budget in environment steps (null = unlimited).")
     episodes: int | None = Field(None, ge=1, description="Budget in finished episodes (null = unlimited).")
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
@@ -317,15 +362,26 @@ class Config(_Section):
                 f"folds.purge_bars ({self.folds.purge_bars}) must be at least env.lookback_bars + "
                 f"env.reward_horizon_bars ({minimum}); raise it or set it to null"
             )
-        if self.folds.scheme == "rolling" and self.folds.train_bars is None:
-            raise ValueError("folds.scheme 'rolling' needs folds.train_bars; set it or use scheme 'expanding'")
         return self
+
+    def fold_seed(self, fold: int) -> int:
+        """The seed of one fold's fits and trainings: ``seed + 1000 x fold``."""
+        return self.seed + 1000 * int(fold)
+
+    def identity(self) -> dict[str, Any]:
+        """Every section but the operational ones (where and how a run executes, never what it
+        computes), as JSON: the config recorded with a model and hashed into its ``config_hash``."""
+        return self.model_dump(mode="json", exclude=set(OPERATIONAL_SECTIONS))
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (``"features"``, ``"folds"``, ...), for cache keys."""
         dumped = self.model_dump(mode="json")
         payload = {name: dumped[name] for name in sections}
         return stable_hash(payload)
+
+
+OPERATIONAL_SECTIONS = ("run",)
+MODEL_SECTIONS: tuple[str, ...] = tuple(k for k in Config.model_fields if k not in OPERATIONAL_SECTIONS)
 
 
 def stable_hash(obj: Any) -> str:
@@ -418,8 +474,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def flatten(cfg: Config) -> dict[str, str]:
-    """Flattened ``section.key -> value`` strings (for MLflow params and reports)."""
+def flatten(cfg: Config, operational: bool = True) -> dict[str, str]:
+    """Flattened ``section.key -> value`` strings (for MLflow params and reports); ``operational=False``
+    leaves out the operational sections (:meth:`Config.identity`)."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -429,5 +486,5 @@ def flatten(cfg: Config) -> dict[str, str]:
         else:
             out[prefix] = json.dumps(node) if isinstance(node, list) else str(node)
 
-    walk("", cfg.model_dump(mode="json"))
+    walk("", cfg.model_dump(mode="json") if operational else cfg.identity())
     return out

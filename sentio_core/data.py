@@ -7,14 +7,20 @@ returned in an :class:`AlignmentReport`, never silently lost.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 
 import numpy as np
 import pandas as pd
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 
-from sentio_core.io import DataError, SourceFile, discover, read_table
+from sentio_core.config import Config, reads
+from sentio_core.files import DataError, SourceFile, discover, file_sha256, read_table
+from sentio_core.universe import add_synthetic_legs
 
 REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -192,3 +198,52 @@ def bar_frequency(timestamps: pl.Series) -> BarFrequency:
         return BarFrequency(None, 1.0)
     per_session = pl.DataFrame({"d": dates}).group_by("d").len()["len"].median()
     return BarFrequency(float(diffs.median()), float(per_session))
+
+
+class SourceRecord(BaseModel):
+    """One source file of a run: where it is, which symbol it holds (None: a ``symbol`` column), its SHA-256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    symbol: str | None
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """The configured symbols' source files with their SHA-256; its :meth:`fingerprint` is the run's data fingerprint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbols: list[str]
+    files: list[SourceRecord]
+
+    def sources(self) -> list[SourceFile]:
+        return [SourceFile(Path(f.path), f.symbol) for f in self.files]
+
+    def to_json(self) -> str:
+        """The canonical JSON text (what the ingest stage writes)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    def fingerprint(self) -> str:
+        """SHA-256 of :meth:`to_json`: equal to the SHA-256 of the written manifest file."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+@reads("data", "universe")
+def build_manifest(cfg: Config) -> Manifest:
+    """Source files of the configured symbols with their SHA-256."""
+    found = discover(cfg.data.path, None if cfg.data.path.is_file() else cfg.universe.symbols)
+    files = [SourceRecord(path=str(s.path), symbol=s.symbol, sha256=file_sha256(s.path)) for s in found]
+    return Manifest(symbols=cfg.universe.symbols, files=files)
+
+
+@reads("data", "universe")
+def build_panel(cfg: Config, manifest: Manifest) -> tuple[pl.DataFrame, AlignmentReport, BarFrequency]:
+    """Typed bars of every symbol aligned on common timestamps (synthetic legs added when
+    configured), the alignment report and the bar spacing of the underlying."""
+    raws = read_raw(manifest.sources(), cfg.data.timezone, manifest.symbols)
+    frame, report = align([to_bars(r) for r in raws])
+    frame = add_synthetic_legs(frame, cfg.universe)
+    freq = bar_frequency(frame.filter(pl.col("symbol") == cfg.universe.underlying)["timestamp"])
+    return frame, report, freq

@@ -25,8 +25,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import polars as pl
 from scipy import stats
+
+from sentio_core.config import Config, reads
+from sentio_core.features import feature_columns
+from sentio_core.market import select_features
+from sentio_core.regimes import RegimeModel, forward_filter, underlying_returns
+
+if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
+    from sentio_core.folds import FoldSpan
 
 #: Conventional PSI reading: below this the distribution is stable.
 PSI_STABLE = 0.1
@@ -303,3 +314,29 @@ def to_markdown(table: DriftTable, occupancy: dict, summary: dict[str, float], t
     lines += ["", f"PSI reading: < {PSI_STABLE} stable, {PSI_STABLE}-{PSI_SIGNIFICANT} moderate, "
               f">= {PSI_SIGNIFICANT} significant.", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Feature and regime drift of the newest bars against the latest training window."""
+
+    table: DriftTable
+    occupancy: dict
+    summary: dict[str, float]
+    markdown: str
+
+
+@reads("drift", "env", "universe")
+def drift_report(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, span: FoldSpan,
+                 regime_model: RegimeModel) -> DriftReport:
+    """Feature and regime drift between the latest fold's training window and the newest
+    ``drift.recent_bars`` bars (the observed features, ``env.feature_columns``)."""
+    names = select_features(feature_columns(feats), cfg.env.feature_columns)
+    a, b = span.train_rows
+    x = feats.select(names).to_numpy().astype(float)
+    recent = x[-cfg.drift.recent_bars:]
+    table = feature_drift(x[a:b], recent, names, bins=cfg.drift.psi_bins)
+    probs = forward_filter(regime_model, underlying_returns(cfg, bars)[a:])
+    occupancy = regime_occupancy(probs[: b - a], probs[-cfg.drift.recent_bars:])
+    summary = summarise(table, occupancy, cfg.drift.psi_warn, cfg.drift.psi_alert)
+    return DriftReport(table, occupancy, summary, to_markdown(table, occupancy, summary))

@@ -2,11 +2,14 @@
 
 ``STEM.pth`` is a plain dict that ``torch.load(weights_only=True)`` reads (no pickled classes)::
 
-    {"format": "sentio-policy/1", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
+    {"format": "sentio-policy/2", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
      "n_actions": int, "net_arch": [int, ...], "state_dict": {name: tensor (CPU)}}
 
-``STEM-metadata.json`` holds the caller's metadata (action meanings, feature spec, config,
-metrics, ...) plus the same header fields and ``created_at`` (ISO 8601, UTC).
+``STEM-metadata.json`` holds the same header fields, ``created_at`` (ISO 8601, UTC) and, for a
+Sentio policy, an :class:`ExportMetadata` record built by :func:`build_metadata`: the one function
+that ``sentio train``, the training stage and the registration stage all use, so an export from
+any of them can be re-scored and served the same way. The format carries its version: the
+loader reads ``sentio-policy/2`` and refuses the earlier ``sentio-policy/1`` with what to do.
 
 :class:`LoadedPolicy` rebuilds the network with :func:`sentio_core.policies.rebuild_policy` and acts
 deterministically: the most probable action with masked-out actions at probability 0, computed
@@ -24,15 +27,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sentio_core.io import DataError, read_json, read_torch, write_json, write_torch
-from sentio_core.policies import POLICIES, rebuild_policy
-
-FORMAT = "sentio-policy/1"
+from sentio_core.files import DataError, read_json, read_torch, write_json, write_torch
+from sentio_core.metadata import FORMAT, HEADER_KEYS, PREVIOUS_FORMATS, ExportMetadata
+from sentio_core.policies import POLICIES, reads_masks, rebuild_policy
 WEIGHTS_SUFFIX = ".pth"
 METADATA_SUFFIX = "-metadata.json"
-HEADER_KEYS = ("format", "algorithm", "obs_dim", "n_actions", "net_arch")
 
 
 def export_paths(stem: str | Path) -> tuple[Path, Path]:
@@ -74,7 +76,8 @@ def policy_header(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
             "n_actions": int(act_space.n), "net_arch": [int(n) for n in pi]}
 
 
-def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path, metadata: dict[str, Any]) -> tuple[Path, Path]:
+def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path,
+                metadata: dict[str, Any] | ExportMetadata) -> tuple[Path, Path]:
     """Write ``STEM.pth`` and ``STEM-metadata.json`` atomically (parent folders created).
 
     :param model: a trained ``MaskablePPO`` or ``PPO`` from :func:`sentio_core.policies.build_model`.
@@ -89,7 +92,7 @@ def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path, metadata
     return _write_export(header, state, metadata, stem)
 
 
-def publish(pth: str | Path, metadata: dict[str, Any], stem: str | Path) -> tuple[Path, Path]:
+def publish(pth: str | Path, metadata: dict[str, Any] | ExportMetadata, stem: str | Path) -> tuple[Path, Path]:
     """Copy an exported policy to ``STEM.pth`` with new metadata in ``STEM-metadata.json``.
 
     The weights are read back with ``weights_only`` and their header checked before anything is
@@ -102,8 +105,10 @@ def publish(pth: str | Path, metadata: dict[str, Any], stem: str | Path) -> tupl
     return _write_export(_check_header(payload, source), payload["state_dict"], metadata, stem)
 
 
-def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metadata: dict[str, Any],
+def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metadata: dict[str, Any] | ExportMetadata,
                   stem: str | Path) -> tuple[Path, Path]:
+    if isinstance(metadata, ExportMetadata):
+        metadata = metadata.model_dump(mode="json", exclude_none=True)
     conflicts = sorted(k for k in HEADER_KEYS if k in metadata and metadata[k] != header[k])
     if conflicts:
         raise ValueError(f"metadata {conflicts} disagree with the model: {[(metadata[k], header[k]) for k in conflicts]}")
@@ -162,7 +167,7 @@ class LoadedPolicy:
         allowed = None if mask is None else self._check_mask(mask, lead).reshape(-1, self.n_actions)
         batch = torch.as_tensor(x.reshape(-1, self.obs_dim))
         with torch.no_grad():
-            if self.algorithm == "maskable_ppo":
+            if reads_masks(self.algorithm):
                 return self._policy.get_distribution(batch, action_masks=allowed).distribution.probs, lead
             dist = self._policy.get_distribution(batch).distribution
             if allowed is not None:
@@ -182,6 +187,17 @@ class LoadedPolicy:
         if empty.size:
             raise ValueError(f"mask row {int(empty[0])} allows no action; at least one must be True")
         return m
+
+
+def read_metadata(policy: LoadedPolicy, source: str | Path = "metadata") -> ExportMetadata:
+    """The typed metadata of a loaded export; :class:`DataError` when it is not a full Sentio export."""
+    try:
+        return ExportMetadata.model_validate(policy.metadata)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DataError(source, "export metadata", f"{where}: {first['msg']} ({exc.error_count()} problems); "
+                        "write it with sentio_core.export.build_metadata") from None
 
 
 def load_policy(path: str | Path, metadata_path: str | Path | None = None, require_metadata: bool = True) -> LoadedPolicy:
@@ -205,8 +221,11 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
 
 
 def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found in PREVIOUS_FORMATS:
+        raise DataError(pth, "format", f"a {found} export, {PREVIOUS_FORMATS[found]}; this Sentio reads {FORMAT}: "
+                        "re-export it with `sentio train` or `sentio run --refresh`")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise DataError(pth, "format", f"not a {FORMAT} export (found {found!r}); write it with sentio_core.export.save_policy")
     header = {k: payload.get(k) for k in HEADER_KEYS}
     shape_ok = all(isinstance(header[k], int) and header[k] > 0 for k in ("obs_dim", "n_actions"))

@@ -18,7 +18,7 @@ import functools
 
 import polars as pl
 
-from sentio_core.config import FeatureConfig, UniverseConfig
+from sentio_core.config import Config, FeatureConfig, UniverseConfig, reads
 from sentio_core.data import BarFrequency
 
 C, O, H, L, V = (pl.col(n) for n in ("close", "open", "high", "low", "volume"))
@@ -271,3 +271,9 @@ def first_complete_row(features: pl.DataFrame) -> int:
     if idx.len() == 0:
         raise ValueError("no row has every feature defined: the data is shorter than the longest feature window")
     return int(idx[0])
+
+
+@reads("features", "universe", "data")
+def feature_table(cfg: Config, bars: pl.DataFrame, freq: BarFrequency) -> pl.DataFrame:
+    """The feature table of the aligned panel (the features stage)."""
+    return build_features(bars, cfg.universe, cfg.features, freq, cfg.data.calendar, cfg.data.timezone)

@@ -14,10 +14,17 @@ test window.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sentio_core.config import Config, FoldConfig, reads
+from sentio_core.features import first_complete_row
 
 
 class FoldError(ValueError):
@@ -51,6 +58,9 @@ class Fold:
 class PurgedWalkForward:
     """Walk-forward splitter with a purge before each test window and an embargo after it.
 
+    The settings are checked by the config schema's own rules (:class:`~sentio_core.config.FoldConfig`),
+    written once there; a bad value raises :class:`FoldError` naming the ``folds.`` key.
+
     :param n_folds: number of test windows, at the end of the data.
     :param test_bars: bars per test window.
     :param purge_bars: bars dropped between a training window and its test window
@@ -62,18 +72,14 @@ class PurgedWalkForward:
 
     def __init__(self, n_folds: int, test_bars: int, purge_bars: int, embargo_bars: int = 0,
                  scheme: str = "expanding", train_bars: int | None = None, min_train_bars: int = 1):
-        if n_folds < 1:
-            raise FoldError(f"folds.n_folds must be at least 1 (got {n_folds})")
-        if test_bars < 1:
-            raise FoldError(f"folds.test_bars must be at least 1 (got {test_bars})")
-        if purge_bars < 0 or embargo_bars < 0:
-            raise FoldError(f"folds.purge_bars and folds.embargo_bars must be >= 0 (got {purge_bars}, {embargo_bars})")
-        if scheme not in ("expanding", "rolling"):
-            raise FoldError(f"folds.scheme must be 'expanding' or 'rolling' (got {scheme!r})")
-        if scheme == "rolling" and (train_bars is None or train_bars < 1):
-            raise FoldError("folds.scheme 'rolling' needs folds.train_bars >= 1")
-        if min_train_bars < 1:
-            raise FoldError(f"folds.min_train_bars must be at least 1 (got {min_train_bars})")
+        settings = {"n_folds": n_folds, "test_bars": test_bars, "purge_bars": purge_bars, "embargo_bars": embargo_bars,
+                    "scheme": scheme, "train_bars": train_bars, "min_train_bars": min_train_bars}
+        try:
+            FoldConfig.model_validate(settings)
+        except ValidationError as exc:
+            raise FoldError("; ".join(_describe(err, settings) for err in exc.errors())) from None
+        if purge_bars is None:
+            raise FoldError("folds.purge_bars: the splitter needs the effective purge (an integer >= 0)")
         self.n_folds, self.test_bars = n_folds, test_bars
         self.purge_bars, self.embargo_bars = purge_bars, embargo_bars
         self.scheme, self.train_bars, self.min_train_bars = scheme, train_bars, min_train_bars
@@ -105,10 +111,94 @@ class PurgedWalkForward:
             yield np.arange(f.train_start, f.train_end), np.arange(f.test_start, f.test_end)
 
 
-def from_config(folds_cfg, purge_bars: int) -> PurgedWalkForward:
+def _describe(err: dict, settings: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if key:
+        return f"folds.{key}: {err['msg']} (got {settings.get(err['loc'][0])!r})"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def from_config(folds_cfg: FoldConfig, purge_bars: int) -> PurgedWalkForward:
     """Build the splitter from a :class:`~sentio_core.config.FoldConfig` and the effective purge."""
     return PurgedWalkForward(
         n_folds=folds_cfg.n_folds, test_bars=folds_cfg.test_bars, purge_bars=purge_bars,
         embargo_bars=folds_cfg.embargo_bars, scheme=folds_cfg.scheme, train_bars=folds_cfg.train_bars,
         min_train_bars=folds_cfg.min_train_bars,
     )
+
+
+class FoldSpan(BaseModel):
+    """A fold in both coordinates: feature-table rows and ISO timestamps, and the fingerprints of
+    what its work reads (set by :func:`with_fingerprints`).
+
+    Rows are half-open ``[start, end)`` feature-table rows (the aligned panel's timestamps in
+    order); timestamps are the first and last bar inside each window.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fold: int
+    train_start: str
+    train_end: str
+    test_start: str
+    test_end: str
+    purge_bars: int
+    embargo_bars: int
+    train_bars: int
+    test_bars: int
+    train_rows: tuple[int, int]
+    test_rows: tuple[int, int]
+    panel_fingerprint: str | None = None  # the panel up to the test end: what the regime fit reads
+    fingerprint: str | None = None  # panel and features up to the test end: what training and backtests read
+
+    def summary(self) -> dict:
+        """The public description (``sentio folds``): window timestamps and sizes."""
+        return self.model_dump(include={"fold", "train_start", "train_end", "test_start", "test_end", "train_bars",
+                                        "test_bars", "purge_bars", "embargo_bars"})
+
+    def window(self) -> dict:
+        """Everything that places the fold, without its fingerprints."""
+        return self.model_dump(mode="json", exclude={"panel_fingerprint", "fingerprint"})
+
+
+@reads("folds", "env")
+def fold_spans(cfg: Config, feats: pl.DataFrame) -> list[FoldSpan]:
+    """Purged walk-forward folds over the usable rows (every feature defined); the layout ends on
+    the last multiple of ``folds.step_bars`` usable bars, so it moves only once every step."""
+    offset = first_complete_row(feats)
+    iso = [t.isoformat() for t in feats["timestamp"][offset:].to_list()]
+    n_used = len(iso) - len(iso) % cfg.folds.step_bars
+    return [FoldSpan(fold=f.fold, train_start=iso[f.train_start], train_end=iso[f.train_end - 1],
+                     test_start=iso[f.test_start], test_end=iso[f.test_end - 1], purge_bars=f.purge_bars,
+                     embargo_bars=f.embargo_bars, train_bars=f.train_bars, test_bars=f.test_bars,
+                     train_rows=(offset + f.train_start, offset + f.train_end),
+                     test_rows=(offset + f.test_start, offset + f.test_end))
+            for f in from_config(cfg.folds, cfg.purge_bars).folds(n_used)]
+
+
+def with_fingerprints(spans: list[FoldSpan], bars: pl.DataFrame, feats: pl.DataFrame) -> list[FoldSpan]:
+    """The spans with both fingerprints set (see :func:`fold_fingerprint`)."""
+    return [span.model_copy(update={"panel_fingerprint": fold_fingerprint(bars, None, span),
+                                    "fingerprint": fold_fingerprint(bars, feats, span)}) for span in spans]
+
+
+def fold_fingerprint(bars: pl.DataFrame, feats: pl.DataFrame | None, span: FoldSpan) -> str:
+    """SHA-256 (16 hex) of everything a fold's work reads: the panel rows (and, unless ``feats`` is
+    None, the feature rows) up to the end of its test window, and the window itself. Features are
+    causal, so bars appended later leave it unchanged and the fold's work stays cached."""
+    end = span.test_rows[1]
+    last = bars["timestamp"].unique().sort()[end - 1]
+    digest = hashlib.sha256(json.dumps(span.window(), sort_keys=True).encode())
+    frames = [bars.filter(pl.col("timestamp") <= last).sort("symbol", "timestamp")]
+    if feats is not None:
+        frames.append(feats.slice(0, end))
+    for frame in frames:
+        for name in frame.columns:
+            col = frame[name]
+            digest.update(name.encode())
+            if col.dtype == pl.String:
+                digest.update("\x00".join(col.to_list()).encode())
+            else:
+                values = col.dt.epoch("us") if col.dtype.is_temporal() else col
+                digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from sentio_core.config import Config
+from typing import TYPE_CHECKING
+
+from sentio_core.config import Config, reads
 from sentio_core.features import feature_columns
+from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
+
+if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
+    from sentio_core.folds import FoldSpan
 
 
 @dataclass(frozen=True)
@@ -186,3 +192,38 @@ def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_pr
         underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars),
         norm_mean=mean, norm_std=std,
     )
+
+
+@reads("universe", "env")
+def fold_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
+                span: FoldSpan, periods_per_year: float) -> Market:
+    """The fold's market arrays, normalised with its training rows only."""
+    return build_market(cfg, bars, feats, regime_probs, span.train_rows, periods_per_year)
+
+
+def action_meanings(cfg: Config, market: Market) -> list[str]:
+    """Human-readable meaning of each action index."""
+    out = []
+    for level in market.levels:
+        if level == 0:
+            out.append("flat (cash)")
+        elif level > 0:
+            out.append(f"{level:+.0%} of equity in {cfg.universe.long_leg}")
+        else:
+            how = "short" if cfg.universe.short_sign < 0 else "in"
+            out.append(f"{level:+.0%} exposure: {abs(level):.0%} of equity {how} {cfg.universe.short_leg}")
+    return out
+
+
+def policy_spec(cfg: Config, market: Market, span: FoldSpan) -> PolicySpec:
+    """What a user of a policy trained on this fold needs to build its inputs and read its outputs."""
+    normalisation = Normalisation(mean=market.norm_mean.tolist(), std=market.norm_std.tolist(), clip=cfg.env.clip_obs,
+                                  fitted_on=(span.train_start, span.train_end))
+    observation = ObservationSpec(
+        lookback_bars=cfg.env.lookback_bars, features=market.feature_names,
+        layout="lookback_bars x features (oldest first, row-major), then state",
+        state=["exposure", "drawdown", "bars_held/(bars_held+20)", "current_level"], normalisation=normalisation)
+    return PolicySpec(action_meanings=action_meanings(cfg, market), exposure_levels=market.levels.tolist(),
+                      observation=observation, legs=[LegSpec(symbol=leg.symbol, direction=leg.direction) for leg in market.legs],
+                      fold=span.fold, train_window=(span.train_start, span.train_end),
+                      test_window=(span.test_start, span.test_end))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io as _io
+import io
 
 import matplotlib
 
@@ -28,7 +28,7 @@ def equity_drawdown_png(title: str, timestamps: list[str], curves: dict[str, np.
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()

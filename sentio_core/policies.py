@@ -6,8 +6,6 @@ difference between the primary model and the baseline is whether the policy sees
 
 from __future__ import annotations
 
-from typing import Literal
-
 import gymnasium as gym
 import torch
 from sb3_contrib import MaskablePPO
@@ -17,11 +15,18 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from sentio_core.config import TrainConfig
+from sentio_core.config import AlgorithmName, TrainConfig
 
-Algorithm = Literal["maskable_ppo", "ppo"]
+Algorithm = AlgorithmName
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": MaskablePPO, "ppo": PPO}
 POLICIES: dict[str, type[ActorCriticPolicy]] = {"maskable_ppo": MaskableActorCriticPolicy, "ppo": ActorCriticPolicy}
+READS_MASKS: dict[str, bool] = {"maskable_ppo": True, "ppo": False}
+
+
+def reads_masks(algorithm: str) -> bool:
+    """Whether the algorithm's policy is given the action masks (otherwise the environment
+    overrides a forbidden action to the nearest allowed one and counts it)."""
+    return READS_MASKS[algorithm]
 
 
 def resolve_device(device: str) -> str:

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sentio_core.config import PromotionConfig
+from sentio_core.config import ALGORITHM_NAMES, PromotionConfig
 
-PRIMARY, BASELINE = "maskable_ppo", "ppo"
+PRIMARY, BASELINE = ALGORITHM_NAMES  # MaskablePPO, and the PPO baseline it must beat
 
 
 @dataclass(frozen=True)

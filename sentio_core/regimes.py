@@ -13,9 +13,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from sentio_core.config import RegimeConfig
+import numpy as np
+import polars as pl
+
+from sentio_core.config import Config, RegimeConfig, reads
+
+if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
+    from sentio_core.folds import FoldSpan
 
 SCALE = 100.0  # returns are fitted in percent for numerical conditioning
 
@@ -156,3 +162,40 @@ def regime_shares(probs: np.ndarray) -> list[float]:
         return [0.0] * probs.shape[1]
     counts = np.bincount(np.argmax(probs, axis=1), minlength=probs.shape[1])
     return [float(c) / len(probs) for c in counts]
+
+
+def underlying_returns(cfg: Config, bars: pl.DataFrame) -> np.ndarray:
+    """1-bar log returns of the underlying, one per panel timestamp (the first is NaN)."""
+    close = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["close"].to_numpy()
+    out = np.full(len(close), np.nan)
+    out[1:] = np.log(close[1:] / close[:-1])
+    return out
+
+
+def regime_frame(timestamps: pl.Series, probs: np.ndarray) -> pl.DataFrame:
+    """``timestamp, regime_0..K-1`` from filtered probabilities of shape (T, K)."""
+    return pl.DataFrame({"timestamp": timestamps}).with_columns(
+        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(probs.shape[1])])
+
+
+@dataclass(frozen=True)
+class FoldRegimes:
+    """One fold's regime fit: the model, its filtered probabilities and the regime shares of each window."""
+
+    model: RegimeModel
+    probabilities: pl.DataFrame  # timestamp, regime_0..K-1, from train start to test end
+    train_shares: list[float]
+    test_shares: list[float]
+
+
+@reads("regimes", "seed", "universe")
+def fold_regimes(cfg: Config, bars: pl.DataFrame, span: FoldSpan) -> FoldRegimes:
+    """Fit the regime model on one fold's training rows (seeded with ``cfg.fold_seed``), then
+    filter forward through its test rows."""
+    r = underlying_returns(cfg, bars)
+    (a, b), (c, d) = span.train_rows, span.test_rows
+    model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.fold_seed(span.fold))
+    probs = forward_filter(model, r[a:d])
+    timestamps = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["timestamp"]
+    return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(probs[: b - a]),
+                       regime_shares(probs[c - a:]))

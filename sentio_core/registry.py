@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
-from sentio_core.config import RegistryConfig
+from sentio_core.config import RegistryConfig, reads
 from sentio_core.export import LoadedPolicy, load_policy
 
 OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
@@ -120,6 +120,7 @@ def parent_run(cfg: RegistryConfig, run_name: str, params: dict[str, str], tags:
         yield run.info.run_id
 
 
+@reads("registry")
 def log_run(cfg: RegistryConfig, prefix: str, metrics: dict[str, float], tags: dict[str, str]) -> str:
     """A standalone run ``PREFIX-<UTC time>`` with ``metrics`` (nightly drift, champion re-score);
     configures MLflow first. Returns the run id."""

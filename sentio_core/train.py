@@ -10,35 +10,67 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sentio_core.config import Config
+from sentio_core.config import Config, TrainConfig, reads
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
+from sentio_core.metadata import TrainingSummary
 from sentio_core.policies import Algorithm, build_model
+
+if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
+    from sentio_core.folds import FoldSpan
 
 UNLIMITED = 10**12
 
 
+class BudgetError(ValueError):
+    """A training budget that cannot work; the message names the budget and the rule.
+
+    :param problems: ``(limit or None, what is wrong)``; None when no limit is set at all.
+    """
+
+    def __init__(self, problems: list[tuple[str | None, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"budget {name}: {msg}" if name else msg for name, msg in problems))
+
+
 @dataclass(frozen=True)
 class Budget:
+    """When training stops: the first of ``timesteps``, ``episodes`` or ``minutes`` reached.
+
+    The rules (each positive, at least one set) are the config schema's (``TrainConfig``), written
+    once there; a bad budget raises :class:`BudgetError`.
+    """
+
     timesteps: int | None = None
     episodes: int | None = None
     minutes: float | None = None
     timeout_minutes: float | None = None  # not a budget: exceeding it is a failure (TrainingTimeout)
 
+    def __post_init__(self) -> None:
+        values = {"timesteps": self.timesteps, "episodes": self.episodes, "minutes": self.minutes}
+        try:
+            TrainConfig.model_validate(values)
+        except ValidationError as exc:
+            raise BudgetError([(str(e["loc"][0]), f"{e['msg'].lower()} (got {values[e['loc'][0]]!r})") if e["loc"]
+                               else (None, e["msg"].removeprefix("Value error, ")) for e in exc.errors()]) from None
+
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> "Budget":
         values = {"timesteps": cfg.train.timesteps, "episodes": cfg.train.episodes, "minutes": cfg.train.minutes}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        budget = cls(**values)
-        if budget.timesteps is None and budget.episodes is None and budget.minutes is None:
-            raise ValueError("a training budget is needed: timesteps, episodes or minutes")
-        return budget
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, float]:
+        """The limits that are set (``timeout_minutes`` included)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 class TrainingTimeout(TimeoutError):
@@ -109,3 +141,19 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     model.learn(total_timesteps=budget.timesteps or UNLIMITED, callback=callback)
     return TrainResult(model, algorithm, int(model.num_timesteps), callback.episodes,
                        time.perf_counter() - start, callback.stopped_by, str(model.device))
+
+
+@reads("seed", "universe", "env", "masks", "costs", "train")
+def fold_training(cfg: Config, market: Market, span: FoldSpan, algorithm: Algorithm, budget: Budget | None = None,
+                  learning_rate: float | None = None, on_progress=None) -> TrainResult:
+    """Train one algorithm on the fold's training rows, seeded with ``cfg.fold_seed``."""
+    return train_policy(algorithm, market, cfg, span.train_rows, cfg.fold_seed(span.fold), budget, learning_rate,
+                        on_progress)
+
+
+def training_summary(cfg: Config, result: TrainResult, fold: int, budget: Budget,
+                     learning_rate: float | None = None) -> TrainingSummary:
+    """What the export records of a training: its length, its stop, where it ran, with what budget."""
+    return TrainingSummary(fold=fold, algorithm=result.algorithm, timesteps=result.timesteps, episodes=result.episodes,
+                           seconds=round(result.seconds, 2), stopped_by=result.stopped_by, device=result.device,
+                           learning_rate=learning_rate or cfg.train.learning_rate, budget=budget.to_dict())

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sentio_core.config import ValidationConfig
-from sentio_core.data import PRICE_COLUMNS, REQUIRED_COLUMNS, VALUE_COLUMNS, RawFrame, read_raw
-from sentio_core.io import DataError, SourceFile, discover
+from sentio_core.config import Config, ValidationConfig, reads
+from sentio_core.data import PRICE_COLUMNS, REQUIRED_COLUMNS, VALUE_COLUMNS, Manifest, RawFrame, read_raw
+from sentio_core.files import DataError, SourceFile, discover
 
 GAP_SESSIONS = "_missing_sessions"
 GAP_BARS = "_missing_bars"
@@ -292,3 +292,17 @@ def validate_paths(paths: list[str | Path], cfg: ValidationConfig, calendar: str
             continue
         report.files += validate_sources(sources, cfg, calendar, tz).files
     return report
+
+
+class DataValidationError(DataError):
+    """The configured data failed the validation gate; the message is the full report."""
+
+    def __init__(self, report: ValidationReport, where: str):
+        self.report = report
+        super().__init__(where, "validation", report.to_text())
+
+
+@reads("data", "validation")
+def validate_manifest(cfg: Config, manifest: Manifest) -> ValidationReport:
+    """Run the validation gate over every source file of the manifest."""
+    return validate_sources(manifest.sources(), cfg.validation, cfg.data.calendar, cfg.data.timezone, manifest.symbols)

@@ -1,31 +1,34 @@
-"""What stages hand each other (paths and fingerprints, never DataFrames) and their cache keys.
+"""What every stage shares: its output record's base and its cache key.
 
-A cache key hashes (1) the config sections the stage reads, (2) the fingerprints of its inputs,
-(3) the stage's code version: the source of the task module and of the sentio_core modules it
-calls. The run id is never part of it, so an unchanged re-run is served from the cache, and a
-changed feature setting re-runs features and what follows but not ingest or validation.
+A cache key hashes (1) the config sections the stage reads, as its library functions declare them
+(``@reads(...)`` next to each function), (2) the fingerprints of its inputs, (3) the stage's code
+version, derived from the code (:mod:`sentio_core.codeversion`): the syntax trees of the task
+module and of every project module it imports, transitively, and the locked versions of the
+libraries they import. The run id is never part of it, so an unchanged re-run is served from the
+cache, and an edit re-runs exactly the stages whose code it touches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from sentio_core.config import Config, stable_hash
+from pydantic import BaseModel, ConfigDict
+
+from sentio_core.codeversion import CodeVersion, code_version
+from sentio_core.config import Config, sections_of, stable_hash
 
 
-@dataclass(frozen=True)
-class StageOutput:
-    """A stage's output file, its SHA-256 and a small summary (counts, reports) for the run report."""
+class StageOutput(BaseModel):
+    """A stage's output file and its SHA-256; each stage's record adds its typed summary fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     stage: str
     path: str
     sha256: str
-    meta: dict = field(default_factory=dict)
 
     def require(self) -> Path:
         """The output path, or a clear error when the work folder was cleaned behind the cache."""
@@ -35,14 +38,6 @@ class StageOutput:
                 f"stage '{self.stage}' output {path} is missing (was run.work_dir cleaned?); run again with --refresh"
             )
         return path
-
-
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the source files of ``modules``: any edit to them invalidates the stage's cache."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _fingerprint(value: Any) -> Any:
@@ -61,14 +56,21 @@ class StageKey:
     """Cache key and output location of one stage.
 
     :param stage: stage name (also the output sub-folder of ``run.work_dir``).
-    :param sections: config sections the stage reads.
-    :param modules: modules whose source is the stage's code version.
+    :param module: the task module's ``__name__``: its code version is derived from it.
+    :param functions: the library functions the stage calls; the config sections they declare
+        with ``@reads`` are the sections the key hashes.
+    :param fold_field: for per-fold stages, the :class:`~sentio_core.folds.FoldSpan` fingerprint
+        that stands for the panel, features and folds (``fingerprint`` or ``panel_fingerprint``).
     """
 
-    def __init__(self, stage: str, sections: tuple[str, ...], modules: tuple[ModuleType, ...],
-                 fold_field: str = "fingerprint"):
-        self.stage, self.sections, self.fold_field = stage, sections, fold_field
-        self.version = code_version(*modules)
+    def __init__(self, stage: str, module: str, *functions: Callable[..., Any], fold_field: str = "fingerprint"):
+        sections: list[str] = []
+        for fn in functions:
+            sections += [s for s in sections_of(fn) if s not in sections]
+        self.stage, self.module, self.fold_field = stage, module, fold_field
+        self.sections = tuple(sections)
+        self.code: CodeVersion = code_version(module, self.sections)
+        self.version = self.code.digest
 
     def compute(self, cfg: Config, *inputs: Any) -> str:
         payload = [cfg.section_hash(*self.sections), _fingerprint(list(inputs)), self.version]
@@ -95,9 +97,9 @@ class StageKey:
     def fold_inputs(self, parameters: dict[str, Any]) -> list[Any]:
         """Inputs of a per-fold task: the fold's fingerprint stands for the whole panel, feature
         table and fold list, so bars appended after the fold's test window change nothing."""
-        span = parameters["folds"].meta["folds"][parameters["fold"]]
+        span = parameters["folds"].folds[parameters["fold"]]
         rest = [v for k, v in parameters.items() if k not in ("cfg", "panel", "features", "folds")]
-        return [span[self.fold_field], *rest]
+        return [getattr(span, self.fold_field), *rest]
 
     def fold_cache_key_fn(self, context: Any, parameters: dict[str, Any]) -> str:
         """Prefect ``cache_key_fn`` of a per-fold task (see :meth:`fold_inputs`)."""
@@ -109,25 +111,3 @@ class StageKey:
     def output(self, cfg: Config, suffix: str, *inputs: Any) -> Path:
         """Content-addressed output path: ``work_dir/<stage>/<key>.<suffix>``."""
         return Path(cfg.run.work_dir) / self.stage / f"{self.compute(cfg, *inputs)}.{suffix}"
-
-
-def fold_market(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
-                fold: int):
-    """Read the stage outputs a fold needs and build its market arrays (and return its span)."""
-    from sentio_core import io, stages
-    from sentio_core.data import BarFrequency
-
-    span = folds.meta["folds"][fold]
-    market = stages.fold_market(cfg, io.read_parquet(panel.require()), io.read_parquet(features.require()),
-                                io.read_parquet(regimes.require()), span, BarFrequency(**panel.meta["frequency"]))
-    return market, span
-
-
-def project_code_version() -> str:
-    """Hash of every source file of the library, tasks and flows (tagged on registered models)."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(p for d in ("sentio_core", "tasks", "flows") for p in (root / d).glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]

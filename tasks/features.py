@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from sentio_core import features as features_mod
-from sentio_core import io, stages
+from sentio_core import files
 from sentio_core.config import Config
-from sentio_core.data import BarFrequency
+from sentio_core.features import feature_table, first_complete_row
 from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("features", ("features", "universe", "data"), (stages, features_mod, io, sys.modules[__name__]))
+if TYPE_CHECKING:
+    from tasks.panel import PanelOutput
+
+KEY = StageKey("features", __name__, feature_table)
+
+
+class FeaturesOutput(StageOutput):
+    n_features: int
+    rows: int
+    warmup_rows: int  # rows before every feature is defined
+
+    def line(self) -> str:
+        return f"features: {self.n_features} columns, {self.rows} rows, warm-up {self.warmup_rows} rows"
 
 
 @task(name="features", cache_key_fn=KEY.cache_key_fn, persist_result=True)
-def features(cfg: Config, panel: StageOutput) -> StageOutput:
+def features(cfg: Config, panel: PanelOutput) -> FeaturesOutput:
     """Write one row per timestamp with one column per feature."""
-    bars = io.read_parquet(panel.require())
-    table = stages.features(cfg, bars, BarFrequency(**panel.meta["frequency"]))
+    table = feature_table(cfg, files.read_parquet(panel.require()), panel.frequency)
     out = KEY.output(cfg, "parquet", panel)
-    io.write_parquet(table, out)
-    meta = {"n_features": table.width - 1, "rows": table.height, "warmup_rows": features_mod.first_complete_row(table)}
-    return StageOutput("features", str(out), io.file_sha256(out), meta)
+    files.write_parquet(table, out)
+    return FeaturesOutput(stage="features", path=str(out), sha256=files.file_sha256(out), n_features=table.width - 1,
+                          rows=table.height, warmup_rows=first_complete_row(table))

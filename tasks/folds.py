@@ -1,28 +1,32 @@
-"""Folds: purged walk-forward windows over the usable feature rows."""
+"""Folds: purged walk-forward windows over the usable feature rows, each with its data fingerprints."""
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from sentio_core import folds as folds_mod
-from sentio_core import io, stages
+from sentio_core import files
 from sentio_core.config import Config
+from sentio_core.folds import FoldSpan, fold_spans, with_fingerprints
 from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("folds", ("folds", "env"), (stages, folds_mod, io, sys.modules[__name__]))
+if TYPE_CHECKING:
+    from tasks.features import FeaturesOutput
+    from tasks.panel import PanelOutput
+
+KEY = StageKey("folds", __name__, fold_spans)
+
+
+class FoldsOutput(StageOutput):
+    folds: tuple[FoldSpan, ...]
 
 
 @task(name="folds", cache_key_fn=KEY.cache_key_fn, persist_result=True)
-def folds(cfg: Config, panel: StageOutput, features: StageOutput) -> StageOutput:
-    """Write the fold list (indices, ISO timestamps and each fold's data fingerprint); the list
-    also travels in ``meta``."""
-    bars, feats = io.read_parquet(panel.require()), io.read_parquet(features.require())
-    spans = [s.to_dict() for s in stages.folds(cfg, feats)]
-    for span in spans:
-        span["panel_fingerprint"] = stages.fold_fingerprint(bars, None, span)  # what regimes read
-        span["fingerprint"] = stages.fold_fingerprint(bars, feats, span)  # what training and backtests read
+def folds(cfg: Config, panel: PanelOutput, features: FeaturesOutput) -> FoldsOutput:
+    """Write the fold list (rows, ISO timestamps and each fold's data fingerprints)."""
+    bars, feats = files.read_parquet(panel.require()), files.read_parquet(features.require())
+    spans = with_fingerprints(fold_spans(cfg, feats), bars, feats)
     out = KEY.output(cfg, "json", panel, features)
-    io.write_json(spans, out)
-    return StageOutput("folds", str(out), io.file_sha256(out), {"folds": spans})
+    files.write_json([s.model_dump(mode="json") for s in spans], out)
+    return FoldsOutput(stage="folds", path=str(out), sha256=files.file_sha256(out), folds=tuple(spans))

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from sentio_core import data, io, stages
+from sentio_core import files
 from sentio_core.config import Config
+from sentio_core.data import AlignmentReport, BarFrequency, build_panel
 from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("panel", ("data", "universe"), (stages, data, io, sys.modules[__name__]))
+if TYPE_CHECKING:
+    from tasks.ingest import ManifestOutput
+    from tasks.validate import ValidationOutput
+
+KEY = StageKey("panel", __name__, build_panel)
+
+
+class PanelOutput(StageOutput):
+    """The aligned long panel (Parquet), what alignment dropped, and the bar spacing."""
+
+    alignment: AlignmentReport
+    frequency: BarFrequency
 
 
 @task(name="panel", cache_key_fn=KEY.cache_key_fn, persist_result=True)
-def panel(cfg: Config, manifest: StageOutput, validated: StageOutput) -> StageOutput:
-    """Write the aligned long panel; the alignment report and bar spacing travel in ``meta``."""
-    bars, report, freq = stages.panel(cfg, io.read_json(manifest.require()))
+def panel(cfg: Config, manifest: ManifestOutput, validated: ValidationOutput) -> PanelOutput:
+    """Write the aligned long panel; the alignment report and bar spacing travel in the record."""
+    bars, report, freq = build_panel(cfg, manifest.manifest)
     out = KEY.output(cfg, "parquet", manifest, validated)
-    io.write_parquet(bars, out)
-    meta = {"alignment": report.to_dict(), "alignment_lines": report.lines(), "frequency": asdict(freq)}
-    return StageOutput("panel", str(out), io.file_sha256(out), meta)
+    files.write_parquet(bars, out)
+    return PanelOutput(stage="panel", path=str(out), sha256=files.file_sha256(out), alignment=report, frequency=freq)

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from sentio_core import io, regimes as regimes_mod, stages
+from sentio_core import files
 from sentio_core.config import Config
+from sentio_core.regimes import RegimeModel, fold_regimes
 from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("regimes", ("regimes", "seed", "universe"), (stages, regimes_mod, io, sys.modules[__name__]),
-               fold_field="panel_fingerprint")
+if TYPE_CHECKING:
+    from tasks.folds import FoldsOutput
+    from tasks.panel import PanelOutput
+
+KEY = StageKey("regimes", __name__, fold_regimes, fold_field="panel_fingerprint")
 
 
-def _regimes(cfg: Config, panel: StageOutput, folds: StageOutput, fold: int) -> StageOutput:
-    """Write the fold's filtered regime probabilities (parquet) and fitted model (in ``meta``)."""
-    span = folds.meta["folds"][fold]
-    result = stages.regimes(cfg, io.read_parquet(panel.require()), span)
+class RegimesOutput(StageOutput):
+    """Filtered probabilities (Parquet) from the fold's train start to its test end, and the fitted model."""
+
+    fold: int
+    model: RegimeModel
+    train_shares: list[float]
+    test_shares: list[float]
+
+
+def _regimes(cfg: Config, panel: PanelOutput, folds: FoldsOutput, fold: int) -> RegimesOutput:
+    """Fit the fold's regime model and write its filtered probabilities."""
+    result = fold_regimes(cfg, files.read_parquet(panel.require()), folds.folds[fold])
     out = KEY.fold_output("parquet", {"cfg": cfg, "panel": panel, "folds": folds, "fold": fold})
-    io.write_parquet(result.probabilities, out)
-    meta = {"fold": fold, "model": result.model.to_dict(),
-            "train_shares": result.train_shares, "test_shares": result.test_shares}
-    return StageOutput("regimes", str(out), io.file_sha256(out), meta)
+    files.write_parquet(result.probabilities, out)
+    return RegimesOutput(stage="regimes", path=str(out), sha256=files.file_sha256(out), fold=fold, model=result.model,
+                         train_shares=result.train_shares, test_shares=result.test_shares)
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it

@@ -7,40 +7,42 @@ fold fails, so a failed run leaves no registered model and no export.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from sentio_core import export, io, promotion, registry
-from sentio_core.config import Config, flatten, stable_hash
-from tasks.common import StageKey, StageOutput, project_code_version
+from sentio_core import files, registry
+from sentio_core.codeversion import project_version
+from sentio_core.config import Config
+from sentio_core.export import load_policy, publish, read_metadata
+from sentio_core.metadata import RegistryEntry, build_metadata
+from sentio_core.promotion import PRIMARY, GateResult
+from sentio_core.registration import plan_registration
+from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("register", ("seed", "universe", "env", "masks", "costs", "train", "promotion", "registry"),
-               (promotion, registry, export, io, sys.modules[__name__]))
-PRIMARY = promotion.PRIMARY
+if TYPE_CHECKING:
+    from tasks.backtest import BacktestOutput
+    from tasks.folds import FoldsOutput
+    from tasks.ingest import ManifestOutput
+    from tasks.train import TrainOutput
+
+KEY = StageKey("register", __name__, plan_registration)
 
 
-def _child_metrics(name: str, fold_metrics: dict[str, dict[str, float]], training: dict) -> dict[str, float]:
-    out = {k: float(v) for k, v in fold_metrics[name].items()}
-    for base in ("flat", "buy_hold_long", "buy_hold_underlying"):
-        out.update({f"{base}.{k}": float(v) for k, v in fold_metrics[base].items() if k in ("sharpe", "total_return", "max_drawdown")})
-    out.update({f"train.{k}": float(training[k]) for k in ("timesteps", "episodes", "seconds")})
-    return out
-
-
-def export_metadata(cfg: Config, spec: dict, gate: promotion.GateResult, backtests: list[StageOutput],
-                    data: dict, code_version: str, version: str) -> dict:
-    """The export's metadata: model type, actions, observation spec, config, out-of-sample metrics."""
-    return {
-        **spec, "model_type": PRIMARY, "model_name": cfg.registry.model_name, "registry_version": version,
-        "alias": gate.alias, "config": cfg.model_dump(mode="json"), "config_hash": stable_hash(cfg.model_dump(mode="json")),
-        "out_of_sample": {"folds": [{"fold": i, "test_start": b.meta["test_start"], "test_end": b.meta["test_end"],
-                                     "metrics": b.meta["metrics"]} for i, b in enumerate(backtests)],
-                          "summary": gate.summary, "gate": gate.reasons},
-        "data": data, "code_version": code_version, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+class RegisterOutput(StageOutput):
+    gate: GateResult
+    version: str
+    alias: str
+    parent_run_id: str
+    child_run_ids: dict[str, str]
+    export: list[str] | None
+    tracking_uri: str
+    experiment_id: str | None
+    data_fingerprint: str
+    config_hash: str
+    code_version: str
 
 
 def _key(context, parameters) -> str:
@@ -51,48 +53,46 @@ def _key(context, parameters) -> str:
 
 
 @task(name="register", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)
-def register(cfg: Config, manifest: StageOutput, folds: StageOutput, trained: list[StageOutput],
-             backtests: list[StageOutput], tracking_uri: str) -> StageOutput:
+def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained: list[TrainOutput],
+             backtests: list[BacktestOutput], tracking_uri: str) -> RegisterOutput:
     """Gate, log, register and (champion only) export; returns the decision and the MLflow ids.
 
-    :param trained: per fold, one output per ``train.algorithms`` entry, in that order.
+    :param trained: every fold's trainings (each record names its fold and algorithm).
     :param backtests: one per fold, in fold order.
     """
-    gate = promotion.promotion_gate([b.meta["metrics"] for b in backtests], cfg.promotion)
-    code = project_code_version()
-    spans = folds.meta["folds"]
-    data = {"fingerprint": manifest.sha256, "files": manifest.meta["files"],
-            "first_train": spans[0]["train_start"], "last_test": spans[-1]["test_end"]}
-    config_hash = stable_hash(cfg.model_dump(mode="json"))
-    tags = {"data_fingerprint": manifest.sha256, "config_hash": config_hash, "code_version": code}
+    by_fold = {(t.fold, t.algorithm): t for t in trained}
+    code = project_version()
+    plan = plan_registration(cfg, manifest.manifest, folds.folds, [b.result for b in backtests],
+                             {k: t.training for k, t in by_fold.items()}, code)
     registry.configure(cfg.registry)
     run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    params = flatten(cfg)
-    algos = list(cfg.train.algorithms)
-    by_fold = {(i // len(algos), t.meta["algorithm"]): t for i, t in enumerate(trained)}
-    with registry.parent_run(cfg.registry, run_name, params, {**tags, "gate": gate.alias}) as parent_id:
+    with registry.parent_run(cfg.registry, run_name, plan.params, {**plan.tags, "gate": plan.gate.alias}) as parent_id:
         children = {}
-        for i, b in enumerate(backtests):
-            for algo in algos:
-                t = by_fold[(i, algo)]
-                children[f"{algo}-fold-{i}"] = registry.log_child_run(
-                    parent_id, f"{algo}-fold-{i}", params, _child_metrics(algo, b.meta["metrics"], t.meta),
-                    [Path(b.meta["plot"]), Path(b.meta["trades"]), Path(b.meta["paths"])],
-                    {**tags, "fold": str(i), "algorithm": algo})
-        registry.log_metrics(parent_id, {f"{name}.{k}": v for name, s in gate.summary.items() for k, v in s.items()})
+        for child in plan.children:
+            b = backtests[child.fold]
+            children[child.name] = registry.log_child_run(
+                parent_id, child.name, plan.params, child.metrics,
+                [Path(b.plot_file), Path(b.trades_file), Path(b.paths_file)],
+                {**plan.tags, "fold": str(child.fold), "algorithm": child.algorithm})
+        registry.log_metrics(parent_id, plan.parent_metrics)
         last = by_fold[(len(backtests) - 1, PRIMARY)]
-        version = registry.register_policy(Path(last.path), Path(last.meta["metadata_path"]), cfg.registry.model_name,
-                                           parent_id, tags)
-    registry.set_alias(cfg.registry.model_name, version, gate.alias)
+        version = registry.register_policy(Path(last.path), Path(last.metadata_path), cfg.registry.model_name,
+                                           parent_id, plan.tags)
+    registry.set_alias(cfg.registry.model_name, version, plan.gate.alias)
     exported = None
-    if gate.passed:
-        spec = io.read_json(last.meta["metadata_path"])
-        meta = export_metadata(cfg, spec, gate, backtests, data, code, version)
+    if plan.gate.passed:
+        trained_md = read_metadata(load_policy(last.path), last.metadata_path)
+        metadata = build_metadata(trained_md.header(), trained_md.policy, trained_md.regime_model, trained_md.training,
+                                  cfg, code, plan.out_of_sample, plan.data,
+                                  RegistryEntry(model_name=cfg.registry.model_name, version=version, alias=plan.gate.alias))
         stem = Path(cfg.registry.export_dir) / cfg.registry.model_name
-        exported = [str(p) for p in export.publish(Path(last.path), meta, stem)]
+        exported = [str(p) for p in publish(Path(last.path), metadata, stem)]
     out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
-    record = {"gate": gate.to_dict(), "version": version, "alias": gate.alias, "parent_run_id": parent_id,
+    record = {"gate": plan.gate.to_dict(), "version": version, "alias": plan.gate.alias, "parent_run_id": parent_id,
               "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,
-              "experiment_id": registry.experiment_id(cfg.registry), **tags}
-    io.write_json(record, out)
-    return StageOutput("register", str(out), io.file_sha256(out), record)
+              "experiment_id": registry.experiment_id(cfg.registry), **plan.tags}
+    files.write_json(record, out)
+    return RegisterOutput(stage="register", path=str(out), sha256=files.file_sha256(out), gate=plan.gate,
+                          version=version, alias=plan.gate.alias, parent_run_id=parent_id, child_run_ids=children,
+                          export=exported, tracking_uri=tracking_uri, experiment_id=registry.experiment_id(cfg.registry),
+                          **plan.tags)

@@ -2,41 +2,61 @@
 
 from __future__ import annotations
 
-import sys
 import threading
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.concurrency.sync import concurrency
 
-from sentio_core import env, export, io, market, masks, policies, stages, train as train_mod
+from sentio_core import files
 from sentio_core.config import Config
-from sentio_core.train import Budget
-from tasks.common import StageKey, StageOutput, fold_market
+from sentio_core.export import policy_header, save_policy
+from sentio_core.market import policy_spec
+from sentio_core.metadata import TrainingSummary, build_metadata
+from sentio_core.train import Budget, fold_training, training_summary
+from tasks.common import StageKey, StageOutput
+from tasks.fold_inputs import read_fold_market
+
+if TYPE_CHECKING:
+    from tasks.features import FeaturesOutput
+    from tasks.folds import FoldsOutput
+    from tasks.panel import PanelOutput
+    from tasks.regimes import RegimesOutput
 
 TRAINING_LIMIT = "sentio-training"  # global concurrency limit: trainings at once (run.training_slots)
 # torch's random generator is process-wide: trainings in threads of one process take turns, so a
 # run's results do not depend on scheduling (processes of a Dask or Ray cluster train in parallel)
 _ONE_AT_A_TIME = threading.Lock()
 LEASE_S = 60.0  # the smallest lease the Prefect API accepts
-SECTIONS = ("seed", "universe", "env", "masks", "costs", "train")
-KEY = StageKey("train", SECTIONS, (stages, train_mod, env, market, masks, policies, export, io, sys.modules[__name__]))
+KEY = StageKey("train", __name__, fold_training)
 
 
-def _train(cfg: Config, panel: StageOutput, features: StageOutput, folds: StageOutput, regimes: StageOutput,
-          fold: int, algorithm: str) -> StageOutput:
-    """Train ``algorithm`` on the fold; returns the .pth path with the training summary in ``meta``."""
-    mkt, span = fold_market(cfg, panel, features, folds, regimes, fold)
+class TrainOutput(StageOutput):
+    """The policy's weights (``.pth``, the record's path) and its export metadata."""
+
+    fold: int
+    algorithm: str
+    metadata_path: str
+    training: TrainingSummary
+
+
+def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput,
+           fold: int, algorithm: str) -> TrainOutput:
+    """Train ``algorithm`` on the fold and write it as an export (no out-of-sample results yet)."""
+    span = folds.folds[fold]
+    mkt = read_fold_market(cfg, panel, features, regimes, span)
+    budget = Budget.from_config(cfg, timeout_minutes=cfg.run.train_timeout_minutes)
     # a short, renewed lease: a killed run's slot frees itself within LEASE_S instead of Prefect's default 300 s
     with concurrency(TRAINING_LIMIT, occupy=1, lease_duration=LEASE_S), _ONE_AT_A_TIME:
-        budget = Budget.from_config(cfg, timeout_minutes=cfg.run.train_timeout_minutes)
-        result = stages.train(cfg, mkt, span, algorithm, budget)
-    summary = {"fold": fold, "algorithm": algorithm, "timesteps": result.timesteps, "episodes": result.episodes,
-               "seconds": round(result.seconds, 2), "stopped_by": result.stopped_by, "device": result.device}
+        result = fold_training(cfg, mkt, span, algorithm, budget)
+    summary = training_summary(cfg, result, fold, budget)
     stem = KEY.fold_output("policy", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                       "fold": fold, "algorithm": algorithm})
-    spec = {**stages.policy_spec(cfg, mkt, span), "regime_model": regimes.meta["model"], "training": summary}
-    pth, meta_json = export.save_policy(result.model, algorithm, stem, spec)
-    return StageOutput("train", str(pth), io.file_sha256(pth), {**summary, "metadata_path": str(meta_json)})
+    metadata = build_metadata(policy_header(result.model, algorithm), policy_spec(cfg, mkt, span),
+                              regimes.model.to_dict(), summary, cfg, KEY.version)
+    pth, meta_json = save_policy(result.model, algorithm, stem, metadata)
+    return TrainOutput(stage="train", path=str(pth), sha256=files.file_sha256(pth), fold=fold, algorithm=algorithm,
+                       metadata_path=str(meta_json), training=summary)
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it

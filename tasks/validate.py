@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import sys
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from sentio_core import io, stages, validation
+from sentio_core import files
 from sentio_core.config import Config
+from sentio_core.validation import DataValidationError, validate_manifest
 from tasks.common import StageKey, StageOutput
 
-KEY = StageKey("validate", ("data", "validation"), (stages, validation, io, sys.modules[__name__]))
+if TYPE_CHECKING:
+    from tasks.ingest import ManifestOutput
+
+KEY = StageKey("validate", __name__, validate_manifest)
 
 
-class DataValidationError(RuntimeError):
-    """The data failed the validation gate; the message is the full report."""
+class ValidationOutput(StageOutput):
+    files: int  # files (or symbols of a multi-symbol file) that passed
 
 
 @task(name="validate", cache_key_fn=KEY.cache_key_fn, persist_result=True)
-def validate(cfg: Config, manifest: StageOutput) -> StageOutput:
-    """Run every rule over every source file; raise with the report when any rule fails."""
-    report = stages.validate(cfg, io.read_json(manifest.require()))
+def validate(cfg: Config, manifest: ManifestOutput) -> ValidationOutput:
+    """Run every rule over every source file; raise :class:`DataValidationError` with the report when any fails."""
+    report = validate_manifest(cfg, manifest.manifest)
     if not report.ok:
         create_markdown_artifact(report.to_markdown(), key="sentio-validation", description="Data validation report (failed)")
-        raise DataValidationError(report.to_text())
+        raise DataValidationError(report, cfg.data.path)
     out = KEY.output(cfg, "json", manifest)
-    io.write_json(report.to_dict(), out)
-    return StageOutput("validate", str(out), io.file_sha256(out), {"files": len(report.files)})
+    files.write_json(report.to_dict(), out)
+    return ValidationOutput(stage="validate", path=str(out), sha256=files.file_sha256(out), files=len(report.files))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sentio_core.config import Config, load_config
+from sentio_core.folds import FoldSpan
 from sentio_core.market import Leg, Market
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,19 +28,17 @@ DAILY = REPO / "data" / "daily"
 class RealFold:
     cfg: Config
     market: Market
-    span: dict
+    span: FoldSpan
     bars: object  # polars DataFrame (the aligned panel)
     freq: object
 
     @property
     def train_rows(self) -> tuple[int, int]:
-        a, b = self.span["train_rows"]
-        return int(a), int(b)
+        return self.span.train_rows
 
     @property
     def test_rows(self) -> tuple[int, int]:
-        c, d = self.span["test_rows"]
-        return int(c), int(d)
+        return self.span.test_rows
 
 
 def single_blas_thread():
@@ -58,16 +57,19 @@ def smoke_cfg(overrides: tuple[str, ...] = ()) -> Config:
 @functools.lru_cache(maxsize=None)
 def real_fold(overrides: tuple[str, ...] = ()) -> RealFold:
     """Fold 0 of the smoke run on the shipped daily data, with config overrides."""
-    from sentio_core import stages
+    from sentio_core.data import build_manifest, build_panel
+    from sentio_core.features import feature_table
+    from sentio_core.folds import fold_spans
+    from sentio_core.market import fold_market
+    from sentio_core.regimes import fold_regimes
 
     cfg = smoke_cfg(overrides)
-    man = stages.manifest(cfg)
-    bars, _, freq = stages.panel(cfg, man)
-    feats = stages.features(cfg, bars, freq)
-    span = stages.folds(cfg, feats)[0].to_dict()
+    bars, _, freq = build_panel(cfg, build_manifest(cfg))
+    feats = feature_table(cfg, bars, freq)
+    span = fold_spans(cfg, feats)[0]
     with single_blas_thread():
-        reg = stages.regimes(cfg, bars, span)
-    market = stages.fold_market(cfg, bars, feats, reg.probabilities, span, freq)
+        reg = fold_regimes(cfg, bars, span)
+    market = fold_market(cfg, bars, feats, reg.probabilities, span, freq.periods_per_year)
     return RealFold(cfg, market, span, bars, freq)
 
 

@@ -132,8 +132,8 @@ def test_out_of_sample_window_matches_the_fold_span():
     f = real_fold()
     paths = backtest_fold(f.market, f.cfg, f.test_rows, {})
     p = paths["flat"]
-    assert p.timestamps[1] == f.span["test_start"] and p.timestamps[-1] == f.span["test_end"]
-    assert p.timestamps[0] < f.span["test_start"]
+    assert p.timestamps[1] == f.span.test_start and p.timestamps[-1] == f.span.test_end
+    assert p.timestamps[0] < f.span.test_start
     assert set(paths) == {"flat", "buy_hold_long", "buy_hold_underlying"}
 
 

@@ -154,8 +154,9 @@ def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
     meta = json.loads((tmp_path / "deep" / "er" / "ppo.v1-metadata.json").read_text())
     assert meta["model_type"] == "ppo" and meta["training"]["stopped_by"] == "episodes"
     assert meta["training"]["learning_rate"] == 0.001 and meta["training"]["episodes"] >= 3
-    assert set(meta["out_of_sample"]["metrics"]) == {"ppo", "flat", "buy_hold_long", "buy_hold_underlying"}
-    assert meta["action_meanings"][0].startswith("-100%") and "created_at" in meta
+    [fold] = meta["out_of_sample"]["folds"]
+    assert set(fold["metrics"]) == {"ppo", "flat", "buy_hold_long", "buy_hold_underlying"}
+    assert meta["policy"]["action_meanings"][0].startswith("-100%") and "created_at" in meta
     payload = torch.load(tmp_path / "deep" / "er" / "ppo.v1.pth", weights_only=True)
     assert payload["algorithm"] == "ppo" and payload["n_actions"] == 5
 
@@ -163,7 +164,7 @@ def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
 def test_sentio_train_rejects_a_non_positive_budget():
     proc = subprocess.run([*_sentio(), "train", "--minutes", "0", "--config", str(SMOKE)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--minutes must be positive" in proc.stderr
+    assert proc.returncode == 2 and "--minutes: input should be greater than 0 (got 0.0)" in proc.stderr
 
 
 def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
@@ -177,4 +178,4 @@ def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "m-metadata.json").read_text())
-    assert [leg["symbol"] for leg in meta["legs"]] == ["QQQ_L3X", "QQQ_S3X"]
+    assert [leg["symbol"] for leg in meta["policy"]["legs"]] == ["QQQ_L3X", "QQQ_S3X"]

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from sentio_core import io
+from sentio_core import files
 from sentio_core.data import RawFrame, align, bar_frequency, load_panel, parse_timestamps, to_bars
-from sentio_core.io import DataError, discover
+from sentio_core.files import DataError, discover
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
@@ -102,7 +102,7 @@ def test_nanosecond_parquet_mixes_with_csv(tmp_path, csv_panel):
 def test_single_file_with_symbol_column_equals_folder(tmp_path, csv_panel, suffix):
     long = pd.concat([daily(sym).assign(symbol=sym.lower() if sym == "SQQQ" else sym) for sym in SYMBOLS])
     path = write(long.sample(frac=1.0, random_state=0), tmp_path / f"bars{suffix}")  # any row order
-    assert discover(path) == [io.SourceFile(path, None)]
+    assert discover(path) == [files.SourceFile(path, None)]
     panel, report = load_panel(path, SYMBOLS, NY)
     assert_frame_equal(panel, csv_panel[0])
     assert report.to_dict() == csv_panel[1].to_dict()
@@ -333,13 +333,13 @@ def leftovers(folder: Path, keep: str) -> list[str]:
 
 def test_write_json_is_atomic(tmp_path):
     target = tmp_path / "out" / "metrics.json"
-    io.write_json({"sharpe": 1.25, "n": 3}, target)
-    assert io.read_json(target) == {"n": 3, "sharpe": 1.25}
+    files.write_json({"sharpe": 1.25, "n": 3}, target)
+    assert files.read_json(target) == {"n": 3, "sharpe": 1.25}
     assert leftovers(target.parent, target.name) == []
     before = target.read_text()
     for bad in ({"sharpe": math.nan}, {"x": [1.0, math.inf]}):
         with pytest.raises(ValueError):
-            io.write_json(bad, target)
+            files.write_json(bad, target)
         assert target.read_text() == before  # the old file is not clobbered
         assert leftovers(target.parent, target.name) == []  # and no temporary file is left behind
 
@@ -347,29 +347,29 @@ def test_write_json_is_atomic(tmp_path):
 def test_write_json_refuses_nan_without_a_previous_file(tmp_path):
     target = tmp_path / "fresh.json"
     with pytest.raises(ValueError):
-        io.write_json({"x": math.nan}, target)
+        files.write_json({"x": math.nan}, target)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_write_parquet_is_atomic(tmp_path):
     target = tmp_path / "table.parquet"
     frame = pl.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5]})
-    assert io.write_parquet(frame, target) == target
-    assert_frame_equal(io.read_parquet(target), frame)
+    assert files.write_parquet(frame, target) == target
+    assert_frame_equal(files.read_parquet(target), frame)
     assert leftovers(tmp_path, target.name) == []
-    digest = io.file_sha256(target)
+    digest = files.file_sha256(target)
 
     bad = pl.DataFrame({"a": [object(), object()]}, schema={"a": pl.Object})  # cannot be written as parquet
     with pytest.raises(Exception):
-        io.write_parquet(bad, target)
-    assert io.file_sha256(target) == digest
+        files.write_parquet(bad, target)
+    assert files.file_sha256(target) == digest
     assert leftovers(tmp_path, target.name) == []
 
 
 def test_write_parquet_crash_mid_write_keeps_old_file(tmp_path):
     target = tmp_path / "table.parquet"
     frame = pl.DataFrame({"a": [1, 2, 3]})
-    io.write_parquet(frame, target)
+    files.write_parquet(frame, target)
 
     class HalfWriter:
         def write_parquet(self, path):
@@ -377,14 +377,14 @@ def test_write_parquet_crash_mid_write_keeps_old_file(tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        io.write_parquet(HalfWriter(), target)
-    assert_frame_equal(io.read_parquet(target), frame)
+        files.write_parquet(HalfWriter(), target)
+    assert_frame_equal(files.read_parquet(target), frame)
     assert leftovers(tmp_path, target.name) == []
 
 
 def test_write_text_replaces_atomically(tmp_path):
     target = tmp_path / "report.md"
-    io.write_text("one\n", target)
-    io.write_text("two\n", target)
+    files.write_text("one\n", target)
+    files.write_text("two\n", target)
     assert target.read_text() == "two\n"
     assert leftovers(tmp_path, target.name) == []

@@ -326,7 +326,9 @@ def test_no_look_ahead_with_the_data_cut_after_t(fold):
     the same observation and mask at decision t as the full data."""
     import polars as pl
 
-    from sentio_core import stages
+    from sentio_core.features import feature_table
+    from sentio_core.market import fold_market
+    from sentio_core.regimes import fold_regimes
 
     cfg = fold.cfg
     c, d = fold.test_rows
@@ -334,10 +336,10 @@ def test_no_look_ahead_with_the_data_cut_after_t(fold):
     cutoff = fold.bars["timestamp"].unique().sort()[t]
     bars = fold.bars.filter(pl.col("timestamp") <= cutoff)
     assert bars["timestamp"].n_unique() == t + 1
-    feats = stages.features(cfg, bars, fold.freq)
+    feats = feature_table(cfg, bars, fold.freq)
     with single_blas_thread():
-        reg = stages.regimes(cfg, bars, fold.span)
-    cut = stages.fold_market(cfg, bars, feats, reg.probabilities, fold.span, fold.freq)
+        reg = fold_regimes(cfg, bars, fold.span)
+    cut = fold_market(cfg, bars, feats, reg.probabilities, fold.span, fold.freq.periods_per_year)
     assert cut.n_rows == t + 1 and cut.timestamps == fold.market.timestamps[: t + 1]
     actions = list(np.random.default_rng(9).integers(0, 5, t - first))
     obs_full, masks_full = replay(TradingEnv(fold.market, cfg, first, d - 1), actions)

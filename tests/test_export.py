@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sentio_core.config import TrainConfig
 from sentio_core.export import FORMAT, LoadedPolicy, export_paths, load_policy, publish, save_policy
-from sentio_core.io import DataError
+from sentio_core.files import DataError
 from sentio_core.policies import build_model
 
 OBS_DIM, N_ACTIONS = 6, 3

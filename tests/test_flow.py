@@ -32,11 +32,11 @@ def first_run(prefect_harness, tmp_path_factory):
 
 def test_first_run_computes_every_stage(first_run):
     work, out = first_run
-    assert list(out["stages"]) == STAGES
-    assert set(out["stages"].values()) == {"Completed"}
-    assert out["n_features"] >= 40
-    assert len(out["folds"]) == 2
-    for row in out["folds"]:
+    assert list(out.stages) == STAGES
+    assert set(out.stages.values()) == {"Completed"}
+    assert out.n_features >= 40
+    assert len(out.folds) == 2
+    for row in out.folds:
         assert row["purge_bars"] == 31 and row["test_bars"] == 120
         assert abs(sum(row[f"regime_{i}_test"] for i in range(3)) - 1) < 0.01
     assert (work / "features").is_dir() and any((work / "features").glob("*.parquet"))
@@ -45,47 +45,47 @@ def test_first_run_computes_every_stage(first_run):
 def test_unchanged_rerun_is_fully_cached(first_run):
     work, first = first_run
     again = _run(work)
-    assert set(again["stages"].values()) == {"Cached"}
-    assert again["folds"] == first["folds"]
+    assert set(again.stages.values()) == {"Cached"}
+    assert again.folds == first.folds
 
 
 def test_feature_change_reruns_features_and_after_only(first_run):
     work, _ = first_run
     out = _run(work, "features.rsi_bars=10")
-    assert [out["stages"][s] for s in ("ingest", "validate", "panel")] == ["Cached"] * 3
-    assert out["stages"]["features"] == "Completed" and out["stages"]["folds"] == "Completed"
+    assert [out.stages[s] for s in ("ingest", "validate", "panel")] == ["Cached"] * 3
+    assert out.stages["features"] == "Completed" and out.stages["folds"] == "Completed"
     # identical fold windows -> the regime fits are re-used (their inputs did not change)
-    assert out["stages"]["regimes-fold-0"] == "Cached"
-    assert {out["stages"][s] for s in TRAINING} == {"Completed"}
+    assert out.stages["regimes-fold-0"] == "Cached"
+    assert {out.stages[s] for s in TRAINING} == {"Completed"}
 
 
 def test_cost_change_reruns_training_and_backtests_only(first_run):
     work, _ = first_run
     out = _run(work, "costs.impact_coef=0.7")
-    assert {out["stages"][s] for s in STAGES if s not in TRAINING + ["rescore-champion"]} == {"Cached"}
-    assert {out["stages"][s] for s in TRAINING} == {"Completed"}
+    assert {out.stages[s] for s in STAGES if s not in TRAINING + ["rescore-champion"]} == {"Cached"}
+    assert {out.stages[s] for s in TRAINING} == {"Completed"}
 
 
 def test_fold_change_reruns_folds_and_regimes_not_features(first_run):
     work, _ = first_run
     out = _run(work, "folds.test_bars=100")
-    assert out["stages"]["features"] == "Cached"
-    assert out["stages"]["folds"] == "Completed" and out["stages"]["regimes-fold-1"] == "Completed"
+    assert out.stages["features"] == "Cached"
+    assert out.stages["folds"] == "Completed" and out.stages["regimes-fold-1"] == "Completed"
 
 
 def test_refresh_recomputes_everything_with_identical_results(first_run):
     """Determinism: the same config and seed on CPU give identical out-of-sample fold metrics."""
     work, first = first_run
     out = _run(work, refresh=True)
-    assert set(out["stages"].values()) == {"Completed"}
-    assert out["folds"] == first["folds"]
-    assert "maskable_ppo_sharpe" in out["folds"][0] and "ppo_max_drawdown" in out["folds"][1]
-    assert out["registration"]["gate"] == first["registration"]["gate"]
+    assert set(out.stages.values()) == {"Completed"}
+    assert out.folds == first.folds
+    assert "maskable_ppo_sharpe" in out.folds[0] and "ppo_max_drawdown" in out.folds[1]
+    assert out.registration.gate == first.registration.gate
 
 
 def test_fold_metrics_cover_both_algorithms_and_the_baselines(first_run):
     _, out = first_run
-    for row in out["folds"]:
+    for row in out.folds:
         for name in ("maskable_ppo", "ppo", "buy_hold_underlying", "buy_hold_long", "flat"):
             for metric in ("sharpe", "total_return", "max_drawdown", "turnover"):
                 assert isinstance(row[f"{name}_{metric}"], float)
@@ -98,19 +98,19 @@ def test_registration_logs_runs_and_sets_an_alias(first_run):
     from mlflow.tracking import MlflowClient
 
     _, out = first_run
-    reg = out["registration"]
-    assert reg["alias"] in ("champion", "challenger") and reg["gate"]["reasons"]
+    reg = out.registration
+    assert reg.alias in ("champion", "challenger") and reg.gate.reasons
     client = MlflowClient()
-    parent = client.get_run(reg["parent_run_id"])
+    parent = client.get_run(reg.parent_run_id)
     assert parent.data.params["costs.impact_coef"] == "0.5" and "maskable_ppo.mean_sharpe" in parent.data.metrics
-    assert sorted(reg["child_run_ids"]) == ["maskable_ppo-fold-0", "maskable_ppo-fold-1", "ppo-fold-0", "ppo-fold-1"]
-    child = client.get_run(reg["child_run_ids"]["ppo-fold-1"])
+    assert sorted(reg.child_run_ids) == ["maskable_ppo-fold-0", "maskable_ppo-fold-1", "ppo-fold-0", "ppo-fold-1"]
+    child = client.get_run(reg.child_run_ids["ppo-fold-1"])
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "sharpe" in child.data.metrics
     names = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert any(n.endswith(".png") for n in names) and any("trades" in n for n in names)
-    version = client.get_model_version("sentio-maskable-ppo", reg["version"])
+    version = client.get_model_version("sentio-maskable-ppo", reg.version)
     assert {"data_fingerprint", "config_hash", "code_version"} <= set(version.tags)
-    assert mlflow.get_tracking_uri() == reg["tracking_uri"]
+    assert mlflow.get_tracking_uri() == reg.tracking_uri
 
 
 def test_fold_table_artifact_has_one_row_per_fold(first_run):
@@ -133,7 +133,7 @@ def test_bad_data_stops_before_any_other_stage(prefect_harness, tmp_path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.retrain import sentio_retrain
-    from tasks.validate import DataValidationError
+    from sentio_core.validation import DataValidationError
 
     bad = tmp_path / "data"
     shutil.copytree(DAILY, bad)
@@ -157,21 +157,24 @@ def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_p
     import mlflow
     import numpy as np
 
-    from sentio_core.export import load_policy
+    from sentio_core.export import load_policy, read_metadata
     from sentio_core.registry import model_input
 
     out = _run(tmp_path, "promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
                "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-champion")
-    reg = out["registration"]
-    assert reg["alias"] == "champion"
+    reg = out.registration
+    assert reg.alias == "champion"
     pth, meta = (tmp_path / "exports" / "sentio-test-champion.pth"), (tmp_path / "exports" / "sentio-test-champion-metadata.json")
-    assert sorted(reg["export"]) == sorted([str(pth), str(meta)])
+    assert sorted(reg.export) == sorted([str(pth), str(meta)])
     exported = load_policy(pth)
     md = exported.metadata
-    for key in ("model_type", "action_meanings", "observation", "config", "out_of_sample", "data", "code_version", "created_at"):
+    for key in ("model_type", "policy", "config", "out_of_sample", "data", "code_version", "registry", "created_at"):
         assert key in md, key
-    assert md["model_type"] == "maskable_ppo" and len(md["out_of_sample"]["folds"]) == 2
-    assert len(md["observation"]["normalisation"]["mean"]) == len(md["observation"]["features"])
+    typed = read_metadata(exported)
+    assert typed.model_type == "maskable_ppo" and len(typed.out_of_sample.folds) == 2
+    assert typed.registry.alias == "champion" and typed.registry.version == reg.version
+    assert typed.data.fingerprint == reg.data_fingerprint
+    assert len(typed.policy.observation.normalisation.mean) == len(typed.policy.observation.features)
     import torch
 
     torch.load(pth, weights_only=True)  # plain tensors and python values only
@@ -188,18 +191,18 @@ def test_a_failed_fold_is_retried_then_reported_while_the_others_finish(prefect_
     the run registers and exports nothing."""
     from mlflow.tracking import MlflowClient
 
+    import tasks.train
     from flows.retrain import FoldFailure, sentio_retrain
-    from sentio_core import stages
 
-    real, calls = stages.train, []
+    real, calls = tasks.train.fold_training, []
 
     def failing(cfg, market, span, algorithm, *args, **kwargs):
-        calls.append((span["fold"], algorithm))
-        if span["fold"] == 1:
+        calls.append((span.fold, algorithm))
+        if span.fold == 1:
             raise RuntimeError("simulated training crash on fold 1")
         return real(cfg, market, span, algorithm, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "train", failing)
+    monkeypatch.setattr(tasks.train, "fold_training", failing)
     state = sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={tmp_path}", f"registry.export_dir={tmp_path}/exports",
                                                          "registry.model_name=sentio-test-failed", "seed=99"],
                            return_state=True)
@@ -220,9 +223,9 @@ def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness
 
     from prefect.client.orchestration import get_client
 
-    from sentio_core import stages
+    import tasks.train
 
-    real, spans, lock = stages.train, [], threading.Lock()
+    real, spans, lock = tasks.train.fold_training, [], threading.Lock()
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
@@ -232,7 +235,7 @@ def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness
             with lock:
                 spans.append((start, time.perf_counter()))
 
-    monkeypatch.setattr(stages, "train", timed)
+    monkeypatch.setattr(tasks.train, "fold_training", timed)
     _run(tmp_path, "seed=31", "train.timesteps=256", "train.n_steps=64", "train.batch_size=64")
     spans.sort()
     assert len(spans) == 4
@@ -249,7 +252,7 @@ def test_the_next_run_rescores_the_exported_champion(prefect_harness, tmp_path):
                "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-rescore",
                "folds.step_bars=1"]  # the last test window ends on the last bar: the re-score covers exactly it
     first = _run(tmp_path, *relaxed)
-    assert first["registration"]["alias"] == "champion" and first["champion"]["status"] == "no champion"
+    assert first.registration.alias == "champion" and first.champion.status == "no champion"
     again = _run(tmp_path, *relaxed)
-    assert again["stages"]["rescore-champion"] == "Completed" and again["champion"]["status"] == "scored"
-    assert again["champion"]["sharpe"] == pytest.approx(first["folds"][-1]["maskable_ppo_sharpe"], abs=1e-4)
+    assert again.stages["rescore-champion"] == "Completed" and again.champion.status == "scored"
+    assert again.champion.sharpe == pytest.approx(first.folds[-1]["maskable_ppo_sharpe"], abs=1e-4)

@@ -57,14 +57,14 @@ def test_appended_bar_reuses_every_fold_stage(tmp_path):
     """Nightly: one new bar changes the data fingerprint, but no fold window (folds.step_bars), so
     regimes, trainings, backtests and the registration are served from the cache; the data stages,
     the champion re-score and the drift report run again."""
-    from sentio_core import stages
     from sentio_core.config import load_config
-    from sentio_core.features import first_complete_row
+    from sentio_core.data import build_manifest, build_panel
+    from sentio_core.features import feature_table, first_complete_row
 
     step = 21
     cfg = load_config(SMOKE)
-    bars, _, freq = stages.panel(cfg, stages.manifest(cfg))
-    feats = stages.features(cfg, bars, freq)
+    bars, _, freq = build_panel(cfg, build_manifest(cfg))
+    feats = feature_table(cfg, bars, freq)
     usable = feats.height - first_complete_row(feats)
     drop = 1 if usable % step else 2  # yesterday and today fall in the same step block
     data = tmp_path / "data"
@@ -129,7 +129,7 @@ def test_two_runs_at_once_keep_the_registry_and_exports_intact(tmp_path):
     versions = MlflowClient().search_model_versions("name='sentio-concurrent'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     policy = load_policy(tmp_path / "exports" / "sentio-concurrent.pth")  # whole and loadable
-    assert policy.metadata["model_name"] == "sentio-concurrent"
+    assert policy.metadata["registry"]["model_name"] == "sentio-concurrent"
     assert not [p for p in (tmp_path / "exports").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

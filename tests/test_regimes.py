@@ -6,9 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sentio_core import stages
 from sentio_core.config import RegimeConfig, load_config
-from sentio_core.regimes import RegimeModel, fit_regimes, forward_filter, regime_shares
+from sentio_core.regimes import RegimeModel, fit_regimes, fold_regimes, forward_filter, regime_shares
 
 
 def synthetic_returns(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +89,12 @@ def test_regime_shares():
 @pytest.fixture(scope="module")
 def daily():
     cfg = load_config(None, ["regimes.backend=hmm", "regimes.n_starts=2", "folds.n_folds=2"])
-    bars, _, freq = stages.panel(cfg, stages.manifest(cfg))
-    spans = [s.to_dict() for s in stages.folds(cfg, stages.features(cfg, bars, freq))]
+    from sentio_core.data import build_manifest, build_panel
+    from sentio_core.features import feature_table
+    from sentio_core.folds import fold_spans
+
+    bars, _, freq = build_panel(cfg, build_manifest(cfg))
+    spans = fold_spans(cfg, feature_table(cfg, bars, freq))
     return cfg, bars, spans
 
 
@@ -99,8 +102,8 @@ def test_fold_regimes_are_fitted_on_the_training_window_only(daily):
     """Scrambling every bar after the training window leaves the fitted model and train probabilities as they were."""
     cfg, bars, spans = daily
     span = spans[0]
-    a, b = span["train_rows"]
-    before = stages.regimes(cfg, bars, span)
+    a, b = span.train_rows
+    before = fold_regimes(cfg, bars, span)
     rng = np.random.default_rng(0)
     scrambled = bars.with_columns(
         pl.when(pl.int_range(pl.len()).over("symbol") >= b)
@@ -108,7 +111,7 @@ def test_fold_regimes_are_fitted_on_the_training_window_only(daily):
         .otherwise(pl.col("close"))
         .alias("close")
     )
-    after = stages.regimes(cfg, scrambled, span)
+    after = fold_regimes(cfg, scrambled, span)
     assert after.model == before.model
     assert before.train_shares == after.train_shares
     n_train = b - a
@@ -119,8 +122,8 @@ def test_fold_regimes_are_fitted_on_the_training_window_only(daily):
 def test_fold_regime_frame_covers_train_start_to_test_end(daily):
     cfg, bars, spans = daily
     span = spans[1]
-    out = stages.regimes(cfg, bars, span)
-    assert out.probabilities.height == span["test_rows"][1] - span["train_rows"][0]
-    assert out.probabilities["timestamp"][0].isoformat() == span["train_start"]
-    assert out.probabilities["timestamp"][-1].isoformat() == span["test_end"]
+    out = fold_regimes(cfg, bars, span)
+    assert out.probabilities.height == span.test_rows[1] - span.train_rows[0]
+    assert out.probabilities["timestamp"][0].isoformat() == span.train_start
+    assert out.probabilities["timestamp"][-1].isoformat() == span.test_end
     assert abs(sum(out.test_shares) - 1) < 1e-9

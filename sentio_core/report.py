@@ -1,0 +1,149 @@
+"""Run reports as plain data and text: the fold table, the terminal summary, the run summary markdown.
+
+Pure functions of typed inputs; publishing them (Prefect artifacts) belongs to ``tasks/report.py``
+and printing them to the command line.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sentio_core.config import ALGORITHM_NAMES
+
+if TYPE_CHECKING:  # records handed in by the stages (data only)
+    from sentio_core.folds import FoldSpan
+
+STRATEGIES = (*ALGORITHM_NAMES, "buy_hold_underlying", "buy_hold_long", "flat")
+SHORT = {"maskable_ppo": "mppo", "ppo": "ppo", "buy_hold_underlying": "bh_u", "buy_hold_long": "bh_l", "flat": "flat"}
+METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides")
+MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their mask overrides are reported
+
+
+def day(ts: str) -> str:
+    """``2024-04-18`` for a daily ISO timestamp, ``2025-05-12T09:30`` for an intraday one."""
+    return ts[:16].replace("T00:00", "")
+
+
+def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[float], list[float]]] = (),
+              fold_metrics: Sequence[dict[str, dict[str, float]]] = (),
+              failures: dict[int, str] | None = None) -> list[dict]:
+    """One row per fold: the out-of-sample results first (what a reader scans for), then dates,
+    sizes, purge/embargo and regime shares.
+
+    :param regime_shares: per fold (in order) the regime shares of its training and test windows.
+    :param fold_metrics: per fold (in order) strategy -> metrics; shorter when not available.
+    :param failures: fold -> its error.
+    """
+    failures = failures or {}
+    rows = []
+    for i, span in enumerate(spans):
+        row = {"fold": span.fold, "test_start": day(span.test_start), "test_end": day(span.test_end)}
+        if i in failures:
+            row["error"] = failures[i]
+        tests = fold_metrics[i] if i < len(fold_metrics) else {}
+        for m in METRICS:
+            for name in STRATEGIES:
+                if name not in tests or (m == "overrides" and name not in MASKED_OR_OVERRIDDEN):
+                    continue
+                value = tests[name][m]
+                row[f"{name}_{m}"] = round(value, 4) if m != "overrides" else int(value)
+        row.update({"train_start": day(span.train_start), "train_end": day(span.train_end),
+                    "train_bars": span.train_bars, "test_bars": span.test_bars, "purge_bars": span.purge_bars,
+                    "embargo_bars": span.embargo_bars})
+        if i < len(regime_shares):
+            for k, (a, b) in enumerate(zip(*regime_shares[i])):
+                row[f"regime_{k}_train"] = round(a, 3)
+                row[f"regime_{k}_test"] = round(b, 3)
+        rows.append(row)
+    return rows
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """The terminal's compact view: test window, Sharpe and max drawdown per strategy, overrides."""
+    out = []
+    for r in rows:
+        row = {"fold": r["fold"], "test": f"{r['test_start']}..{r['test_end']}"}
+        for name in STRATEGIES:
+            if f"{name}_sharpe" in r:
+                row[f"{SHORT[name]}_sharpe"] = f"{r[f'{name}_sharpe']:.2f}"
+                row[f"{SHORT[name]}_mdd"] = f"{r[f'{name}_max_drawdown']:.1%}"
+        for name in MASKED_OR_OVERRIDDEN:
+            if f"{name}_overrides" in r:
+                row[f"{SHORT[name]}_overrides"] = r[f"{name}_overrides"]
+        out.append(row)
+    return out
+
+
+def strategy_rows(metrics: dict[str, dict[str, float]]) -> list[dict]:
+    """One row per strategy of one backtest (``sentio train``)."""
+    return [{"strategy": k, **{m: f"{v[m]:.3f}" for m in ("sharpe", "total_return", "max_drawdown", "turnover")},
+             "overrides": int(v["overrides"])} for k, v in metrics.items()]
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table for the terminal."""
+    if not rows:
+        return "(no folds)"
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    head = "  ".join(c.rjust(width[c]) for c in cols)
+    body = ["  ".join(str(r.get(c, "")).rjust(width[c]) for c in cols) for r in rows]
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def mlflow_link(tracking_uri: str, experiment_id: str | None, run_id: str) -> str:
+    """A link to the MLflow UI for an http(s) tracking server; otherwise the run id and how to browse it."""
+    if tracking_uri.startswith(("http://", "https://")) and experiment_id:
+        return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}` (browse with `mlflow ui --backend-store-uri {tracking_uri}`)"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registration decided and where it went (the run summary's promotion section)."""
+
+    version: str
+    alias: str
+    reasons: list[str]
+    parent_run_id: str
+    child_run_ids: dict[str, str]
+    export: list[str] | None
+    tracking_uri: str
+    experiment_id: str | None
+
+
+@dataclass(frozen=True)
+class FoldPlot:
+    fold: int
+    test_start: str
+    test_end: str
+    png: bytes
+
+
+def run_summary_markdown(alignment_lines: list[str], features_line: str, stage_states: dict[str, str],
+                         registration: Registration | None = None, champion_line: str | None = None,
+                         drift_markdown: str | None = None, plots: Sequence[FoldPlot] = ()) -> str:
+    """The ``sentio-run-summary`` markdown: promotion, champion, drift, data, one image per fold, stage states."""
+    lines = ["# Sentio run summary", ""]
+    if registration is not None:
+        r = registration
+        lines += ["## Promotion", "", f"- model version {r.version} -> alias **{r.alias}**",
+                  *[f"- {reason}" for reason in r.reasons],
+                  f"- MLflow parent run: {mlflow_link(r.tracking_uri, r.experiment_id, r.parent_run_id)}",
+                  *[f"  - {name}: {mlflow_link(r.tracking_uri, r.experiment_id, run)}"
+                    for name, run in sorted(r.child_run_ids.items())],
+                  f"- export: {', '.join(r.export) if r.export else 'none (not a champion)'}", ""]
+    if champion_line is not None:
+        lines += ["## Current champion on the newest bars", "", champion_line, ""]
+    if drift_markdown is not None:
+        lines += [drift_markdown, ""]
+    lines += ["## Data", "", *[f"- {line.strip()}" for line in alignment_lines], "", f"- {features_line}", ""]
+    for plot in plots:
+        image = base64.b64encode(plot.png).decode()
+        lines += [f"## Fold {plot.fold} ({day(plot.test_start)} .. {day(plot.test_end)})", "",
+                  f"![equity and drawdown](data:image/png;base64,{image})", ""]
+    lines += ["## Stages", "", "| stage | state |", "|---|---|", *[f"| {n} | {s} |" for n, s in stage_states.items()]]
+    return "\n".join(lines)
