@@ -92,12 +92,17 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
 
 @functools.lru_cache(maxsize=256)
 def _parsed(text: str) -> ast.Module:
+    """A file's syntax tree, cached by its text (read-only: :func:`_digest` parses its own copy)."""
     return ast.parse(text)
 
 
-def parse(path: Path) -> ast.Module:
-    """The syntax tree of a file (cached by its text: read-only, see :func:`module_digest`)."""
-    return _parsed(path.read_text())
+@functools.lru_cache(maxsize=1024)
+def _imports_of(text: str, module: str, is_package: bool) -> frozenset[str]:
+    return frozenset(_imported_names(_parsed(text), module, is_package))
+
+
+def _imports(path: Path, module: str) -> frozenset[str]:
+    return _imports_of(path.read_text(), module, path.name == "__init__.py")
 
 
 def project_imports(root: Path, module: str) -> set[str]:
@@ -106,7 +111,7 @@ def project_imports(root: Path, module: str) -> set[str]:
     if path is None:
         return set()
     out = set()
-    for name in _imported_names(parse(path), module, path.name == "__init__.py"):
+    for name in _imports(path, module):
         if name.split(".")[0] in PACKAGES and module_path(root, name) is not None and name != module:
             out.add(name)
     return out
@@ -117,7 +122,7 @@ def third_party_imports(root: Path, module: str) -> set[str]:
     path = module_path(root, module)
     if path is None:
         return set()
-    tops = {name.split(".")[0] for name in _imported_names(parse(path), module, path.name == "__init__.py")}
+    tops = {name.split(".")[0] for name in _imports(path, module)}
     return {t for t in tops if t and t not in PACKAGES and t not in sys.stdlib_module_names and t != "__future__"}
 
 
@@ -163,9 +168,14 @@ def module_digest(root: Path, module: str, sections: tuple[str, ...] | None = No
     the ``Config`` class counts by its methods and validators, not by its list of sections.
     """
     path = module_path(root, module)
-    tree = ast.parse(path.read_text(), filename=str(path))  # a fresh tree: docstrings are stripped in place
+    return _digest(path.read_text(), sections if module == CONFIG_MODULE else None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(text: str, sections: tuple[str, ...] | None) -> str:
+    tree = ast.parse(text)  # a fresh tree: docstrings are stripped in place
     nodes = list(tree.body)
-    if module == CONFIG_MODULE and sections is not None:
+    if sections is not None:
         by_section = section_classes(tree)
         wanted = {by_section[s] for s in sections if s in by_section}
         skipped = set(by_section.values()) - wanted

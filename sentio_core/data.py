@@ -12,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sentio_core.config import Config, reads
 from sentio_core.files import DataError, SourceFile, discover, file_sha256, read_table
+from sentio_core.frequency import BarFrequency, bar_frequency
 from sentio_core.universe import add_synthetic_legs
 
 REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
@@ -169,35 +169,6 @@ def load_panel(path: str | Path, symbols: list[str], tz: str) -> tuple[pl.DataFr
     """Discover, read, type and align the bars of ``symbols`` under ``path``."""
     raws = read_raw(discover(path, symbols), tz, symbols)
     return align([to_bars(r) for r in raws])
-
-
-@dataclass(frozen=True)
-class BarFrequency:
-    """Bar spacing: ``bar_minutes`` is None for daily (or longer) bars."""
-
-    bar_minutes: float | None
-    bars_per_session: float
-
-    @property
-    def intraday(self) -> bool:
-        return self.bar_minutes is not None
-
-    @property
-    def periods_per_year(self) -> float:
-        """Bars per year for annualisation: 252 sessions x bars per session."""
-        return 252.0 * self.bars_per_session
-
-
-def bar_frequency(timestamps: pl.Series) -> BarFrequency:
-    """Infer the bar spacing from timestamps (median spacing within a session)."""
-    ts = timestamps.sort()
-    dates = ts.dt.date()
-    same_day = dates == dates.shift(1)
-    diffs = (ts - ts.shift(1)).dt.total_minutes().filter(same_day.fill_null(False))
-    if diffs.len() == 0:
-        return BarFrequency(None, 1.0)
-    per_session = pl.DataFrame({"d": dates}).group_by("d").len()["len"].median()
-    return BarFrequency(float(diffs.median()), float(per_session))
 
 
 class SourceRecord(BaseModel):

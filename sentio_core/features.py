@@ -19,7 +19,7 @@ import functools
 import polars as pl
 
 from sentio_core.config import Config, FeatureConfig, UniverseConfig, reads
-from sentio_core.data import BarFrequency
+from sentio_core.frequency import BarFrequency
 
 C, O, H, L, V = (pl.col(n) for n in ("close", "open", "high", "low", "volume"))
 

@@ -10,13 +10,14 @@ minimum holding period).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from sentio_core.config import MaskConfig
+from sentio_core.config import MASK_RULES, MaskConfig
 
-RULES = ("stale", "drawdown", "exposure_cap", "vol_target", "regime", "session", "liquidity", "min_hold")
+RULES = MASK_RULES  # named once, in the config schema (the values ``masks.rules`` accepts), in default priority order
 _EPS = 1e-12
 
 
@@ -108,19 +109,22 @@ def min_hold(levels: np.ndarray, current: int, bars_held: int, min_bars: int) ->
     return np.ones(len(levels), dtype=bool)
 
 
+# each rule name (config.MASK_RULES) -> its mask from (levels, state, config); a test holds the two equal
+RULE_FUNCTIONS: dict[str, Callable[[np.ndarray, MaskState, MaskConfig], np.ndarray]] = {
+    "stale": lambda lv, s, c: stale_bar(lv, s.current, s.stale),
+    "drawdown": lambda lv, s, c: drawdown_budget(lv, s.current, s.drawdown, c.drawdown_limit, c.drawdown_reduce_frac),
+    "exposure_cap": lambda lv, s, c: exposure_cap(lv, c.max_abs_exposure),
+    "vol_target": lambda lv, s, c: vol_target(lv, s.leg_vol_ann, c.vol_target_ann),
+    "regime": lambda lv, s, c: regime_gate(lv, s.current, s.high_vol_prob, c.regime_high_vol_prob),
+    "session": lambda lv, s, c: session_window(lv, s.current, s.minutes_to_close, c.session_close_minutes),
+    "liquidity": lambda lv, s, c: liquidity(s.trade_participation, c.max_participation),
+    "min_hold": lambda lv, s, c: min_hold(lv, s.current, s.bars_held, c.min_hold_bars),
+}
+
+
 def rule_masks(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> dict[str, np.ndarray]:
     """Each enabled rule's own mask, in the configured priority order."""
-    compute = {
-        "stale": lambda: stale_bar(levels, state.current, state.stale),
-        "drawdown": lambda: drawdown_budget(levels, state.current, state.drawdown, cfg.drawdown_limit, cfg.drawdown_reduce_frac),
-        "exposure_cap": lambda: exposure_cap(levels, cfg.max_abs_exposure),
-        "vol_target": lambda: vol_target(levels, state.leg_vol_ann, cfg.vol_target_ann),
-        "regime": lambda: regime_gate(levels, state.current, state.high_vol_prob, cfg.regime_high_vol_prob),
-        "session": lambda: session_window(levels, state.current, state.minutes_to_close, cfg.session_close_minutes),
-        "liquidity": lambda: liquidity(state.trade_participation, cfg.max_participation),
-        "min_hold": lambda: min_hold(levels, state.current, state.bars_held, cfg.min_hold_bars),
-    }
-    return {name: compute[name]() for name in cfg.rules}
+    return {name: RULE_FUNCTIONS[name](levels, state, cfg) for name in cfg.rules}
 
 
 def compose(masks: list[np.ndarray]) -> np.ndarray:

@@ -10,7 +10,7 @@ import polars as pl
 
 from sentio_core.backtest import Policy, backtest_fold
 from sentio_core.config import Config, reads
-from sentio_core.data import BarFrequency
+from sentio_core.frequency import BarFrequency
 from sentio_core.market import build_market
 from sentio_core.metadata import ExportMetadata
 from sentio_core.metrics import performance

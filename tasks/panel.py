@@ -8,7 +8,8 @@ from prefect import task
 
 from sentio_core import files
 from sentio_core.config import Config
-from sentio_core.data import AlignmentReport, BarFrequency, build_panel
+from sentio_core.data import AlignmentReport, build_panel
+from sentio_core.frequency import BarFrequency
 from tasks.common import StageKey, StageOutput
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ import pytest
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 SCREENSHOT = REPO / ".sentio" / "test-artifacts" / "fold-table.png"

@@ -82,6 +82,7 @@ def test_folds_on_bad_data_prints_the_report(tmp_path, capsys):
     assert "SQQQ.csv" in err and "volume >= 0" in err and "volume=-3" in err
 
 
+@pytest.mark.slow
 def test_console_script_runs():
     exe = REPO / ".venv" / "bin" / "sentio"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
@@ -91,6 +92,7 @@ def test_console_script_runs():
     assert len(json.loads(proc.stdout)) == 2
 
 
+@pytest.mark.slow
 def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     """`sentio run` needs no server, keeps its state in PREFECT_HOME, and a second run is all Cached."""
     import os
@@ -112,6 +114,7 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     assert stages_line == "stages: 16 (16 Cached)"
 
 
+@pytest.mark.slow
 def test_sentio_run_on_bad_data_exits_1_with_the_report_and_no_traceback(tmp_path):
     import os
 
@@ -142,6 +145,7 @@ def _sentio() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
 
 
+@pytest.mark.slow
 def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
     """The seeds' command line: --model-type, budgets, --lr, --output PATH -> PATH.pth + PATH-metadata.json."""
     import torch
@@ -161,12 +165,17 @@ def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
     assert payload["algorithm"] == "ppo" and payload["n_actions"] == 5
 
 
-def test_sentio_train_rejects_a_non_positive_budget():
-    proc = subprocess.run([*_sentio(), "train", "--minutes", "0", "--config", str(SMOKE)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--minutes: input should be greater than 0 (got 0.0)" in proc.stderr
+@pytest.mark.parametrize("argv, needle", [
+    (["--minutes", "0"], "--minutes: input should be greater than 0 (got 0.0)"),
+    (["--timesteps", "-5"], "--timesteps: input should be greater than or equal to 1 (got -5)"),
+])
+def test_sentio_train_rejects_a_non_positive_budget(argv, needle, capsys):
+    """The budget rule is the config schema's (train.minutes > 0, ...), written once."""
+    assert main(["train", *argv, "--config", str(SMOKE)]) == 2
+    assert needle in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
     """The contract command: one file, legs synthesized from it (daily-reset 3x, expense ratio)."""
     data = tmp_path / "one"
@@ -179,3 +188,40 @@ def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "m-metadata.json").read_text())
     assert [leg["symbol"] for leg in meta["policy"]["legs"]] == ["QQQ_L3X", "QQQ_S3X"]
+
+
+def test_a_cli_trained_export_is_rescored_like_a_pipeline_champion(tmp_path):
+    """`sentio train` writes the same export metadata as registration (one builder): placed where
+    the pipeline keeps its champion, the champion re-score stage scores it, and over its own test
+    window it reproduces the Sharpe `sentio train` reported."""
+    from sentio_core import files
+    from sentio_core.config import load_config
+    from sentio_core.data import build_manifest, build_panel
+    from sentio_core.export import load_policy, read_metadata
+    from sentio_core.features import feature_table
+    from tasks.features import FeaturesOutput
+    from tasks.ingest import ManifestOutput
+    from tasks.panel import PanelOutput
+    from tasks.rescore import rescore
+
+    sets = ["--set", f"registry.export_dir={tmp_path}", "--set", "registry.model_name=cli-champion",
+            "--set", "folds.step_bars=1", "--set", f"run.work_dir={tmp_path / 'work'}"]
+    assert main(["train", "--timesteps", "256", "--output", str(tmp_path / "cli-champion"), "--config", str(SMOKE),
+                 *sets]) == 0
+    metadata = read_metadata(load_policy(tmp_path / "cli-champion"))
+    assert metadata.registry is None and metadata.data.fingerprint and len(metadata.out_of_sample.folds) == 1
+
+    cfg = load_config(SMOKE, [s for s in sets if s != "--set"])
+    manifest = build_manifest(cfg)
+    bars, report, freq = build_panel(cfg, manifest)
+    feats = feature_table(cfg, bars, freq)
+    paths = {name: files.write_parquet(frame, tmp_path / f"{name}.parquet") for name, frame in
+             (("panel", bars), ("features", feats))}
+    common = {"sha256": "0" * 64}
+    out = rescore.fn(cfg, ManifestOutput(stage="ingest", path=str(tmp_path), manifest=manifest, **common),
+                     PanelOutput(stage="panel", path=str(paths["panel"]), alignment=report, frequency=freq, **common),
+                     FeaturesOutput(stage="features", path=str(paths["features"]), n_features=feats.width - 1,
+                                    rows=feats.height, warmup_rows=0, **common))
+    assert out.status == "scored" and out.mlflow_run_id
+    reported = metadata.out_of_sample.folds[0].metrics["maskable_ppo"]["sharpe"]
+    assert out.sharpe == pytest.approx(reported, abs=1e-9)

@@ -12,7 +12,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from sentio_core import files
-from sentio_core.data import RawFrame, align, bar_frequency, load_panel, parse_timestamps, to_bars
+from sentio_core.data import RawFrame, align, load_panel, parse_timestamps, to_bars
+from sentio_core.frequency import bar_frequency
 from sentio_core.files import DataError, discover
 
 REPO = Path(__file__).resolve().parents[1]

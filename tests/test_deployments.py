@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_browser import PREFECT, SERVER_START_S, _free_port, _prefect, _Procs, _wait_health
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
 def test_deploy_all_creates_both_deployments_and_schedules_nightly_runs(tmp_path):

@@ -225,3 +225,22 @@ def test_publish_copies_the_weights_with_new_metadata(exported, tmp_path, batch)
     with pytest.raises(DataError, match=r"gone\.pth.*\[exists\]"):
         publish(tmp_path / "gone.pth", {}, tmp_path / "other")
     assert not list(tmp_path.glob("other*"))
+
+
+def test_a_previous_format_is_refused_with_what_to_do(exported, tmp_path):
+    """An export of the earlier format (same weights layout, metadata without a schema) is not
+    guessed at: the loader names the file and the format and says how to re-export it."""
+    payload = torch.load(exported["maskable_ppo"][0], weights_only=True)
+    old = tmp_path / "old.pth"
+    torch.save(payload | {"format": "sentio-policy/1"}, old)
+    (tmp_path / "old-metadata.json").write_text(json.dumps({"format": "sentio-policy/1"}))
+    with pytest.raises(DataError, match=r"old\.pth.*\[format\].*sentio-policy/1.*sentio train.*--refresh"):
+        load_policy(old)
+
+
+def test_metadata_that_is_not_a_sentio_export_is_named_when_read_as_one(exported):
+    from sentio_core.export import read_metadata
+
+    loaded = load_policy(exported["maskable_ppo"][0])
+    with pytest.raises(DataError, match=r"\[export metadata\].*build_metadata"):
+        read_metadata(loaded, exported["maskable_ppo"][1])

@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 
 from sentio_core.config import REPO_ROOT, FeatureConfig, UniverseConfig
-from sentio_core.data import BarFrequency, bar_frequency, load_panel
+from sentio_core.data import load_panel
+from sentio_core.frequency import BarFrequency, bar_frequency
 from sentio_core.features import build_features, feature_columns, first_complete_row
 
 SYMBOLS = ["QQQ", "TQQQ", "SQQQ"]

@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import DAILY, SMOKE
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 STAGES = ["ingest", "validate", "panel", "features", "folds", "rescore-champion",
           "regimes-fold-0", "train-maskable_ppo-fold-0", "train-ppo-fold-0", "backtest-fold-0",

@@ -29,6 +29,8 @@ T = 600
 TRAIN = (0, 400)
 TEST = (420, 599)
 
+pytestmark = pytest.mark.slow  # learning on toy markets: seconds of training each
+
 
 def toy_config(extra: list[str] = ()):
     return load_config(SMOKE, [
@@ -107,7 +109,6 @@ def test_same_seed_same_actions_and_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(load_policy(pth).act(obs, masks), act_a)
 
 
-@pytest.mark.slow
 def test_maskable_ppo_learns_a_signal_in_the_observation():
     """A longer run: the next move is announced in the observation (not the mask), so both agents
     must learn to read features; MaskablePPO reaches 80% of the oracle."""

@@ -270,3 +270,13 @@ def test_nearest_allowed_properties(case, data):
     # among the closest, the smallest absolute exposure
     closest = mask & np.isclose(dist, dist[mask].min())
     assert abs(levels[b]) == pytest.approx(np.abs(levels[closest]).min())
+
+
+def test_every_rule_name_has_its_function_and_no_other():
+    """The rule names are written once (``config.MASK_RULES``, the values ``masks.rules`` accepts);
+    the masks module implements exactly those."""
+    from sentio_core.config import MASK_RULES, MaskConfig
+    from sentio_core.masks import RULE_FUNCTIONS
+
+    assert set(RULE_FUNCTIONS) == set(MASK_RULES) and RULES is MASK_RULES
+    assert MaskConfig().rules == list(MASK_RULES)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sentio_core.data import BarFrequency
+from sentio_core.frequency import BarFrequency
 from sentio_core.metrics import (
     METRIC_KEYS,
     MetricsError,

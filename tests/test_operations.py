@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import DAILY, REPO, SMOKE
 
-pytestmark = pytest.mark.flow
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
 def _sentio() -> list[str]:

@@ -511,6 +511,7 @@ def _sentio_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from sentio.cli import main; sys.exit(main())"]
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_folder(bad_folder):
     folder, path = bad_folder
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
