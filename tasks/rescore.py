@@ -9,6 +9,7 @@ from prefect import task
 
 from sentio_core import files, registry
 from sentio_core.export import load_policy, read_metadata
+from sentio_core.files import DataError
 from sentio_core.rescore import champion_path, rescore as rescore_policy
 from tasks.common import StageKey, StageOutput
 
@@ -50,8 +51,11 @@ def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: Feature
     out = KEY.output(cfg, "json", manifest, panel, features, champion)
     if not pth.exists():
         return _skipped(out, "no champion", f"- no champion exported yet ({pth})")
-    policy = load_policy(pth)
-    metadata = read_metadata(policy, pth)
+    try:
+        policy = load_policy(pth)
+        metadata = read_metadata(policy, pth)
+    except DataError as exc:  # an export this Sentio cannot score (an earlier format, a damaged file): say so
+        return _skipped(out, "skipped", f"- the exported champion was not re-scored: {exc}")
     result = rescore_policy(metadata, policy.act, files.read_parquet(panel.require()),
                             files.read_parquet(features.require()), panel.frequency)
     files.write_json(result.to_dict(), out)

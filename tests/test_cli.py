@@ -225,3 +225,13 @@ def test_a_cli_trained_export_is_rescored_like_a_pipeline_champion(tmp_path):
     assert out.status == "scored" and out.mlflow_run_id
     reported = metadata.out_of_sample.folds[0].metrics["maskable_ppo"]["sharpe"]
     assert out.sharpe == pytest.approx(reported, abs=1e-9)
+
+    import torch  # the same champion in the earlier export format: reported as skipped, with what to do
+
+    pth = tmp_path / "cli-champion.pth"
+    torch.save(torch.load(pth, weights_only=True) | {"format": "sentio-policy/1"}, pth)
+    out = rescore.fn(cfg, ManifestOutput(stage="ingest", path=str(tmp_path), manifest=manifest, **common),
+                     PanelOutput(stage="panel", path=str(paths["panel"]), alignment=report, frequency=freq, **common),
+                     FeaturesOutput(stage="features", path=str(paths["features"]), n_features=feats.width - 1,
+                                    rows=feats.height, warmup_rows=0, **common))
+    assert out.status == "skipped" and "sentio-policy/1" in out.summary_line and "re-export" in out.summary_line

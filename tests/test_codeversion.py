@@ -165,37 +165,29 @@ def test_type_checking_imports_do_not_count(tree):
     assert "tasks.folds" not in closure(tree, "tasks.train")
 
 
-def test_a_locked_library_version_enters_the_key(tree):
-    lock = tree / "requirements.lock"
-    original = lock.read_text()
-    assert "polars==2.1.0" in original
+def _rerun_after_lock_change(tree: Path, pin: str, new_pin: str) -> set[str]:
+    """The stages whose code version changes when ``pin`` becomes ``new_pin`` in the lock file."""
     from sentio_core import codeversion
 
+    lock = tree / "requirements.lock"
+    original = lock.read_text()
+    assert pin in original
     before = _versions(tree)
-    lock.write_text(original.replace("polars==2.1.0", "polars==2.1.1"))
+    lock.write_text(original.replace(pin, new_pin))
     codeversion.locked_versions.cache_clear()
     try:
         after = _versions(tree)
     finally:
         lock.write_text(original)
         codeversion.locked_versions.cache_clear()
-    # every stage reads or writes polars frames; a statsmodels/hmmlearn bump would move only regimes, drift, rescore
-    assert {n for n in before if before[n] != after[n]} == set(STAGE_MODULES)
+    return {n for n in before if before[n] != after[n]}
+
+
+def test_a_locked_library_version_enters_the_key(tree):
+    # every stage reads or writes polars frames
+    assert _rerun_after_lock_change(tree, "polars==2.1.0", "polars==2.1.1") == set(STAGE_MODULES)
     assert ("polars", "2.1.0") in code_version("tasks.features", ("features",), tree).libraries
 
 
 def test_a_regime_backend_library_moves_only_the_stages_that_fit_or_filter_regimes(tree):
-    from sentio_core import codeversion
-
-    lock = tree / "requirements.lock"
-    original = lock.read_text()
-    assert "hmmlearn==0.3.3" in original
-    before = _versions(tree)
-    lock.write_text(original.replace("hmmlearn==0.3.3", "hmmlearn==0.3.4"))
-    codeversion.locked_versions.cache_clear()
-    try:
-        after = _versions(tree)
-    finally:
-        lock.write_text(original)
-        codeversion.locked_versions.cache_clear()
-    assert {n for n in before if before[n] != after[n]} == {"regimes", "rescore", "drift"}
+    assert _rerun_after_lock_change(tree, "hmmlearn==0.3.3", "hmmlearn==0.3.4") == {"regimes", "rescore", "drift"}

@@ -8,7 +8,6 @@ expensive part (two registrations) runs once, in a module-scoped fixture.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow

@@ -251,7 +251,7 @@ def test_non_increasing_timestamps(tmp_path):
     assert fail.count == 1
     assert_first_row(report, fail, ROW + 1, ROW_DATE)
     assert fail.rows[0]["prev_timestamp"] == "2015-01-20"
-    assert f"prev_timestamp=2015-01-20" in report.to_text()
+    assert "prev_timestamp=2015-01-20" in report.to_text()
 
 
 def test_missing_session(tmp_path):
