@@ -115,7 +115,10 @@ def cmd_folds(args, cfg) -> int:
 def cmd_train(args, cfg) -> int:
     """Train on the latest fold's training window, backtest on its test window, export."""
     from sentio_core.backtest import fold_backtest, sb3_policy
+    from pydantic import ValidationError
+
     from sentio_core.codeversion import project_version
+    from sentio_core.config import TrainConfig
     from sentio_core.export import policy_header, save_policy
     from sentio_core.features import feature_table
     from sentio_core.folds import fold_spans
@@ -126,9 +129,13 @@ def cmd_train(args, cfg) -> int:
     from sentio_core.report import format_table, strategy_rows
     from sentio_core.train import Budget, BudgetError, fold_training, training_summary
 
-    if args.lr is not None and args.lr <= 0:
-        _err(f"--lr must be positive (got {args.lr})")
-        return EXIT_USAGE
+    if args.lr is not None:  # --lr replaces train.learning_rate, under the schema's rule for it
+        try:
+            cfg = cfg.model_copy(update={"train": TrainConfig.model_validate(
+                cfg.train.model_dump() | {"learning_rate": args.lr})})
+        except ValidationError as exc:
+            _err(f"--lr: {exc.errors()[0]['msg'].lower()} (got {args.lr})")
+            return EXIT_USAGE
     flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
     try:  # budget flags replace the config's budget (the first of them reached stops training)
         budget = Budget(**flags) if any(v is not None for v in flags.values()) else Budget.from_config(cfg)
@@ -151,7 +158,7 @@ def cmd_train(args, cfg) -> int:
         bar.update(steps - bar.n)
         bar.set_postfix(episodes=episodes)
 
-    result = fold_training(cfg, market, span, args.model_type, budget, args.lr, progress)
+    result = fold_training(cfg, market, span, args.model_type, budget, on_progress=progress)
     bar.close()
     print(f"trained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
           f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
@@ -163,7 +170,7 @@ def cmd_train(args, cfg) -> int:
     data = DataProvenance(fingerprint=manifest.fingerprint(), files=[f.model_dump() for f in manifest.files],
                           first_train=span.train_start, last_test=span.test_end)
     metadata = build_metadata(policy_header(result.model, args.model_type), policy_spec(cfg, market, span),
-                              regimes.model.to_dict(), training_summary(cfg, result, span.fold, budget, args.lr),
+                              regimes.model.to_dict(), training_summary(cfg, result, span.fold, budget),
                               cfg, project_version(), evidence, data)
     stem = args.output or str(Path(cfg.registry.export_dir) / args.model_type)
     pth, meta_path = save_policy(result.model, args.model_type, stem, metadata)

@@ -25,28 +25,33 @@ class ConfigError(ValueError):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def reads(*sections: str) -> Callable[[F], F]:
+def reads(*sections: str, schema: tuple[str, ...] = ()) -> Callable[[F], F]:
     """Declare the config sections a stage function reads (``@reads("features", "universe")``).
 
     The declaration sits next to the function it describes and is the only list of them: a
-    stage's cache key hashes exactly these sections (``tasks/common.py``), so a change to any
-    other section, a new schema key included, leaves the stage cached.
+    stage's cache key hashes exactly these sections' values and the code of their schema classes
+    (``tasks/common.py``), so a change to any other section, a new schema key included, leaves
+    the stage cached.
+
+    :param schema: sections whose schema classes the function runs without reading this run's
+        values (re-scoring validates a champion's own config through every section's class).
     """
 
     def mark(fn: F) -> F:
-        unknown = sorted(set(sections) - set(Config.model_fields))
+        unknown = sorted((set(sections) | set(schema)) - set(Config.model_fields))
         if unknown:
             raise ValueError(f"{fn.__qualname__} declares unknown config sections {unknown}")
         fn.config_sections = tuple(sections)  # type: ignore[attr-defined]
+        fn.config_schema = tuple(schema)  # type: ignore[attr-defined]
         return fn
 
     return mark
 
 
-def sections_of(fn: Callable[..., Any]) -> tuple[str, ...]:
-    """The sections ``fn`` declared with :func:`reads`."""
+def sections_of(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(sections read, sections whose schema only runs)`` as ``fn`` declared them with :func:`reads`."""
     try:
-        return fn.config_sections  # type: ignore[attr-defined]
+        return fn.config_sections, fn.config_schema  # type: ignore[attr-defined]
     except AttributeError:
         raise TypeError(f"{fn.__qualname__} declares no config sections; decorate it with @reads(...)") from None
 

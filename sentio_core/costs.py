@@ -15,6 +15,7 @@ All three grow with the traded notional, so a higher rate never lowers a cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from sentio_core.config import CostConfig

@@ -1,6 +1,7 @@
-"""Drift between a reference window (one fold's training rows) and recent bars: pure numpy/scipy.
+"""Drift between a reference window (one fold's training rows) and recent bars.
 
-The nightly drift report is built from four pieces, in the order they are called:
+:func:`drift_report` is the stage: it selects the observed features and filters the regime
+probabilities, then builds the report from four numpy/scipy pieces, in the order they are called:
 
 * :func:`feature_drift` compares every feature column with :func:`psi` (Population Stability
   Index) and :func:`ks` (two-sample Kolmogorov-Smirnov) and returns a :class:`DriftTable`.
@@ -24,7 +25,6 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -19,7 +19,9 @@ through sb3's own distributions, so it equals ``predict(..., deterministic=True)
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,37 @@ import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sentio_core.files import DataError, read_json, read_torch, write_json, write_torch
+from sentio_core.files import DataError, read_bytes, read_json, write_bytes, write_json
 from sentio_core.metadata import FORMAT, HEADER_KEYS, PREVIOUS_FORMATS, ExportMetadata
 from sentio_core.policies import POLICIES, reads_masks, rebuild_policy
+
 WEIGHTS_SUFFIX = ".pth"
 METADATA_SUFFIX = "-metadata.json"
+
+
+def write_weights(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write a ``torch.save`` payload atomically (keep it to tensors and plain types for :func:`read_weights`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(buffer.getvalue(), path)
+
+
+def read_weights(path: str | Path) -> Any:
+    """Load a ``torch.save`` file on the CPU with ``weights_only=True`` (no arbitrary unpickling).
+
+    :raises DataError: rule ``exists`` (no such file), ``non-empty`` (0 bytes), ``weights only``
+        (it holds a Python object other than tensors and plain types) or ``readable`` (truncated,
+        corrupt or not a ``torch.save`` file).
+    """
+    data = read_bytes(path)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsafe:
+            raise DataError(path, "weights only", f"holds {unsafe.group(1)}, not only tensors and plain types; "
+                            "refusing to unpickle it") from None
+        raise DataError(path, "readable", f"truncated, corrupt or not a torch.save file ({type(exc).__name__})") from None
 
 
 def export_paths(stem: str | Path) -> tuple[Path, Path]:
@@ -101,7 +129,7 @@ def publish(pth: str | Path, metadata: dict[str, Any] | ExportMetadata, stem: st
     :returns: the paths of the published weights and metadata.
     """
     source = export_paths(_stem_of(pth))[0]
-    payload = read_torch(source)
+    payload = read_weights(source)
     return _write_export(_check_header(payload, source), payload["state_dict"], metadata, stem)
 
 
@@ -115,7 +143,7 @@ def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metada
     created = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     pth, meta = export_paths(stem)
     write_json(created | dict(metadata) | header, meta)  # first: non-JSON metadata fails before any weights are written
-    write_torch(header | {"state_dict": state}, pth)
+    write_weights(header | {"state_dict": state}, pth)
     return pth, meta
 
 
@@ -197,7 +225,7 @@ def read_metadata(policy: LoadedPolicy, source: str | Path = "metadata") -> Expo
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise DataError(source, "export metadata", f"{where}: {first['msg']} ({exc.error_count()} problems); "
-                        "write it with sentio_core.export.build_metadata") from None
+                        "write it with sentio_core.metadata.build_metadata") from None
 
 
 def load_policy(path: str | Path, metadata_path: str | Path | None = None, require_metadata: bool = True) -> LoadedPolicy:
@@ -210,7 +238,7 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
     """
     pth, meta = export_paths(_stem_of(path))
     meta = Path(metadata_path) if metadata_path is not None else meta
-    payload = read_torch(pth)
+    payload = read_weights(pth)
     header = _check_header(payload, pth)
     metadata = _read_metadata(meta, header) if require_metadata or meta.is_file() else {}
     try:

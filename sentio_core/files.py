@@ -1,4 +1,5 @@
-"""File I/O: the only module that reads or writes files.
+"""File I/O: the only module of the pipeline that reads or writes files (policy weights are
+serialised to bytes by ``export.py`` and written here).
 
 Bar files are CSV, Parquet or Feather; either a folder of per-symbol files (``TQQQ.csv``) or
 one file with a ``symbol`` column. Every write goes to a temporary name and is renamed, so a
@@ -28,6 +29,9 @@ class DataError(ValueError):
     def __init__(self, file: str | Path, rule: str, detail: str):
         self.file, self.rule, self.detail = str(file), rule, detail
         super().__init__(f"{file}: [{rule}] {detail}")
+
+    def __reduce__(self):  # travels between processes (Dask, Ray workers) with its fields
+        return DataError, (self.file, self.rule, self.detail)
 
 
 @dataclass(frozen=True)
@@ -150,38 +154,15 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_torch(obj: Any, path: str | Path) -> Path:
-    """Write a ``torch.save`` file atomically (keep it to tensors and plain types for :func:`read_torch`)."""
-    import torch  # lazy: importing torch costs seconds and most callers of io never need it
-
-    with _atomic_target(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
-def read_torch(path: str | Path) -> Any:
-    """Load a ``torch.save`` file on the CPU with ``weights_only=True`` (no arbitrary unpickling).
-
-    :raises DataError: rule ``exists`` (no such file), ``non-empty`` (0 bytes), ``weights only``
-        (it holds a Python object other than tensors and plain types) or ``readable`` (truncated,
-        corrupt or not a ``torch.save`` file).
-    """
-    import re
-
-    import torch
-
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; :class:`DataError` with rule ``exists`` (no such file) or ``non-empty`` (0 bytes)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "exists", "no such file")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise DataError(path, "non-empty", "the file is empty (0 bytes)")
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if unsafe:
-            raise DataError(path, "weights only", f"holds {unsafe.group(1)}, not only tensors and plain types; refusing to unpickle it") from None
-        raise DataError(path, "readable", f"truncated, corrupt or not a torch.save file ({type(exc).__name__})") from None
+    return data
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

@@ -127,6 +127,10 @@ def from_config(folds_cfg: FoldConfig, purge_bars: int) -> PurgedWalkForward:
     )
 
 
+SUMMARY_KEYS = ("fold", "train_start", "train_end", "test_start", "test_end", "train_bars", "test_bars",
+                "purge_bars", "embargo_bars")
+
+
 class FoldSpan(BaseModel):
     """A fold in both coordinates: feature-table rows and ISO timestamps, and the fingerprints of
     what its work reads (set by :func:`with_fingerprints`).
@@ -153,8 +157,7 @@ class FoldSpan(BaseModel):
 
     def summary(self) -> dict:
         """The public description (``sentio folds``): window timestamps and sizes."""
-        return self.model_dump(include={"fold", "train_start", "train_end", "test_start", "test_end", "train_bars",
-                                        "test_bars", "purge_bars", "embargo_bars"})
+        return {k: getattr(self, k) for k in SUMMARY_KEYS}
 
     def window(self) -> dict:
         """Everything that places the fold, without its fingerprints."""

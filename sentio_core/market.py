@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-
-from typing import TYPE_CHECKING
 
 from sentio_core.config import Config, reads
 from sentio_core.features import feature_columns

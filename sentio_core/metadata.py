@@ -117,7 +117,7 @@ class ExportMetadata(_Record):
     training: TrainingSummary
     config: dict[str, Any]
     config_hash: str
-    code_version: str
+    code_version: str  # the code that wrote it: the training stage's code version, or the project's (registration, sentio train)
     out_of_sample: OutOfSample | None = None
     data: DataProvenance | None = None
     registry: RegistryEntry | None = None

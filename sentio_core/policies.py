@@ -41,19 +41,18 @@ def policy_kwargs(net_arch: list[int]) -> dict:
     return {"net_arch": {"pi": list(net_arch), "vf": list(net_arch)}, "activation_fn": torch.nn.Tanh}
 
 
-def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int, learning_rate: float | None = None) -> BaseAlgorithm:
+def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int) -> BaseAlgorithm:
     """A fresh MaskablePPO or PPO on ``env`` with the config's hyper-parameters.
 
     :param env: vectorised training environment (masks read through ``action_masks``).
     :param seed: seeds torch, numpy and the action sampling.
-    :param learning_rate: overrides ``cfg.learning_rate`` (the ``--lr`` flag).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown model type {algorithm!r}; use one of {sorted(ALGORITHMS)}")
     n_steps = cfg.n_steps
     batch = min(cfg.batch_size, n_steps * env.num_envs)
     return ALGORITHMS[algorithm](
-        "MlpPolicy", env, learning_rate=learning_rate or cfg.learning_rate, n_steps=n_steps, batch_size=batch,
+        "MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=n_steps, batch_size=batch,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
         ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
         policy_kwargs=policy_kwargs(cfg.net_arch), seed=seed, device=resolve_device(cfg.device), verbose=0,

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sentio_core.config import ALGORITHM_NAMES, PromotionConfig
+from sentio_core.config import PromotionConfig
 
-PRIMARY, BASELINE = ALGORITHM_NAMES  # MaskablePPO, and the PPO baseline it must beat
+PRIMARY, BASELINE = "maskable_ppo", "ppo"  # the promoted algorithm, and the baseline it must beat
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np

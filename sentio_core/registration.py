@@ -54,19 +54,21 @@ class RegistrationPlan:
 
 
 @reads(*MODEL_SECTIONS)
-def plan_registration(cfg: Config, manifest: Manifest, spans: Sequence[FoldSpan], folds: Sequence[FoldResult],
-                      trainings: dict[tuple[int, str], TrainingSummary], code_version: str) -> RegistrationPlan:
+def plan_registration(cfg: Config, manifest: Manifest, data_fingerprint: str, spans: Sequence[FoldSpan],
+                      folds: Sequence[FoldResult], trainings: dict[tuple[int, str], TrainingSummary],
+                      code_version: str) -> RegistrationPlan:
     """Gate the primary algorithm on the folds' out-of-sample metrics and lay out what to record.
 
+    :param data_fingerprint: the SHA-256 of the written manifest (``Manifest.fingerprint``).
     :param folds: one result per fold, in fold order.
     :param trainings: ``(fold, algorithm)`` -> the training's summary, for every fold and ``train.algorithms`` entry.
     """
     gate = promotion_gate([f.metrics for f in folds], cfg.promotion)
-    tags = {"data_fingerprint": manifest.fingerprint(), "config_hash": stable_hash(cfg.identity()),
+    tags = {"data_fingerprint": data_fingerprint, "config_hash": stable_hash(cfg.identity()),
             "code_version": code_version}
     children = [ChildRun(f.fold, algo, child_metrics(algo, f.metrics, trainings[(f.fold, algo)]))
                 for f in folds for algo in cfg.train.algorithms]
-    data = DataProvenance(fingerprint=manifest.fingerprint(),
+    data = DataProvenance(fingerprint=data_fingerprint,
                           files=[r.model_dump() for r in manifest.files],
                           first_train=spans[0].train_start, last_test=spans[-1].test_end)
     return RegistrationPlan(

@@ -20,8 +20,8 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any

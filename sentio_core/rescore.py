@@ -9,11 +9,12 @@ from pathlib import Path
 import polars as pl
 
 from sentio_core.backtest import Policy, backtest_fold
-from sentio_core.config import Config, reads
+from sentio_core.config import MODEL_SECTIONS, Config, reads
 from sentio_core.frequency import BarFrequency
 from sentio_core.market import build_market
 from sentio_core.metadata import ExportMetadata
 from sentio_core.metrics import performance
+from sentio_core.policies import reads_masks
 from sentio_core.regimes import RegimeModel, forward_filter, regime_frame, underlying_returns
 
 
@@ -68,7 +69,7 @@ def row_of(feats: pl.DataFrame, iso: str) -> int:
     return iso_all.index(iso)
 
 
-@reads()  # nothing of this run's config: the policy is scored with its own
+@reads(schema=MODEL_SECTIONS)  # no value of this run's config: the policy is scored with its own, validated by the schema
 def rescore(metadata: ExportMetadata, act: Policy, bars: pl.DataFrame, feats: pl.DataFrame,
             freq: BarFrequency) -> RescoreResult:
     """Backtest an exported policy from the start of its test window to the newest bar.
@@ -84,7 +85,8 @@ def rescore(metadata: ExportMetadata, act: Policy, bars: pl.DataFrame, feats: pl
     norm = spec.observation.normalisation
     market = build_market(cfg, bars, feats, frame, (a, c), freq.periods_per_year,
                           fitted=(spec.observation.features, norm.mean, norm.std))
-    paths = backtest_fold(market, cfg, (c, market.n_rows), {"champion": (act, True)})
+    masked = reads_masks(metadata.algorithm)  # a policy that does not read masks is overridden, as in its own backtest
+    paths = backtest_fold(market, cfg, (c, market.n_rows), {"champion": (lambda o, m: act(o, m if masked else None), masked)})
     metrics = {k: p.metrics(freq.periods_per_year) for k, p in paths.items()}
     new = market.n_rows - 1 - t_end
     since = None

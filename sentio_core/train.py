@@ -69,8 +69,8 @@ class Budget:
         return cls(**values)
 
     def to_dict(self) -> dict[str, float]:
-        """The limits that are set (``timeout_minutes`` included)."""
-        return {k: v for k, v in vars(self).items() if v is not None}
+        """The budget's limits that are set (not the timeout, an operational guard)."""
+        return {k: v for k, v in vars(self).items() if v is not None and k != "timeout_minutes"}
 
 
 class TrainingTimeout(TimeoutError):
@@ -125,7 +125,7 @@ def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
 
 
 def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int], seed: int,
-                 budget: Budget | None = None, learning_rate: float | None = None, on_progress=None) -> TrainResult:
+                 budget: Budget | None = None, on_progress=None) -> TrainResult:
     """Train ``algorithm`` on ``market``'s training rows ``[a, b)``.
 
     :param seed: the run's seed (torch, numpy, sampling, episode starts).
@@ -135,7 +135,7 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     budget = budget or Budget.from_config(cfg)
     torch.set_num_threads(cfg.train.torch_threads)
     env = vec_env(market, cfg, train_rows)
-    model = build_model(algorithm, env, cfg.train, seed, learning_rate)
+    model = build_model(algorithm, env, cfg.train, seed)
     callback = BudgetCallback(budget, on_progress)
     start = time.perf_counter()
     model.learn(total_timesteps=budget.timesteps or UNLIMITED, callback=callback)
@@ -145,15 +145,13 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
 
 @reads("seed", "universe", "env", "masks", "costs", "train")
 def fold_training(cfg: Config, market: Market, span: FoldSpan, algorithm: Algorithm, budget: Budget | None = None,
-                  learning_rate: float | None = None, on_progress=None) -> TrainResult:
+                  on_progress=None) -> TrainResult:
     """Train one algorithm on the fold's training rows, seeded with ``cfg.fold_seed``."""
-    return train_policy(algorithm, market, cfg, span.train_rows, cfg.fold_seed(span.fold), budget, learning_rate,
-                        on_progress)
+    return train_policy(algorithm, market, cfg, span.train_rows, cfg.fold_seed(span.fold), budget, on_progress)
 
 
-def training_summary(cfg: Config, result: TrainResult, fold: int, budget: Budget,
-                     learning_rate: float | None = None) -> TrainingSummary:
+def training_summary(cfg: Config, result: TrainResult, fold: int, budget: Budget) -> TrainingSummary:
     """What the export records of a training: its length, its stop, where it ran, with what budget."""
     return TrainingSummary(fold=fold, algorithm=result.algorithm, timesteps=result.timesteps, episodes=result.episodes,
                            seconds=round(result.seconds, 2), stopped_by=result.stopped_by, device=result.device,
-                           learning_rate=learning_rate or cfg.train.learning_rate, budget=budget.to_dict())
+                           learning_rate=cfg.train.learning_rate, budget=budget.to_dict())

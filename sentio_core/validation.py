@@ -297,9 +297,12 @@ def validate_paths(paths: list[str | Path], cfg: ValidationConfig, calendar: str
 class DataValidationError(DataError):
     """The configured data failed the validation gate; the message is the full report."""
 
-    def __init__(self, report: ValidationReport, where: str):
+    def __init__(self, report: ValidationReport, where: str | Path):
         self.report = report
         super().__init__(where, "validation", report.to_text())
+
+    def __reduce__(self):
+        return DataValidationError, (self.report, self.file)
 
 
 @reads("data", "validation")

@@ -65,11 +65,15 @@ class StageKey:
 
     def __init__(self, stage: str, module: str, *functions: Callable[..., Any], fold_field: str = "fingerprint"):
         sections: list[str] = []
+        schema: list[str] = []
         for fn in functions:
-            sections += [s for s in sections_of(fn) if s not in sections]
+            read, runs = sections_of(fn)
+            sections += [s for s in read if s not in sections]
+            schema += [s for s in (*read, *runs) if s not in schema]
         self.stage, self.module, self.fold_field = stage, module, fold_field
-        self.sections = tuple(sections)
-        self.code: CodeVersion = code_version(module, self.sections)
+        self.sections = tuple(sections)  # their values enter the key
+        self.schema = tuple(schema)  # their schema classes enter the code version (the read sections included)
+        self.code: CodeVersion = code_version(module, self.schema)
         self.version = self.code.digest
 
     def compute(self, cfg: Config, *inputs: Any) -> str:

@@ -16,8 +16,8 @@ from prefect import task
 from sentio_core import files, registry
 from sentio_core.codeversion import project_version
 from sentio_core.config import Config
-from sentio_core.export import load_policy, publish, read_metadata
-from sentio_core.metadata import RegistryEntry, build_metadata
+from sentio_core.export import publish
+from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
 from sentio_core.registration import plan_registration
 from tasks.common import StageKey, StageOutput
@@ -62,8 +62,16 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
     """
     by_fold = {(t.fold, t.algorithm): t for t in trained}
     code = project_version()
-    plan = plan_registration(cfg, manifest.manifest, folds.folds, [b.result for b in backtests],
+    plan = plan_registration(cfg, manifest.manifest, manifest.sha256, folds.folds, [b.result for b in backtests],
                              {k: t.training for k, t in by_fold.items()}, code)
+    out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
+    # the registered model carries the evidence: its metadata is rebuilt with the out-of-sample
+    # results, the data provenance and this run's config before anything is logged
+    last = by_fold[(len(backtests) - 1, PRIMARY)]
+    trained_md = ExportMetadata.model_validate(files.read_json(last.metadata_path))
+    metadata = build_metadata(trained_md.header(), trained_md.policy, trained_md.regime_model, trained_md.training,
+                              cfg, code, plan.out_of_sample, plan.data)
+    model_pth, model_md = publish(Path(last.path), metadata, str(out)[: -len(".json")] + "-model")
     registry.configure(cfg.registry)
     run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     with registry.parent_run(cfg.registry, run_name, plan.params, {**plan.tags, "gate": plan.gate.alias}) as parent_id:
@@ -75,24 +83,18 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
                 [Path(b.plot_file), Path(b.trades_file), Path(b.paths_file)],
                 {**plan.tags, "fold": str(child.fold), "algorithm": child.algorithm})
         registry.log_metrics(parent_id, plan.parent_metrics)
-        last = by_fold[(len(backtests) - 1, PRIMARY)]
-        version = registry.register_policy(Path(last.path), Path(last.metadata_path), cfg.registry.model_name,
-                                           parent_id, plan.tags)
+        version = registry.register_policy(model_pth, model_md, cfg.registry.model_name, parent_id, plan.tags)
     registry.set_alias(cfg.registry.model_name, version, plan.gate.alias)
     exported = None
     if plan.gate.passed:
-        trained_md = read_metadata(load_policy(last.path), last.metadata_path)
-        metadata = build_metadata(trained_md.header(), trained_md.policy, trained_md.regime_model, trained_md.training,
-                                  cfg, code, plan.out_of_sample, plan.data,
-                                  RegistryEntry(model_name=cfg.registry.model_name, version=version, alias=plan.gate.alias))
+        entry = RegistryEntry(model_name=cfg.registry.model_name, version=version, alias=plan.gate.alias)
         stem = Path(cfg.registry.export_dir) / cfg.registry.model_name
-        exported = [str(p) for p in publish(Path(last.path), metadata, stem)]
-    out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
+        exported = [str(p) for p in publish(Path(last.path), metadata.model_copy(update={"registry": entry}), stem)]
+    experiment = registry.experiment_id(cfg.registry)
     record = {"gate": plan.gate.to_dict(), "version": version, "alias": plan.gate.alias, "parent_run_id": parent_id,
               "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,
-              "experiment_id": registry.experiment_id(cfg.registry), **plan.tags}
+              "experiment_id": experiment, **plan.tags}
     files.write_json(record, out)
     return RegisterOutput(stage="register", path=str(out), sha256=files.file_sha256(out), gate=plan.gate,
                           version=version, alias=plan.gate.alias, parent_run_id=parent_id, child_run_ids=children,
-                          export=exported, tracking_uri=tracking_uri, experiment_id=registry.experiment_id(cfg.registry),
-                          **plan.tags)
+                          export=exported, tracking_uri=tracking_uri, experiment_id=experiment, **plan.tags)

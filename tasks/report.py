@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from sentio_core.report import FoldPlot, Registration, run_summary_markdown
 

@@ -10,7 +10,8 @@ from prefect import task
 from sentio_core import files, registry
 from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
-from sentio_core.rescore import champion_path, rescore as rescore_policy
+from sentio_core.rescore import champion_path
+from sentio_core.rescore import rescore as rescore_policy
 from tasks.common import StageKey, StageOutput
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from prefect import task
@@ -53,7 +54,7 @@ def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: Fol
     stem = KEY.fold_output("policy", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                       "fold": fold, "algorithm": algorithm})
     metadata = build_metadata(policy_header(result.model, algorithm), policy_spec(cfg, mkt, span),
-                              regimes.model.to_dict(), summary, cfg, KEY.version)
+                              asdict(regimes.model), summary, cfg, KEY.version)
     pth, meta_json = save_policy(result.model, algorithm, stem, metadata)
     return TrainOutput(stage="train", path=str(pth), sha256=files.file_sha256(pth), fold=fold, algorithm=algorithm,
                        metadata_path=str(meta_json), training=summary)

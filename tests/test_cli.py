@@ -166,6 +166,7 @@ def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
+    (["--lr", "0"], "--lr: input should be greater than 0 (got 0.0)"),
     (["--minutes", "0"], "--minutes: input should be greater than 0 (got 0.0)"),
     (["--timesteps", "-5"], "--timesteps: input should be greater than or equal to 1 (got -5)"),
 ])

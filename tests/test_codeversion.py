@@ -70,7 +70,7 @@ def tree(tmp_path_factory):
 
 
 def _versions(root: Path) -> dict[str, str]:
-    return {name: code_version(key.module, key.sections, root).digest for name, key in _keys().items()}
+    return {name: code_version(key.module, key.schema, root).digest for name, key in _keys().items()}
 
 
 def _stage_keys(root: Path) -> dict[str, str]:
@@ -78,7 +78,7 @@ def _stage_keys(root: Path) -> dict[str, str]:
     cfg = load_config(SMOKE)
     out = {}
     for name, key in _keys().items():
-        version = code_version(key.module, key.sections, root).digest
+        version = code_version(key.module, key.schema, root).digest
         out[name] = f"{name}-{cfg.section_hash(*key.sections)}-{version}"
     return out
 
@@ -126,14 +126,15 @@ def test_comments_and_docstrings_rerun_nothing(tree, module):
 
 
 def test_a_new_key_in_one_config_section_reruns_only_its_readers(tree):
-    """A new schema key in ``drift`` changes the drift section's values and its class: drift and
-    register (which records the whole model config) run again, nothing else."""
+    """A new schema key in ``drift`` changes the drift section's values and its class: drift,
+    register (which records the whole model config) and the champion re-score (which validates
+    the champion's own config through every section's class) run again, nothing else."""
     def add_key(text: str) -> str:
         anchor = "class DriftConfig(_Section):\n"
         return text.replace(anchor, anchor + "    new_knob: int = 3\n")
 
     changed = _rerun_after(tree, "sentio_core/config.py", add_key)
-    assert changed == {name for name, key in _keys().items() if "drift" in key.sections} == {"drift", "register"}
+    assert changed == {name for name, key in _keys().items() if "drift" in key.schema} == {"drift", "register", "rescore"}
 
 
 def test_config_code_outside_the_sections_reruns_every_stage(tree):
@@ -191,3 +192,18 @@ def test_a_locked_library_version_enters_the_key(tree):
 
 def test_a_regime_backend_library_moves_only_the_stages_that_fit_or_filter_regimes(tree):
     assert _rerun_after_lock_change(tree, "hmmlearn==0.3.3", "hmmlearn==0.3.4") == {"regimes", "rescore", "drift"}
+
+
+def test_the_champion_rescore_runs_every_sections_schema_but_reads_no_value():
+    """Re-scoring validates the champion's own config through every schema class (their code is in
+    its version) and reads only where the champion is (``registry``): a cost setting of this run
+    does not re-score the champion, an edit of the cost schema does."""
+    key = _keys()["rescore"]
+    assert key.sections == ("registry",)
+    assert {"costs", "masks", "env", "universe", "drift"} <= set(key.schema)
+
+
+def test_a_cost_schema_edit_reruns_the_stages_that_run_it(tree):
+    changed = _rerun_after(tree, "sentio_core/config.py", lambda text: text.replace(
+        'raise KeyError(f"costs.half_spread_bps has no entry', 'raise LookupError(f"costs.half_spread_bps has no entry'))
+    assert changed == {"train", "backtest", "rescore", "register"}

@@ -389,3 +389,16 @@ def test_write_text_replaces_atomically(tmp_path):
     files.write_text("two\n", target)
     assert target.read_text() == "two\n"
     assert leftovers(tmp_path, target.name) == []
+
+
+def test_data_errors_cross_process_boundaries_intact():
+    """Dask and Ray workers send a task's exception back pickled: the file, rule and detail survive."""
+    import pickle
+
+    from sentio_core.validation import DataValidationError, FileReport, Failure, ValidationReport
+
+    err = pickle.loads(pickle.dumps(DataError("data/x.csv", "readable", "bad bytes")))
+    assert (type(err), err.file, err.rule, err.detail) == (DataError, "data/x.csv", "readable", "bad bytes")
+    report = ValidationReport([FileReport("data/x.csv", 3, [Failure("high >= max(open, close)", 1, [], "")])])
+    again = pickle.loads(pickle.dumps(DataValidationError(report, "data")))
+    assert type(again) is DataValidationError and str(again) == str(DataValidationError(report, "data"))
