@@ -12,6 +12,7 @@ from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -51,12 +52,16 @@ def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int) 
         raise ValueError(f"unknown model type {algorithm!r}; use one of {sorted(ALGORITHMS)}")
     n_steps = cfg.n_steps
     batch = min(cfg.batch_size, n_steps * env.num_envs)
-    return ALGORITHMS[algorithm](
+    model = ALGORITHMS[algorithm](
         "MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=n_steps, batch_size=batch,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
         ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
         policy_kwargs=policy_kwargs(cfg.net_arch), seed=seed, device=resolve_device(cfg.device), verbose=0,
     )
+    # sb3's default logger makes an empty tempdir/SB3-<time> folder per training; metrics go
+    # through Sentio's own summary, so the model logs nowhere
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def rebuild_policy(algorithm: Algorithm, obs_dim: int, n_actions: int, net_arch: list[int]) -> ActorCriticPolicy:

@@ -25,11 +25,16 @@ KEY = StageKey("rescore", __name__, champion_path, rescore_policy)
 
 
 class RescoreOutput(StageOutput):
-    status: str  # scored, no champion, skipped
+    status: str  # scored, no champion, failed
     summary_line: str
     mlflow_run_id: str | None = None
     sharpe: float | None = None
     bars: int | None = None
+
+    @property
+    def champion_present(self) -> bool:
+        """Whether a champion was scored; a failed re-score counts as no champion."""
+        return self.status == "scored"
 
 
 def _key(context, parameters) -> str:
@@ -39,26 +44,36 @@ def _key(context, parameters) -> str:
     return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"], champion))
 
 
-def _skipped(out: Path, status: str, line: str) -> RescoreOutput:
-    files.write_json({"status": status}, out)
-    return RescoreOutput(stage="rescore", path=str(out), sha256=files.file_sha256(out), status=status, summary_line=line)
+def _unscored(out: Path, status: str, line: str, run_id: str | None = None) -> RescoreOutput:
+    files.write_json({"status": status, "summary": line}, out)
+    return RescoreOutput(stage="rescore", path=str(out), sha256=files.file_sha256(out), status=status,
+                         summary_line=line, mlflow_run_id=run_id)
 
 
 @task(name="rescore-champion", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)
 def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: FeaturesOutput) -> RescoreOutput:
-    """Score the exported champion, if any, from its test window to the newest bar; log to MLflow."""
+    """Score the exported champion, if any, from its test window to the newest bar; log to MLflow.
+
+    A champion that cannot be scored (an earlier export format, a damaged file, a test window
+    that is not in today's data) does not stop the night: the failure is reported here, in the
+    run summary and as a FAILED MLflow run, and the champion counts as absent.
+    """
     pth = champion_path(cfg)
     champion = files.file_sha256(pth) if pth.exists() else "none"
     out = KEY.output(cfg, "json", manifest, panel, features, champion)
     if not pth.exists():
-        return _skipped(out, "no champion", f"- no champion exported yet ({pth})")
+        return _unscored(out, "no champion", f"- no champion exported yet ({pth})")
     try:
         policy = load_policy(pth)
         metadata = read_metadata(policy, pth)
-    except DataError as exc:  # an export this Sentio cannot score (an earlier format, a damaged file): say so
-        return _skipped(out, "skipped", f"- the exported champion was not re-scored: {exc}")
-    result = rescore_policy(metadata, policy.act, files.read_parquet(panel.require()),
-                            files.read_parquet(features.require()), panel.frequency)
+        result = rescore_policy(metadata, policy.act, files.read_parquet(panel.require()),
+                                files.read_parquet(features.require()), panel.frequency)
+    except (DataError, ValueError, KeyError, IndexError) as exc:  # the champion, not the run, is at fault
+        reason = f"{type(exc).__name__}: {exc}"
+        run_id = registry.log_run(cfg.registry, "champion-rescore", {},
+                                  {"kind": "champion-rescore", "champion": str(pth), "error": reason}, status="FAILED")
+        return _unscored(out, "failed", f"- the exported champion {pth} could not be re-scored ({reason}); "
+                         "it is treated as absent", run_id)
     files.write_json(result.to_dict(), out)
     version = metadata.registry.version if metadata.registry else "none (not registered)"
     tags = {"kind": "champion-rescore", "model_version": version, "first": result.first, "last": result.last}

@@ -27,3 +27,14 @@ def test_a_training_past_its_timeout_fails():
 def test_a_budget_is_required():
     with pytest.raises(ValueError, match="budget"):
         Budget.from_config(toy_config(["train.timesteps=null"]))
+
+
+def test_training_leaves_no_folder_in_the_temp_directory(tmp_path, monkeypatch):
+    """stable-baselines3's default logger creates tempdir/SB3-<time> on every learn(); ours logs nowhere."""
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    cfg, market = toy_config(), toy_market()
+    train_policy("ppo", market, cfg, TRAIN, seed=1, budget=Budget(timesteps=256))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
