@@ -84,7 +84,7 @@ def _ensure_training_limit(cfg: Config) -> None:
             client.update_global_concurrency_limit(TRAINING_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
-@flow(name="sentio-folds")
+@flow(name="sentio-folds", persist_result=False)  # records are cached by their tasks; nothing to read back
 def fold_work(cfg: Config, bars: PanelOutput, feats: FeaturesOutput, spans: FoldsOutput, refresh: bool) -> list[FoldWork]:
     """Every fold's regimes, trainings and backtest, submitted to the task runner."""
     # the timeout is enforced inside training (a Prefect timeout cannot interrupt a worker thread)
@@ -123,7 +123,7 @@ def _first_error(futures) -> str:
     return "upstream task failed"
 
 
-@flow(name="sentio-retrain", log_prints=True)
+@flow(name="sentio-retrain", log_prints=True, persist_result=False)
 def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | None = None, refresh: bool = False) -> RunResult:
     """Retrain on the configured data.
 

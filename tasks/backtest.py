@@ -12,7 +12,7 @@ from sentio_core.config import Config
 from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
 from sentio_core.policies import reads_masks
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 from tasks.fold_inputs import read_fold_market
 
 if TYPE_CHECKING:
@@ -63,4 +63,4 @@ def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: 
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
-backtest = task(name="backtest", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="backtest-fold-{fold}")(_backtest)
+backtest = task(name="backtest", cache_key_fn=KEY.fold_cache_key_fn, **RESULTS, task_run_name="backtest-fold-{fold}")(_backtest)

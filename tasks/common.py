@@ -10,25 +10,43 @@ cache, and an edit re-runs exactly the stages whose code it touches.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from prefect.serializers import Serializer
+from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict
 
 from sentio_core.codeversion import CodeVersion, code_version
 from sentio_core.config import Config, sections_of, stable_hash
 
+RECORD_SERIALIZER = "sentio-record"
+_LOG = logging.getLogger("sentio.cache")
+
 
 class StageOutput(BaseModel):
-    """A stage's output file and its SHA-256; each stage's record adds its typed summary fields."""
+    """A stage's output file and its SHA-256; each stage's record adds its typed summary fields.
+
+    Every subclass is registered by name, so a cached record is read back as JSON into one of
+    these classes and nothing else (:class:`RecordSerializer`).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    registry: ClassVar[dict[str, type[StageOutput]]] = {}
 
     stage: str
     path: str
     sha256: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if StageOutput.registry.setdefault(cls.__name__, cls) is not cls:
+            raise TypeError(f"two stage records are named {cls.__name__}")
 
     def require(self) -> Path:
         """The output path, or a clear error when the work folder was cleaned behind the cache."""
@@ -38,6 +56,57 @@ class StageOutput(BaseModel):
                 f"stage '{self.stage}' output {path} is missing (was run.work_dir cleaned?); run again with --refresh"
             )
         return path
+
+
+class RecordSerializer(Serializer):
+    """Prefect serializer of stage records: schema-validated JSON into a registered
+    :class:`StageOutput` class, chosen by name from that registry; nothing is imported or
+    unpickled, whatever the stored bytes say."""
+
+    type: Literal["sentio-record"] = RECORD_SERIALIZER
+
+    def dumps(self, obj: Any) -> bytes:
+        if not isinstance(obj, StageOutput):
+            raise TypeError(f"only stage records are cached, not {type(obj).__name__}")
+        return json.dumps({"record": type(obj).__name__, "data": obj.model_dump(mode="json")}).encode()
+
+    def loads(self, blob: bytes) -> StageOutput:
+        doc = json.loads(blob)
+        cls = StageOutput.registry.get(doc.get("record")) if isinstance(doc, dict) else None
+        if cls is None:
+            raise ValueError(f"not a Sentio stage record: {str(doc)[:80]!r}")
+        return cls.model_validate(doc["data"])
+
+
+def storage_root() -> Path:
+    """Where Prefect persists the stage records: its local storage path (``PREFECT_HOME/storage``)."""
+    return Path(get_current_settings().results.local_storage_path)
+
+
+def quarantine_untrusted(path: Path) -> bool:
+    """Move a stored result that is not a Sentio stage record out of Prefect's way, before Prefect
+    reads it. Prefect deserialises a stored result with the serializer the file itself names, so a
+    replaced file could name cloudpickle and run code; such a file is renamed to
+    ``NAME.untrusted-<ns>`` (kept for inspection), a warning names it, and the stage runs again.
+
+    :returns: True when ``path`` was quarantined.
+    """
+    if not path.is_file():
+        return False
+    try:
+        serializer = json.loads(path.read_bytes())["metadata"]["serializer"]["type"]
+    except (ValueError, KeyError, TypeError):
+        serializer = None
+    if serializer == RECORD_SERIALIZER:
+        return False
+    target = path.with_name(f"{path.name}.untrusted-{time.time_ns()}")
+    path.rename(target)
+    _LOG.warning("%s: [stage cache] not a Sentio stage record (serializer %r): not read, moved to %s; the stage "
+                 "runs again", path, serializer, target.name)
+    return True
+
+
+RESULTS = {"persist_result": True, "result_serializer": RecordSerializer()}
 
 
 def _fingerprint(value: Any) -> Any:
@@ -84,12 +153,13 @@ class StageKey:
         """``key``, unless Prefect holds a cached result for it whose output is gone from
         ``run.work_dir`` (cleaned, or copied from another machine): then a fresh key, so the stage
         runs again instead of returning a result that points at a missing file. Outputs are
-        content-addressed, so the rebuilt file lands where the old cache entry points."""
+        content-addressed, so the rebuilt file lands where the old cache entry points. A stored
+        result that is not a Sentio record is quarantined first (:func:`quarantine_untrusted`)."""
+        stored = storage_root() / key
+        quarantine_untrusted(stored)
         if any((Path(cfg.run.work_dir) / self.stage).glob(f"{key}.*")):
             return key
-        from prefect.settings import get_current_settings
-
-        if (Path(get_current_settings().results.local_storage_path) / key).exists():
+        if stored.exists():
             return f"{key}-rebuild-{time.time_ns()}"
         return key
 

@@ -9,7 +9,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.features import feature_table, first_complete_row
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.panel import PanelOutput
@@ -26,7 +26,7 @@ class FeaturesOutput(StageOutput):
         return f"features: {self.n_features} columns, {self.rows} rows, warm-up {self.warmup_rows} rows"
 
 
-@task(name="features", cache_key_fn=KEY.cache_key_fn, persist_result=True)
+@task(name="features", cache_key_fn=KEY.cache_key_fn, **RESULTS)
 def features(cfg: Config, panel: PanelOutput) -> FeaturesOutput:
     """Write one row per timestamp with one column per feature."""
     table = feature_table(cfg, files.read_parquet(panel.require()), panel.frequency)

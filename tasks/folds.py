@@ -9,7 +9,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.folds import FoldSpan, fold_spans, with_fingerprints
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.features import FeaturesOutput
@@ -22,7 +22,7 @@ class FoldsOutput(StageOutput):
     folds: tuple[FoldSpan, ...]
 
 
-@task(name="folds", cache_key_fn=KEY.cache_key_fn, persist_result=True)
+@task(name="folds", cache_key_fn=KEY.cache_key_fn, **RESULTS)
 def folds(cfg: Config, panel: PanelOutput, features: FeaturesOutput) -> FoldsOutput:
     """Write the fold list (rows, ISO timestamps and each fold's data fingerprints)."""
     bars, feats = files.read_parquet(panel.require()), files.read_parquet(features.require())

@@ -7,7 +7,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.data import Manifest, build_manifest
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 KEY = StageKey("ingest", __name__, build_manifest)
 
@@ -23,7 +23,7 @@ def _key(context, parameters) -> str:
     return KEY.checked(cfg, KEY.compute(cfg, build_manifest(cfg).model_dump(mode="json")["files"]))
 
 
-@task(name="ingest", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=2)
+@task(name="ingest", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=2)
 def ingest(cfg: Config) -> ManifestOutput:
     """Write the manifest of source files; its hash is the run's data fingerprint."""
     manifest = build_manifest(cfg)

@@ -9,7 +9,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.regimes import RegimeModel, fold_regimes
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.folds import FoldsOutput
@@ -37,4 +37,4 @@ def _regimes(cfg: Config, panel: PanelOutput, folds: FoldsOutput, fold: int) -> 
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
-regimes = task(name="regimes", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="regimes-fold-{fold}")(_regimes)
+regimes = task(name="regimes", cache_key_fn=KEY.fold_cache_key_fn, **RESULTS, task_run_name="regimes-fold-{fold}")(_regimes)

@@ -20,7 +20,7 @@ from sentio_core.export import publish
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
 from sentio_core.registration import plan_registration
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.backtest import BacktestOutput
@@ -52,7 +52,7 @@ def _key(context, parameters) -> str:
     return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k not in ("cfg", "manifest")]))
 
 
-@task(name="register", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)
+@task(name="register", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
 def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained: list[TrainOutput],
              backtests: list[BacktestOutput], tracking_uri: str) -> RegisterOutput:
     """Gate, log, register and (champion only) export; returns the decision and the MLflow ids.

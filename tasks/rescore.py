@@ -12,7 +12,7 @@ from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
 from sentio_core.rescore import champion_path
 from sentio_core.rescore import rescore as rescore_policy
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,7 +50,7 @@ def _unscored(out: Path, status: str, line: str, run_id: str | None = None) -> R
                          summary_line=line, mlflow_run_id=run_id)
 
 
-@task(name="rescore-champion", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5)
+@task(name="rescore-champion", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
 def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: FeaturesOutput) -> RescoreOutput:
     """Score the exported champion, if any, from its test window to the newest bar; log to MLflow.
 

@@ -15,7 +15,7 @@ from sentio_core.export import policy_header, save_policy
 from sentio_core.market import policy_spec
 from sentio_core.metadata import TrainingSummary, build_metadata
 from sentio_core.train import Budget, fold_training, training_summary
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 from tasks.fold_inputs import read_fold_market
 
 if TYPE_CHECKING:
@@ -61,4 +61,4 @@ def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: Fol
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it
-train = task(name="train", cache_key_fn=KEY.fold_cache_key_fn, persist_result=True, task_run_name="train-{algorithm}-fold-{fold}")(_train)
+train = task(name="train", cache_key_fn=KEY.fold_cache_key_fn, **RESULTS, task_run_name="train-{algorithm}-fold-{fold}")(_train)

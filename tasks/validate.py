@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.validation import DataValidationError, validate_manifest
-from tasks.common import StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.ingest import ManifestOutput
@@ -22,7 +22,7 @@ class ValidationOutput(StageOutput):
     files: int  # files (or symbols of a multi-symbol file) that passed
 
 
-@task(name="validate", cache_key_fn=KEY.cache_key_fn, persist_result=True)
+@task(name="validate", cache_key_fn=KEY.cache_key_fn, **RESULTS)
 def validate(cfg: Config, manifest: ManifestOutput) -> ValidationOutput:
     """Run every rule over every source file; raise :class:`DataValidationError` with the report when any fails."""
     report = validate_manifest(cfg, manifest.manifest)

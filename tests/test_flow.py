@@ -256,3 +256,22 @@ def test_the_next_run_rescores_the_exported_champion(prefect_harness, tmp_path):
     again = _run(tmp_path, *relaxed)
     assert again.stages["rescore-champion"] == "Completed" and again.champion.status == "scored"
     assert again.champion.sharpe == pytest.approx(first.folds[-1]["maskable_ppo_sharpe"], abs=1e-4)
+
+
+def test_a_planted_pickle_in_the_stage_cache_never_runs(first_run, tmp_path, caplog):
+    """Replace the cached features record with a pickle that would run a command: the next run
+    quarantines it, names it, recomputes the features stage and serves the rest from the cache."""
+    from tasks.common import storage_root
+    from tests.test_stage_cache import plant_pickle
+
+    work, _ = first_run
+    records = [p for p in storage_root().glob("features-*") if "untrusted" not in p.name]
+    assert records and all(b'"sentio-record"' in p.read_bytes() for p in records)  # JSON records, no pickle
+    marker = tmp_path / "ran"
+    for path in records:
+        plant_pickle(path, marker)
+    out = _run(work)
+    assert not marker.exists(), "the planted payload ran"
+    assert out.stages["features"] == "Completed" and out.stages["ingest"] == "Cached"
+    assert out.stages["train-maskable_ppo-fold-0"] == "Cached"
+    assert "not a Sentio stage record" in caplog.text
