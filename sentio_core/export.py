@@ -19,6 +19,7 @@ through sb3's own distributions, so it equals ``predict(..., deterministic=True)
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -40,21 +41,22 @@ WEIGHTS_SUFFIX = ".pth"
 METADATA_SUFFIX = "-metadata.json"
 
 
-def write_weights(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write a ``torch.save`` payload atomically (keep it to tensors and plain types for :func:`read_weights`)."""
+def weights_bytes(obj: dict[str, Any]) -> bytes:
+    """A ``torch.save`` payload as bytes (keep it to tensors and plain types for :func:`read_weights`)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    return write_bytes(buffer.getvalue(), path)
+    return buffer.getvalue()
 
 
-def read_weights(path: str | Path) -> Any:
+def read_weights(path: str | Path, data: bytes | None = None) -> Any:
     """Load a ``torch.save`` file on the CPU with ``weights_only=True`` (no arbitrary unpickling).
 
+    :param data: the file's bytes when already read (and checked against a content hash).
     :raises DataError: rule ``exists`` (no such file), ``non-empty`` (0 bytes), ``weights only``
         (it holds a Python object other than tensors and plain types) or ``readable`` (truncated,
         corrupt or not a ``torch.save`` file).
     """
-    data = read_bytes(path)
+    data = read_bytes(path) if data is None else data
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -142,8 +144,12 @@ def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metada
         raise ValueError(f"metadata {conflicts} disagree with the model: {[(metadata[k], header[k]) for k in conflicts]}")
     created = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     pth, meta = export_paths(stem)
-    write_json(created | dict(metadata) | header, meta)  # first: non-JSON metadata fails before any weights are written
-    write_weights(header | {"state_dict": state}, pth)
+    weights = weights_bytes(header | {"state_dict": state})
+    content = {"weights_sha256": hashlib.sha256(weights).hexdigest()}  # the pair's one content hash
+    # the metadata first: non-JSON metadata fails before any weights are written, and a crash
+    # between the two renames leaves a pair whose hash does not match, which load_policy refuses
+    write_json(created | dict(metadata) | header | content, meta)
+    write_bytes(weights, pth)
     return pth, meta
 
 
@@ -238,9 +244,15 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
     """
     pth, meta = export_paths(_stem_of(path))
     meta = Path(metadata_path) if metadata_path is not None else meta
-    payload = read_weights(pth)
+    data = read_bytes(pth)
+    metadata = _read_metadata(meta) if require_metadata or meta.is_file() else {}
+    if metadata:
+        _check_content(pth, meta, data, metadata)
+    payload = read_weights(pth, data)
     header = _check_header(payload, pth)
-    metadata = _read_metadata(meta, header) if require_metadata or meta.is_file() else {}
+    wrong = {k: (metadata[k], header[k]) for k in HEADER_KEYS if k in metadata and metadata[k] != header[k]}
+    if wrong:
+        raise DataError(meta, "matches weights", f"(metadata, weights) differ for {wrong}; the files are from different exports")
     try:
         return LoadedPolicy(header["algorithm"], header["obs_dim"], header["n_actions"], header["net_arch"],
                             payload["state_dict"], metadata)
@@ -263,7 +275,22 @@ def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
     return header
 
 
-def _read_metadata(meta: Path, header: dict[str, Any]) -> dict[str, Any]:
+def _check_content(pth: Path, meta: Path, data: bytes, metadata: dict[str, Any]) -> None:
+    """The weights' SHA-256 must be the metadata's ``weights_sha256``, checked before torch reads them."""
+    found = metadata.get("format")
+    if found in PREVIOUS_FORMATS:
+        raise DataError(meta, "format", f"a {found} export, {PREVIOUS_FORMATS[found]}; this Sentio reads {FORMAT}: "
+                        "re-export it with `sentio train` or `sentio run --refresh`")
+    expected = metadata.get("weights_sha256")
+    if not isinstance(expected, str):
+        raise DataError(meta, "content hash", "no weights_sha256; write the export with sentio_core.export.save_policy")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise DataError(pth, "content hash", f"SHA-256 {actual[:16]}... is not the metadata's weights_sha256 "
+                        f"{expected[:16]}... ({meta.name}): the weights were changed, or the files are from different exports")
+
+
+def _read_metadata(meta: Path) -> dict[str, Any]:
     if not meta.is_file():
         raise DataError(meta, "exists", "no such file; save_policy writes it beside the .pth (or pass require_metadata=False)")
     try:
@@ -272,7 +299,4 @@ def _read_metadata(meta: Path, header: dict[str, Any]) -> dict[str, Any]:
         raise DataError(meta, "readable", f"not valid JSON ({exc})") from None
     if not isinstance(metadata, dict):
         raise DataError(meta, "format", f"expected a JSON object, found {type(metadata).__name__}")
-    wrong = {k: (metadata[k], header[k]) for k in HEADER_KEYS if k in metadata and metadata[k] != header[k]}
-    if wrong:
-        raise DataError(meta, "matches weights", f"(metadata, weights) differ for {wrong}; the files are from different exports")
     return metadata

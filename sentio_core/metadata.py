@@ -122,6 +122,7 @@ class ExportMetadata(_Record):
     data: DataProvenance | None = None
     registry: RegistryEntry | None = None
     created_at: str | None = None
+    weights_sha256: str | None = None  # the .pth file's SHA-256, set when the pair is written; load_policy checks it
 
     def header(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HEADER_KEYS}

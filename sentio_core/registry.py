@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -29,6 +30,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -36,10 +38,12 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from sentio_core.config import RegistryConfig, reads
 from sentio_core.export import LoadedPolicy, load_policy
+from sentio_core.files import DataError, file_sha256
 
 OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
 NONFINITE_TAG = "sentio.nonfinite_metrics"
 WEIGHTS_ARTIFACT, METADATA_ARTIFACT = "policy_weights", "policy_metadata"
+WEIGHTS_SHA_TAG = "weights_sha256"
 # what the pyfunc needs at load time (sentio_core itself must be importable too); passed
 # explicitly because MLflow's requirement inference costs seconds per log_model
 REQUIREMENT_DISTRIBUTIONS = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "pandas",
@@ -243,7 +247,8 @@ def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags
         )
     model_version = str(info.registered_model_version)
     client = MlflowClient()
-    for key, value in tags.items():
+    # the weights' hash lives in the tracking database, apart from the artifact store it checks
+    for key, value in {**tags, WEIGHTS_SHA_TAG: file_sha256(pth)}.items():
         client.set_model_version_tag(name, model_version, key, str(value))
     return model_version
 
@@ -264,6 +269,29 @@ def get_alias_version(name: str, alias: str) -> str | None:
         raise
 
 
-def load_alias(name: str, alias: str) -> mlflow.pyfunc.PyFuncModel:
-    """The pyfunc model that ``name@alias`` points at (``models:/NAME@ALIAS``)."""
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+def load_alias(name: str, alias: str) -> LoadedPolicy:
+    """The policy that ``name@alias`` points at, read as tensors and JSON only.
+
+    The version's files are downloaded from the artifact store; the weights are checked against
+    the version's ``weights_sha256`` tag (kept in the tracking database, apart from the store) and
+    read by :func:`sentio_core.export.load_policy` (``weights_only``, the pair's content hash).
+    MLflow's pyfunc loader is never called: it unpickles ``python_model.pkl`` from the store, so a
+    file planted there would run code (``mlflow models serve`` does load it; see the README).
+
+    :raises DataError: naming the file whose hash or format does not hold.
+    """
+    mv = MlflowClient().get_model_version_by_alias(name, alias)
+    uri = f"models:/{name}/{mv.version}"
+    with tempfile.TemporaryDirectory(prefix="sentio-registry-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        try:
+            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
+            weights, metadata = (local / flavor[k]["path"] for k in (WEIGHTS_ARTIFACT, METADATA_ARTIFACT))
+        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise DataError(f"{uri}/MLmodel", "registered model", f"no {WEIGHTS_ARTIFACT}/{METADATA_ARTIFACT} "
+                            f"artifacts ({type(exc).__name__}: {exc})") from None
+        expected = mv.tags.get(WEIGHTS_SHA_TAG)
+        if expected is None or file_sha256(weights) != expected:
+            raise DataError(f"{uri}/{weights.relative_to(local)}", "content hash", f"not the weights registered as "
+                            f"{name} version {mv.version} (tag {WEIGHTS_SHA_TAG}={expected}); the artifact store was changed")
+        return load_policy(weights, metadata)

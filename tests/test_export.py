@@ -142,7 +142,7 @@ def test_missing_and_corrupt_files_name_the_file(exported, tmp_path):
     pth, meta = export_paths(tmp_path / "broken")
     pth.write_bytes(b"not a torch file")
     with pytest.raises(DataError, match=r"broken\.pth.*\[readable\]"):
-        load_policy(pth)
+        load_policy(pth, require_metadata=False)
 
     pth.write_bytes(exported["ppo"][0].read_bytes())
     with pytest.raises(DataError, match=r"broken-metadata\.json.*\[exists\]"):
@@ -151,7 +151,31 @@ def test_missing_and_corrupt_files_name_the_file(exported, tmp_path):
     meta.write_text("{not json")
     with pytest.raises(DataError, match=r"broken-metadata\.json.*\[readable\]"):
         load_policy(pth)
-    meta.write_text(json.dumps({"algorithm": "maskable_ppo"}))
+    meta.write_text(json.dumps({"algorithm": "ppo"}))
+    with pytest.raises(DataError, match=r"broken-metadata\.json.*\[content hash\].*no weights_sha256"):
+        load_policy(pth)
+
+
+def test_the_pair_carries_one_content_hash_checked_before_torch_reads(exported, tmp_path):
+    """Weights from one export beside the metadata of another, or weights changed after export, are
+    refused by their SHA-256 before torch reads a byte of them; a header that disagrees is named."""
+    import hashlib
+    import shutil
+
+    pth, meta = export_paths(tmp_path / "mixed")
+    shutil.copy(exported["ppo"][0], pth)
+    shutil.copy(exported["maskable_ppo"][1], meta)
+    with pytest.raises(DataError, match=r"mixed\.pth.*\[content hash\].*different exports"):
+        load_policy(pth)
+    shutil.copy(exported["ppo"][1], meta)
+    assert load_policy(pth).algorithm == "ppo"
+    data = pth.read_bytes()
+    pth.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit changed
+    with pytest.raises(DataError, match=r"mixed\.pth.*\[content hash\]"):
+        load_policy(pth)
+    shutil.copy(exported["ppo"][0], pth)
+    sha = hashlib.sha256(pth.read_bytes()).hexdigest()
+    meta.write_text(json.dumps({"algorithm": "maskable_ppo", "weights_sha256": sha}))
     with pytest.raises(DataError, match=r"\[matches weights\]"):
         load_policy(pth)
 
@@ -160,10 +184,10 @@ def test_foreign_torch_files_are_refused(tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(DataError, match=r"other\.pth.*\[format\]"):
-        load_policy(other)
+        load_policy(other, require_metadata=False)
     torch.save({"x": DataError("a", "b", "c")}, other)  # a pickled class: weights_only refuses it
     with pytest.raises(DataError, match=r"\[weights only\].*DataError"):
-        load_policy(other)
+        load_policy(other, require_metadata=False)
 
 
 def test_shape_errors_name_the_expected_shape(exported):
@@ -217,6 +241,7 @@ def test_publish_copies_the_weights_with_new_metadata(exported, tmp_path, batch)
     source, _ = exported["maskable_ppo"]
     pth, meta = publish(source, {"alias": "champion", "created_at": "t0"}, tmp_path / "trained_models" / "sentio.v2")
     loaded = load_policy(pth)
+    assert len(loaded.metadata.pop("weights_sha256")) == 64
     assert loaded.metadata == {"alias": "champion", "created_at": "t0", "format": FORMAT, "algorithm": "maskable_ppo",
                                "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16]}
     np.testing.assert_array_equal(loaded.act(*batch), load_policy(source).act(*batch))
@@ -234,8 +259,11 @@ def test_a_previous_format_is_refused_with_what_to_do(exported, tmp_path):
     old = tmp_path / "old.pth"
     torch.save(payload | {"format": "sentio-policy/1"}, old)
     (tmp_path / "old-metadata.json").write_text(json.dumps({"format": "sentio-policy/1"}))
-    with pytest.raises(DataError, match=r"old\.pth.*\[format\].*sentio-policy/1.*sentio train.*--refresh"):
+    with pytest.raises(DataError, match=r"old-metadata\.json.*\[format\].*sentio-policy/1.*sentio train.*--refresh"):
         load_policy(old)
+    (tmp_path / "old-metadata.json").unlink()
+    with pytest.raises(DataError, match=r"old\.pth.*\[format\].*sentio-policy/1.*sentio train.*--refresh"):
+        load_policy(old, require_metadata=False)
 
 
 def test_metadata_that_is_not_a_sentio_export_is_named_when_read_as_one(exported):

@@ -154,11 +154,10 @@ def test_bad_data_stops_before_any_other_stage(prefect_harness, tmp_path):
 
 def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_path):
     """A gate every model passes: alias champion, export written, models:/NAME@champion acts like the export."""
-    import mlflow
     import numpy as np
 
     from sentio_core.export import load_policy, read_metadata
-    from sentio_core.registry import model_input
+    from sentio_core.registry import load_alias
 
     out = _run(tmp_path, "promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
                "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-champion")
@@ -178,12 +177,12 @@ def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_p
     import torch
 
     torch.load(pth, weights_only=True)  # plain tensors and python values only
-    registered = mlflow.pyfunc.load_model("models:/sentio-test-champion@champion")
+    registered = load_alias("sentio-test-champion", "champion")  # tensors and JSON, checked against the version tag
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(32, exported.obs_dim)).astype(np.float32)
     mask = rng.random((32, exported.n_actions)) < 0.6
     mask[:, 2] = True  # flat
-    np.testing.assert_array_equal(np.asarray(registered.predict(model_input(obs, mask))), exported.act(obs, mask))
+    np.testing.assert_array_equal(registered.act(obs, mask), exported.act(obs, mask))
 
 
 def test_a_failed_fold_is_retried_then_reported_while_the_others_finish(prefect_harness, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ expensive part (two registrations) runs once, in a module-scoped fixture.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from sentio_core.config import RegistryConfig, flatten, load_config
 from sentio_core.export import load_policy, save_policy
+from sentio_core.files import DataError
 from sentio_core.registry import (
     NONFINITE_TAG, configure, get_alias_version, load_alias, log_child_run, log_metrics, model_input, parent_run,
     register_policy, set_alias, split_model_input, tracking_uri,
@@ -112,7 +114,8 @@ def test_versions_are_tagged(store, registered):
     client = MlflowClient()
     v1, v2 = registered.versions
     assert (v1, v2) == ("1", "2")
-    assert client.get_model_version(store.cfg.model_name, v1).tags == VERSION_TAGS
+    tags = client.get_model_version(store.cfg.model_name, v1).tags
+    assert len(tags.pop("weights_sha256")) == 64 and tags == VERSION_TAGS
     assert client.get_model_version(store.cfg.model_name, v2).tags["code_version"] == "cafef00d"
     assert client.get_model_version(store.cfg.model_name, v1).run_id == registered.parent_id
 
@@ -125,12 +128,11 @@ def test_champion_alias_loads_and_acts_like_the_export(store, registered, batch)
     assert get_alias_version(name, "champion") == v1
     exported = load_policy(registered.exports["maskable_ppo"][0]).act(obs, masks)
     champion = load_alias(name, "champion")
-    np.testing.assert_array_equal(champion.predict(model_input(obs, masks)), exported)
-    np.testing.assert_array_equal(champion.predict(np.hstack([obs, masks])), exported)  # numpy: obs then mask columns
+    np.testing.assert_array_equal(champion.act(obs, masks), exported)
 
     set_alias(name, v2, "champion")  # the alias moves to the PPO version
     assert get_alias_version(name, "champion") == v2
-    moved = load_alias(name, "champion").predict(model_input(obs, masks))
+    moved = load_alias(name, "champion").act(obs, masks)
     np.testing.assert_array_equal(moved, load_policy(registered.exports["ppo"][0]).act(obs, masks))
     assert masks[np.arange(len(moved)), moved].all()
 
@@ -151,3 +153,53 @@ def test_model_input_layout_and_errors():
         split_model_input(frame.assign(extra=1), OBS_DIM, N_ACTIONS)
     with pytest.raises(ValueError, match=r"expected \(N, 6\) or \(N, 9\)"):
         split_model_input(np.zeros((2, 7)), OBS_DIM, N_ACTIONS)
+
+
+def test_the_pyfunc_serves_the_same_actions(store, registered, batch):
+    """The pyfunc stays for MLflow serving (which unpickles it); Sentio itself never loads it."""
+    name, (v1, _) = store.cfg.model_name, registered.versions
+    obs, masks = batch
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{v1}")
+    exported = load_policy(registered.exports["maskable_ppo"][0]).act(obs, masks)
+    np.testing.assert_array_equal(served.predict(model_input(obs, masks)), exported)
+    np.testing.assert_array_equal(served.predict(np.hstack([obs, masks])), exported)  # numpy: obs then mask columns
+
+
+def _stored_model_dir(name: str, version: str) -> Path:
+    mv = MlflowClient().get_model_version(name, version)
+    location = MlflowClient().get_logged_model(mv.source.removeprefix("models:/")).artifact_location
+    return Path(location.removeprefix("file://"))
+
+
+def test_a_planted_pickle_in_the_registry_never_runs(store, registered, tmp_path, batch):
+    """Replace the version's python_model.pkl with a pickle that runs a command: loading the
+    champion reads tensors and JSON only, so nothing runs and the policy still acts."""
+    import pickle
+
+    from .test_stage_cache import _Payload
+
+    name, (v1, _) = store.cfg.model_name, registered.versions
+    set_alias(name, v1, "champion")
+    marker = tmp_path / "ran"
+    pkl = _stored_model_dir(name, v1) / "python_model.pkl"
+    original = pkl.read_bytes()
+    pkl.write_bytes(pickle.dumps(_Payload(str(marker))))
+    try:
+        policy = load_alias(name, "champion")
+    finally:
+        pkl.write_bytes(original)
+    assert not marker.exists(), "the planted payload ran"
+    assert policy.act(*batch).shape == (len(batch[0]),)
+
+
+def test_changed_weights_in_the_registry_are_refused_by_the_version_tag(store, registered):
+    name, (v1, _) = store.cfg.model_name, registered.versions
+    set_alias(name, v1, "champion")
+    weights = next((_stored_model_dir(name, v1) / "artifacts").glob("*.pth"))
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        with pytest.raises(DataError, match=r"\.pth.*\[content hash\].*artifact store was changed"):
+            load_alias(name, "champion")
+    finally:
+        weights.write_bytes(original)

@@ -86,19 +86,22 @@ def test_a_champion_whose_window_is_not_in_the_data_is_reported_and_counts_as_ab
 
 
 def test_an_earlier_export_format_is_reported_with_what_to_do(champion, tmp_path):
+    import json
     import shutil
 
     import torch
 
     tmp, *_ = champion
-    pth = tmp / "cli-champion.pth"
-    original = tmp_path / "original.pth"
-    shutil.copy(pth, original)
+    pth, meta = tmp / "cli-champion.pth", tmp / "cli-champion-metadata.json"
+    shutil.copy(pth, tmp_path / "original.pth")
+    shutil.copy(meta, tmp_path / "original.json")
     try:
         torch.save(torch.load(pth, weights_only=True) | {"format": "sentio-policy/1"}, pth)
+        meta.write_text(json.dumps(json.loads(meta.read_text()) | {"format": "sentio-policy/1"}))
         out = _rescore(champion, champion[3], "full")
     finally:
-        shutil.copy(original, pth)
+        shutil.copy(tmp_path / "original.pth", pth)
+        shutil.copy(tmp_path / "original.json", meta)
     assert out.status == "failed" and "sentio-policy/1" in out.summary_line and "re-export" in out.summary_line
 
 
@@ -114,4 +117,4 @@ def test_a_corrupt_champion_is_reported_not_raised(champion, tmp_path):
         out = _rescore(champion, champion[3], "full")
     finally:
         shutil.copy(original, pth)
-    assert out.status == "failed" and "cli-champion.pth" in out.summary_line and "readable" in out.summary_line
+    assert out.status == "failed" and "cli-champion.pth" in out.summary_line and "[content hash]" in out.summary_line
