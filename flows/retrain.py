@@ -19,7 +19,7 @@ from prefect import flow, get_client
 from prefect.futures import as_completed
 
 from sentio_core import registry
-from sentio_core.config import Config, load_config
+from sentio_core.config import Config, load_config, preflight
 from sentio_core.report import fold_rows
 from tasks import report
 from tasks.backtest import BacktestOutput, backtest
@@ -136,7 +136,10 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     man = _call(ingest, states, "ingest", refresh, cfg)
     checked = _call(validate, states, "validate", refresh, cfg, man)
     bars = _call(panel, states, "panel", refresh, cfg, man, checked)
+    # pre-flight: settings that leave no usable row stop here (ConfigError), before the features
+    preflight(cfg, bars.alignment.common_rows, bars.frequency.bars_per_session)
     feats = _call(features, states, "features", refresh, cfg, bars)
+    preflight(cfg, bars.alignment.common_rows, bars.frequency.bars_per_session, feats.columns)
     spans = _call(folds, states, "folds", refresh, cfg, bars, feats)
     rescored = _call(rescore, states, "rescore-champion", refresh, cfg, man, bars, feats)
     _ensure_training_limit(cfg)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sentio_core.config import ConfigError, load_config
+from sentio_core.config import ConfigError, load_config, preflight
 from sentio_core.files import DataError
 from sentio_core.folds import FoldError
 
@@ -75,7 +75,17 @@ def _prepare_data(cfg):
     bars, alignment, freq = build_panel(cfg, manifest)
     for line in alignment.lines():
         print(line, file=sys.stderr)
+    preflight(cfg, alignment.common_rows, freq.bars_per_session)
     return manifest, bars, freq
+
+
+def _features(cfg, bars, freq):
+    """The feature table, and the pre-flight check of the observed feature patterns against it."""
+    from sentio_core.features import feature_columns, feature_table
+
+    table = feature_table(cfg, bars, freq)
+    preflight(cfg, len(bars["timestamp"].unique()), freq.bars_per_session, feature_columns(table))
+    return table
 
 
 def cmd_validate(args, cfg) -> int:
@@ -88,26 +98,24 @@ def cmd_validate(args, cfg) -> int:
 
 def cmd_features(args, cfg) -> int:
     from sentio_core import files
-    from sentio_core.features import feature_table
 
     out = Path(args.out)
     if out.suffix.lower() != ".parquet":
         _err(f"--out {out}: the feature table is written as Parquet; name it *.parquet")
         return EXIT_USAGE
     _, bars, freq = _prepare_data(cfg)
-    table = feature_table(cfg, bars, freq)
+    table = _features(cfg, bars, freq)
     files.write_parquet(table, out)
     print(f"wrote {out}: {table.height} rows x {table.width - 1} features", file=sys.stderr)
     return 0
 
 
 def cmd_folds(args, cfg) -> int:
-    from sentio_core.features import feature_table
     from sentio_core.folds import fold_spans
     from sentio_core.report import format_table
 
     _, bars, freq = _prepare_data(cfg)
-    rows = [s.summary() for s in fold_spans(cfg, feature_table(cfg, bars, freq))]
+    rows = [s.summary() for s in fold_spans(cfg, _features(cfg, bars, freq))]
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
@@ -120,7 +128,6 @@ def cmd_train(args, cfg) -> int:
     from sentio_core.codeversion import project_version
     from sentio_core.config import TrainConfig
     from sentio_core.export import policy_header, save_policy
-    from sentio_core.features import feature_table
     from sentio_core.folds import fold_spans
     from sentio_core.market import fold_market, policy_spec
     from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, build_metadata
@@ -143,7 +150,7 @@ def cmd_train(args, cfg) -> int:
         _err("; ".join(f"--{name}: {msg}" if name else msg for name, msg in exc.problems))
         return EXIT_USAGE
     manifest, bars, freq = _prepare_data(cfg)
-    feats = feature_table(cfg, bars, freq)
+    feats = _features(cfg, bars, freq)
     span = fold_spans(cfg, feats)[-1]
     print(f"fold {span.fold}: train {span.train_start[:10]}..{span.train_end[:10]}, "
           f"test {span.test_start[:10]}..{span.test_end[:10]}", file=sys.stderr)
@@ -214,6 +221,9 @@ def cmd_run(args, cfg) -> int:
         except DataError as exc:  # the validation gate (or a data rule) stopped the run
             _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {exc}")
             return EXIT_DATA
+        except ConfigError as exc:  # the pre-flight check: settings that leave no usable row
+            _err(f"run stopped before the features: {exc}")
+            return EXIT_USAGE
         except Exception as exc:  # the flow's own error, reported without a traceback
             _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {exc}")
             return EXIT_RUN

@@ -6,16 +6,25 @@ Unknown keys are rejected and every error names the full key path (``folds.test_
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar, get_args
+from typing import Annotated, Any, Callable, Literal, Sequence, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "base.yaml"
+
+# Upper bounds of the schema: they stop typos (an extra zero, a timestamp pasted as a window), not
+# experiments. A window is at most 10,000 bars (40 years of daily bars, 128 sessions of 5-minute
+# bars); a span of bars (folds, episodes, drift) at most 10,000,000 (a century of 1-minute bars).
+MAX_WINDOW_BARS = 10_000
+MAX_SPAN_BARS = 10_000_000
+MAX_SEED = 2**32 - 1  # numpy's global seed (set by stable-baselines3) must be below 2**32
+WindowBars = Annotated[int, Field(ge=1, le=MAX_WINDOW_BARS)]
 
 
 class ConfigError(ValueError):
@@ -140,60 +149,103 @@ class UniverseConfig(_Section):
 
 
 class ValidationConfig(_Section):
-    min_rows: int = Field(250, ge=1, description="Minimum number of bars per file.")
-    max_missing_sessions: int = Field(0, ge=0, description="Exchange sessions that may be missing between two consecutive bars.")
-    max_missing_intraday_bars: int = Field(0, ge=0, description="Bars that may be missing inside one session (intraday data).")
-    report_rows: int = Field(5, ge=1, description="Offending rows printed per failed rule.")
+    min_rows: int = Field(250, ge=1, le=MAX_SPAN_BARS, description="Minimum number of bars per file.")
+    max_missing_sessions: int = Field(0, ge=0, le=MAX_WINDOW_BARS, description="Exchange sessions that may be missing between two consecutive bars.")
+    max_missing_intraday_bars: int = Field(0, ge=0, le=MAX_WINDOW_BARS, description="Bars that may be missing inside one session (intraday data).")
+    report_rows: int = Field(5, ge=1, le=1000, description="Offending rows printed per failed rule.")
+    max_price_usd: float = Field(1e6, gt=0, description="Highest plausible price, USD; above it a price is a unit, scale or parsing "
+                                                        "error (the split-adjusted SQQQ history of data/daily_long reaches 520,000).")
+    max_jump_sigmas: float = Field(30.0, gt=0, description="Largest move from one bar's close to the next bar's open or close, in "
+                                                          "trailing robust sigmas of the symbol's own 1-bar log returns (a "
+                                                          "session's first intraday bar: sigma x sqrt(bars per session)).")
+    jump_window_bars: int = Field(60, ge=10, le=MAX_WINDOW_BARS, description="Bars of 1-bar log returns in the trailing robust sigma "
+                                                                            "(1.4826 x median |return|, bars before the one checked).")
+    jump_sigma_floor_bps: float = Field(1.0, gt=0, le=1e4, description="Floor of the trailing sigma, basis points per bar "
+                                                                      "(a stretch of unchanged prices has sigma 0).")
+    max_lone_jump_sigmas: float = Field(10.0, gt=0, description="Across the files validated together: a bar's jump (own sigmas) may exceed "
+                                                               "the largest jump of the other, correlated symbols at the same timestamp by "
+                                                               "at most this many sigmas (more: an unadjusted split or a bad tick).")
+    max_zero_volume_bars: int = Field(5, ge=0, le=MAX_WINDOW_BARS, description="Consecutive bars with zero volume allowed (a stalled feed).")
+    max_constant_price_bars: int = Field(5, ge=0, le=MAX_WINDOW_BARS, description="Consecutive bars allowed with open = high = low = close "
+                                                                                "equal to the previous close (a stale price).")
 
 
 class FeatureConfig(_Section):
-    return_horizons: list[int] = Field(default_factory=lambda: [1, 5, 20, 60])
-    vol_windows: list[int] = Field(default_factory=lambda: [20, 60])
-    ewma_halflife_bars: float = Field(10.0, gt=0)
-    rsi_bars: int = Field(14, ge=2)
-    macd_fast_bars: int = Field(12, ge=1)
-    macd_slow_bars: int = Field(26, ge=2)
-    macd_signal_bars: int = Field(9, ge=1)
-    bollinger_bars: int = Field(20, ge=2)
-    bollinger_k: float = Field(2.0, gt=0)
-    atr_bars: int = Field(14, ge=2)
-    stoch_bars: int = Field(14, ge=2)
-    stoch_smooth_bars: int = Field(3, ge=1)
-    volume_z_bars: int = Field(20, ge=2)
-    obv_slope_bars: int = Field(20, ge=2)
-    moments_bars: int = Field(60, ge=4, description="Window of rolling skew, kurtosis and lag-1 autocorrelation.")
-    trend_bars: int = Field(50, ge=2)
-    cross_bars: int = Field(20, ge=2, description="Window of the leveraged-vs-underlying tracking features.")
-    corr_bars: int = Field(60, ge=3)
+    """Feature windows, in bars of the data (``htf_*``: in higher-timeframe bars)."""
+
+    return_horizons: list[WindowBars] = Field(default_factory=lambda: [1, 5, 20, 60], min_length=1,
+                                              description="Horizons of the log-return features, bars back (>= 1: causal).")
+    vol_windows: list[Annotated[int, Field(ge=2, le=MAX_WINDOW_BARS)]] = Field(
+        default_factory=lambda: [20, 60], min_length=1, description="Windows of the realised-volatility features, bars.")
+    ewma_halflife_bars: float = Field(10.0, gt=0, le=MAX_WINDOW_BARS)
+    rsi_bars: int = Field(14, ge=2, le=MAX_WINDOW_BARS)
+    macd_fast_bars: int = Field(12, ge=1, le=MAX_WINDOW_BARS)
+    macd_slow_bars: int = Field(26, ge=2, le=MAX_WINDOW_BARS)
+    macd_signal_bars: int = Field(9, ge=1, le=MAX_WINDOW_BARS)
+    bollinger_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS)
+    bollinger_k: float = Field(2.0, gt=0, le=10)
+    atr_bars: int = Field(14, ge=2, le=MAX_WINDOW_BARS)
+    stoch_bars: int = Field(14, ge=2, le=MAX_WINDOW_BARS)
+    stoch_smooth_bars: int = Field(3, ge=1, le=MAX_WINDOW_BARS)
+    volume_z_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS)
+    obv_slope_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS)
+    moments_bars: int = Field(60, ge=4, le=MAX_WINDOW_BARS, description="Window of rolling skew, kurtosis and lag-1 autocorrelation.")
+    trend_bars: int = Field(50, ge=2, le=MAX_WINDOW_BARS)
+    cross_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS, description="Window of the leveraged-vs-underlying tracking features.")
+    corr_bars: int = Field(60, ge=3, le=MAX_WINDOW_BARS)
     higher_timeframe: Literal["auto", "none", "1w", "1mo", "1d"] = Field(
         "auto", description="Period of the higher-timeframe bars: auto = 1w for daily bars, 1d (sessions) for intraday."
     )
-    htf_rsi_bars: int = Field(14, ge=2)
-    htf_vol_bars: int = Field(10, ge=2)
+    htf_rsi_bars: int = Field(14, ge=2, le=1000, description="RSI window, higher-timeframe bars.")
+    htf_vol_bars: int = Field(10, ge=2, le=1000, description="Realised-volatility window, higher-timeframe bars.")
 
     @model_validator(mode="after")
     def _macd_order(self) -> "FeatureConfig":
         if self.macd_fast_bars >= self.macd_slow_bars:
             raise ValueError(f"macd_fast_bars ({self.macd_fast_bars}) must be below macd_slow_bars ({self.macd_slow_bars})")
+        for name in ("return_horizons", "vol_windows"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"features.{name} {values} has duplicates (each names one feature column)")
         return self
+
+    def warmup_bars(self, bars_per_session: float = 1.0, cross_asset: bool = True) -> int:
+        """A lower bound of the leading rows of the feature table that lack some feature: its longest window.
+
+        :param bars_per_session: bars per exchange session (1 for daily bars); it sizes the
+            higher-timeframe windows (a week holds at least 4 sessions, a month at least 19).
+        :param cross_asset: whether the leveraged-vs-underlying features exist (``cross_bars``, ``corr_bars``).
+        """
+        windows = [*self.return_horizons, *self.vol_windows, int(self.ewma_halflife_bars), self.rsi_bars,
+                   self.macd_slow_bars + self.macd_signal_bars - 1, self.bollinger_bars, self.atr_bars,
+                   self.stoch_bars + self.stoch_smooth_bars - 1, self.volume_z_bars, self.obv_slope_bars,
+                   self.moments_bars, self.trend_bars]
+        if cross_asset:
+            windows += [self.cross_bars, self.corr_bars]
+        longest = max(windows) - 1
+        period = self.higher_timeframe if self.higher_timeframe != "auto" else ("1d" if bars_per_session > 1 else "1w")
+        if period != "none":
+            sessions = {"1d": 1, "1w": 4, "1mo": 19}[period]
+            longest = max(longest, int(max(self.htf_rsi_bars, self.htf_vol_bars) * sessions * bars_per_session))
+        return longest
 
 
 class RegimeConfig(_Section):
     backend: Literal["markov", "hmm"] = Field("markov", description="statsmodels MarkovRegression or hmmlearn GaussianHMM.")
     n_regimes: int = Field(3, ge=2, le=5)
-    n_starts: int = Field(3, ge=1, description="Random starts; the best log-likelihood is kept.")
-    max_iter: int = Field(200, ge=10)
+    n_starts: int = Field(3, ge=1, le=100, description="Random starts; the best log-likelihood is kept.")
+    max_iter: int = Field(200, ge=10, le=100_000, description="EM iterations per start.")
 
 
 class FoldConfig(_Section):
-    n_folds: int = Field(5, ge=1)
-    test_bars: int = Field(250, ge=1)
+    n_folds: int = Field(5, ge=1, le=100)
+    test_bars: int = Field(250, ge=1, le=MAX_SPAN_BARS)
     scheme: Literal["expanding", "rolling"] = "expanding"
-    train_bars: int | None = Field(None, ge=1, description="Training window length for the rolling scheme.")
-    min_train_bars: int = Field(500, ge=1)
-    purge_bars: int | None = Field(None, ge=0, description="Bars dropped between train and test; null = lookback + reward horizon.")
-    embargo_bars: int = Field(0, ge=0, description="Bars after each test window that belong to no test window.")
-    step_bars: int = Field(1, ge=1, description="The fold layout ends on a multiple of this many bars: bars appended "
+    train_bars: int | None = Field(None, ge=1, le=MAX_SPAN_BARS, description="Training window length for the rolling scheme.")
+    min_train_bars: int = Field(500, ge=1, le=MAX_SPAN_BARS)
+    purge_bars: int | None = Field(None, ge=0, le=MAX_SPAN_BARS, description="Bars dropped between train and test; null = lookback + reward horizon.")
+    embargo_bars: int = Field(0, ge=0, le=MAX_SPAN_BARS, description="Bars after each test window that belong to no test window.")
+    step_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="The fold layout ends on a multiple of this many bars: bars appended "
                                                 "since then move no window, so their trainings stay cached (nightly runs).")
 
     @model_validator(mode="after")
@@ -204,8 +256,9 @@ class FoldConfig(_Section):
 
 
 class EnvConfig(_Section):
-    lookback_bars: int = Field(30, ge=1, description="Bars of features the agent sees at each decision.")
-    reward_horizon_bars: int = Field(1, ge=1, description="Bars over which one decision's reward is realised.")
+    lookback_bars: int = Field(30, ge=1, le=1000, description="Bars of features the agent sees at each decision "
+                                                              "(the observation holds lookback x features values).")
+    reward_horizon_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="Bars over which one decision's reward is realised.")
     exposure_levels: list[float] = Field(
         default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0],
         description="Target net exposure per action, fraction of equity; > 0 in the long leg, < 0 in the short leg. "
@@ -213,9 +266,9 @@ class EnvConfig(_Section):
     )
     initial_equity_usd: float = Field(100_000.0, gt=0)
     drawdown_penalty: float = Field(0.5, ge=0, description="Reward -= penalty x increase of drawdown this bar.")
-    episode_bars: int = Field(250, ge=2, description="Training episode length; starts are drawn at random in the training window.")
-    vol_bars: int = Field(20, ge=2, description="Window of the per-bar volatility used by costs and the volatility mask.")
-    liquidity_bars: int = Field(20, ge=1, description="Window of the mean dollar volume used by the liquidity mask.")
+    episode_bars: int = Field(250, ge=2, le=MAX_SPAN_BARS, description="Training episode length; starts are drawn at random in the training window.")
+    vol_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS, description="Window of the per-bar volatility used by costs and the volatility mask.")
+    liquidity_bars: int = Field(20, ge=1, le=MAX_WINDOW_BARS, description="Window of the mean dollar volume used by the liquidity mask.")
     feature_columns: list[str] | None = Field(None, description="Glob patterns of feature columns observed; null = all.")
     clip_obs: float = Field(10.0, gt=0, description="Normalised features are clipped to +-clip_obs.")
 
@@ -245,9 +298,10 @@ class MaskConfig(_Section):
     drawdown_limit: float = Field(0.35, gt=0, lt=1, description="At this drawdown only flat is allowed.")
     drawdown_reduce_frac: float = Field(0.7, gt=0, le=1, description="From this fraction of the limit on, reduce-only.")
     regime_high_vol_prob: float = Field(0.6, gt=0, le=1, description="Filtered probability of the highest-variance regime above which no new or larger long is opened.")
-    session_close_minutes: float = Field(0.0, ge=0, description="Intraday: reduce-only this many minutes before the close (0 = off).")
+    session_close_minutes: float = Field(0.0, ge=0, le=390, description="Intraday: reduce-only this many minutes before the close "
+                                                                       "(0 = off; a regular session lasts 390).")
     max_participation: float = Field(0.05, gt=0, description="A trade may not exceed this fraction of the leg's recent mean dollar volume per bar.")
-    min_hold_bars: int = Field(1, ge=1, description="Bars a non-flat position is held before it may change (1 = no constraint).")
+    min_hold_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="Bars a non-flat position is held before it may change (1 = no constraint).")
 
 
 # the learning algorithms of sentio_core/policies.py, named once; the first is the primary one
@@ -259,23 +313,24 @@ class TrainConfig(_Section):
     """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
 
     algorithms: list[AlgorithmName] = Field(default_factory=lambda: list(ALGORITHM_NAMES))
-    timesteps: int | None = Field(60_000, ge=1, description="Budget in environment steps (null = unlimited).")
-    episodes: int | None = Field(None, ge=1, description="Budget in finished episodes (null = unlimited).")
+    timesteps: int | None = Field(60_000, ge=1, le=10**12, description="Budget in environment steps (null = unlimited).")
+    episodes: int | None = Field(None, ge=1, le=10**9, description="Budget in finished episodes (null = unlimited).")
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
     learning_rate: float = Field(3e-4, gt=0)
-    n_envs: int = Field(4, ge=1)
-    n_steps: int = Field(256, ge=8, description="Rollout length per environment.")
-    batch_size: int = Field(256, ge=8)
-    n_epochs: int = Field(5, ge=1)
+    n_envs: int = Field(4, ge=1, le=1024)
+    n_steps: int = Field(256, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps.")
+    batch_size: int = Field(256, ge=8, le=MAX_SPAN_BARS)
+    n_epochs: int = Field(5, ge=1, le=1000)
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, gt=0, le=1)
     clip_range: float = Field(0.2, gt=0)
     ent_coef: float = Field(0.01, ge=0)
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
-    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
-    device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads on CPU.")
+    net_arch: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64, 64], max_length=32,
+                                                                   description="Hidden layer widths of the policy and value MLPs.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto (cuda when present), cpu, cuda or cuda:N.")
+    torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads on CPU.")
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
@@ -295,9 +350,17 @@ class PromotionConfig(_Section):
 
 class RegistryConfig(_Section):
     experiment: str = "sentio"
-    model_name: str = Field("sentio-maskable-ppo", description="Registered model name; also the export file stem.")
+    model_name: str = Field("sentio-maskable-ppo", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                            description="Registered model name; also the export file stem: letters, digits, '_', '-', '.' "
+                                        "(no path separator, no '..').")
     export_dir: Path = Field(Path("trained_models"), description="Where NAME.pth and NAME-metadata.json go.")
     default_tracking_uri: str = Field("sqlite:///mlflow.db", description="Used when MLFLOW_TRACKING_URI is not set.")
+
+    @model_validator(mode="after")
+    def _safe_name(self) -> "RegistryConfig":
+        if ".." in self.model_name:
+            raise ValueError(f"registry.model_name '{self.model_name}' contains '..'; it names files, use a plain name")
+        return self
 
 
 class CostConfig(_Section):
@@ -307,7 +370,8 @@ class CostConfig(_Section):
     commission_per_share_usd: float = Field(ge=0)
     commission_min_usd: float = Field(ge=0)
     commission_bps: float = Field(ge=0)
-    half_spread_bps: dict[str, float] = Field(description="Per symbol; the key 'default' covers the others.")
+    half_spread_bps: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        description="Per symbol; the key 'default' covers the others. Every traded leg needs an entry or 'default'.")
     impact_coef: float = Field(ge=0, description="Y in impact = Y x sigma x sqrt(participation) x notional.")
 
     def spread_bps(self, symbol: str) -> float:
@@ -329,14 +393,14 @@ class RunConfig(_Section):
 
 
 class DriftConfig(_Section):
-    recent_bars: int = Field(60, ge=5, description="Newest bars compared with the latest fold's training window.")
-    psi_bins: int = Field(10, ge=2)
+    recent_bars: int = Field(60, ge=5, le=MAX_SPAN_BARS, description="Newest bars compared with the latest fold's training window.")
+    psi_bins: int = Field(10, ge=2, le=1000)
     psi_warn: float = Field(0.1, gt=0)
     psi_alert: float = Field(0.25, gt=0)
 
 
 class Config(_Section):
-    seed: int = Field(7, ge=0)
+    seed: int = Field(7, ge=0, le=MAX_SEED, description="Every random choice derives from it; fold k uses seed + 1000 x k.")
     data: DataConfig
     universe: UniverseConfig = UniverseConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -367,6 +431,15 @@ class Config(_Section):
                 f"folds.purge_bars ({self.folds.purge_bars}) must be at least env.lookback_bars + "
                 f"env.reward_horizon_bars ({minimum}); raise it or set it to null"
             )
+        last_seed = self.fold_seed(self.folds.n_folds - 1)
+        if last_seed > MAX_SEED:
+            raise ValueError(f"seed ({self.seed}) + 1000 x (folds.n_folds - 1) = {last_seed} is not below 2**32 "
+                             f"(numpy and torch seeds); lower seed")
+        legs = [s for s in (self.universe.long_leg, self.universe.short_leg) if s is not None]
+        missing = [s for s in legs if s not in self.costs.half_spread_bps]
+        if missing and "default" not in self.costs.half_spread_bps:
+            raise ValueError(f"costs.half_spread_bps has no entry for the traded leg(s) {', '.join(missing)} and no "
+                             f"'default'; add them or a 'default'")
         return self
 
     def fold_seed(self, fold: int) -> int:
@@ -493,3 +566,39 @@ def flatten(cfg: Config, operational: bool = True) -> dict[str, str]:
 
     walk("", cfg.model_dump(mode="json") if operational else cfg.identity())
     return out
+
+
+def preflight(cfg: Config, n_bars: int, bars_per_session: float = 1.0,
+              feature_columns: Sequence[str] | None = None) -> None:
+    """Reject settings that leave no usable row, before any stage after validation runs.
+
+    The fold layout needs ``min_train_bars + purge + n_folds x test_bars + (n_folds - 1) x embargo``
+    usable bars (rounded down to ``folds.step_bars``) after the feature warm-up, whose lower bound
+    is the longest feature window (:meth:`FeatureConfig.warmup_bars`); a lower bound, so the check
+    never rejects settings that work. Each ``env.feature_columns`` glob must match a feature column.
+
+    :param n_bars: bars of the aligned panel (common timestamps of every symbol).
+    :param bars_per_session: bars per exchange session (1 for daily bars; ``BarFrequency.bars_per_session``).
+    :param feature_columns: the feature table's column names (``timestamp`` excluded); None skips the glob check.
+    :raises ConfigError: saying which settings to change.
+    """
+    u = cfg.universe
+    cross = not u.synthesize and any(leg not in (None, u.underlying) for leg in (u.long_leg, u.short_leg))
+    warmup = cfg.features.warmup_bars(bars_per_session, cross_asset=cross)
+    f = cfg.folds
+    folds = f.min_train_bars + cfg.purge_bars + f.n_folds * f.test_bars + (f.n_folds - 1) * f.embargo_bars
+    usable = n_bars - warmup
+    if usable - usable % f.step_bars < folds:
+        raise ConfigError(
+            f"{n_bars} aligned bars are too few for {warmup + folds}: the longest feature window leaves at least "
+            f"{warmup} bars without every feature, and the folds need folds.min_train_bars={f.min_train_bars} + "
+            f"purge {cfg.purge_bars} + folds.n_folds={f.n_folds} x folds.test_bars={f.test_bars} + {f.n_folds - 1} x "
+            f"folds.embargo_bars={f.embargo_bars} = {folds} (in multiples of folds.step_bars={f.step_bars}); lower "
+            f"folds.n_folds, folds.test_bars, folds.min_train_bars or the feature windows (features.*), or add data"
+        )
+    if feature_columns is not None and cfg.env.feature_columns is not None:
+        dead = [p for p in cfg.env.feature_columns if not any(fnmatch.fnmatchcase(c, p) for c in feature_columns)]
+        if dead:
+            sample = ", ".join(list(feature_columns)[:6])
+            raise ConfigError(f"env.feature_columns pattern(s) {dead} match no feature column (columns look like "
+                              f"{sample}, ...); fix the pattern(s) or set env.feature_columns to null")

@@ -1,9 +1,18 @@
 """The validation gate: great-expectations rules over every raw bar file.
 
-Rules: required columns present and numeric, no nulls, prices > 0, high >= max(open, close),
-low <= min(open, close), volume >= 0, timestamps unique and strictly increasing, no gap beyond a
-session-aware limit (exchange calendar), a minimum length. Each failed rule is reported with the
-file, the rule and its first offending rows (timestamp and values).
+Rules: required columns present and numeric, no nulls, prices > 0, finite and at most
+``max_price_usd``, finite volume >= 0, high >= max(open, close), low <= min(open, close),
+timestamps unique and strictly increasing, written all naive or all with an offset, offsets that
+only change with daylight saving in ``data.timezone``, no gap beyond a session-aware limit
+(exchange calendar), no jump beyond ``max_jump_sigmas`` of the symbol's own trailing robust
+volatility, no run of zero-volume or constant-price bars beyond a limit, a minimum length. Rules
+over computed columns (gaps, jumps, runs, offsets) are declared once in :data:`LIMIT_RULES`.
+
+Across the files validated together, aligned on common timestamps: no symbol jumps (in its own
+sigmas) more than ``max_lone_jump_sigmas`` beyond the correlated symbols (an unadjusted split).
+
+Each failed rule is reported with the file, the rule and its first offending rows (row number,
+timestamp and values).
 """
 
 from __future__ import annotations
@@ -18,10 +27,64 @@ import pandas as pd
 
 from sentio_core.config import Config, ValidationConfig, reads
 from sentio_core.data import PRICE_COLUMNS, REQUIRED_COLUMNS, VALUE_COLUMNS, Manifest, RawFrame, read_raw
-from sentio_core.files import DataError, SourceFile, discover
+from sentio_core.files import DataError, SourceFile, discover, read_table
 
 GAP_SESSIONS = "_missing_sessions"
 GAP_BARS = "_missing_bars"
+OHLC = list(PRICE_COLUMNS)
+LONE_JUMP = "no lone jump across symbols"
+RELATED_MIN_ABS_RANK_CORR = 0.5  # symbols whose 1-bar returns rank-correlate less are not compared
+MAD_TO_SIGMA = 1.4826  # sigma of a normal distribution per median absolute deviation
+
+
+@dataclass(frozen=True)
+class LimitRule:
+    """A rule over a computed column: its values must not exceed a limit.
+
+    :param column: the computed column (``_name``; reported as ``name``).
+    :param key: the :class:`ValidationConfig` field holding the limit, or None for a limit of 0.
+    :param shown: columns printed for each offending row.
+    :param detail: what a failure means; ``{limit}``, ``{key}`` and ``{tz}`` are filled in.
+    """
+
+    rule: str
+    column: str
+    key: str | None
+    shown: tuple[str, ...]
+    detail: str
+
+    def limit(self, cfg: ValidationConfig) -> float:
+        return 0 if self.key is None else getattr(cfg, self.key)
+
+    def describe(self, cfg: ValidationConfig, tz: str) -> str:
+        return self.detail.format(limit=self.limit(cfg), key=f"validation.{self.key}", tz=tz)
+
+
+LIMIT_RULES: tuple[LimitRule, ...] = (
+    LimitRule("price finite", "_nonfinite_prices", None, tuple(OHLC), "a price is inf or -inf"),
+    LimitRule("volume finite", "_nonfinite_volume", None, ("volume",), "the volume is inf or -inf"),
+    LimitRule("price <= max_price_usd", "_max_price", "max_price_usd", tuple(OHLC),
+              "a price above {limit:g} USD ({key}): a unit, scale or parsing error"),
+    LimitRule("UTC offsets all present or all absent", "_mixed_offset_kinds", None, ("_timestamp_text",),
+              "some stamps carry a UTC offset and some do not; the naive ones are then read as UTC, hours off: "
+              "write every stamp the same way"),
+    LimitRule("UTC offsets follow data.timezone", "_offset_mismatch", None, ("_timestamp_text", "_expected_offset"),
+              "the stamps carry different UTC offsets, and these differ from {tz}'s (daylight saving) offset: "
+              "convert them to one zone"),
+    LimitRule("no gap beyond the session limit (sessions)", GAP_SESSIONS, "max_missing_sessions",
+              (GAP_SESSIONS, "_prev_timestamp"), "more than {limit} missing ({key})"),
+    LimitRule("no gap beyond the session limit (intraday bars)", GAP_BARS, "max_missing_intraday_bars",
+              (GAP_BARS, "_prev_timestamp"), "more than {limit} missing ({key})"),
+    LimitRule("no jump beyond the volatility limit", "_jump_sigmas", "max_jump_sigmas",
+              ("_prev_close", "open", "close", "_jump_sigmas", "_sigma_bps"),
+              "a move from the previous close of more than {limit:g} trailing robust sigmas ({key}; sigma over "
+              "validation.jump_window_bars): a bad tick or an unadjusted split"),
+    LimitRule("no zero-volume run beyond the limit", "_zero_volume_bars", "max_zero_volume_bars",
+              ("volume", "_zero_volume_bars"), "more than {limit} consecutive bars with zero volume ({key})"),
+    LimitRule("no constant-price run beyond the limit", "_constant_price_bars", "max_constant_price_bars",
+              (*OHLC, "_constant_price_bars"),
+              "more than {limit} consecutive bars with open = high = low = close = the previous close ({key}): a stale feed"),
+)
 
 
 @dataclass
@@ -136,11 +199,140 @@ def _gap_columns(ts: pd.Series, calendar: str, tz: str, label: str) -> pd.DataFr
     return out
 
 
+def _numbers(frame: pd.DataFrame, col: str) -> pd.Series:
+    """A value column as floats: NaN where the column, the cell or a number is missing."""
+    if col not in frame.columns:
+        return pd.Series(np.nan, index=frame.index)
+    return pd.to_numeric(frame[col], errors="coerce").astype("float64")
+
+
+def _value_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per row: how many prices and volumes are inf or -inf, and the highest finite price (USD)."""
+    prices = pd.DataFrame({c: _numbers(frame, c) for c in OHLC})
+    infinite = np.isinf(prices)
+    return pd.DataFrame({
+        "_nonfinite_prices": infinite.sum(axis=1).astype(int),
+        "_nonfinite_volume": np.isinf(_numbers(frame, "volume")).astype(int),
+        "_max_price": prices.where(~infinite).max(axis=1),
+    }, index=frame.index)
+
+
+def _session_scale(stamps: pd.Series | None, tz: str, n: int) -> np.ndarray:
+    """Per row: sqrt(bars per session) on the first bar of an intraday session (an overnight move), else 1."""
+    scale = np.ones(n)
+    if stamps is None or stamps.notna().sum() < 2:
+        return scale
+    days = stamps.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
+    per_session = float(days.value_counts().median())
+    if per_session > 1:  # intraday bars
+        first = (days != days.shift(1)).to_numpy(copy=True)
+        first[0] = False
+        scale[first] = np.sqrt(per_session)
+    return scale
+
+
+def _jump_columns(frame: pd.DataFrame, cfg: ValidationConfig, tz: str) -> pd.DataFrame:
+    """Per row: the previous close, the 1-bar log return, the move in trailing robust sigmas and that sigma (bps).
+
+    The move of bar t is max(|log(open_t / close_t-1)|, |log(close_t / close_t-1)|); sigma_t is
+    1.4826 x the median |1-bar log return| of the ``jump_window_bars`` bars before t (from 10 on),
+    floored at ``jump_sigma_floor_bps``, x sqrt(bars per session) on a session's first intraday
+    bar. Causal: sigma_t reads bars before t only. A price that is not finite and > 0 gives NaN.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = {c: np.log(_numbers(frame, c).where(lambda v: np.isfinite(v) & (v > 0))) for c in ("open", "close")}
+    prev = logs["close"].shift(1)
+    ret = logs["close"] - prev
+    move = np.fmax((logs["open"] - prev).abs(), ret.abs())
+    w = cfg.jump_window_bars
+    sigma = ret.abs().shift(1).rolling(w, min_periods=min(w, 10)).median() * MAD_TO_SIGMA
+    sigma = sigma.clip(lower=cfg.jump_sigma_floor_bps / 1e4) * _session_scale(frame.get("timestamp"), tz, len(frame))
+    return pd.DataFrame({"_prev_close": _numbers(frame, "close").shift(1), "_log_return": ret,
+                         "_jump_sigmas": move / sigma, "_sigma_bps": sigma * 1e4}, index=frame.index)
+
+
+def _run_lengths(flags: pd.Series) -> pd.Series:
+    """Per row: how many consecutive flagged rows end at this one (0 where not flagged)."""
+    flags = flags.fillna(False).astype(bool)
+    return flags.groupby((~flags).cumsum()).cumsum().astype(int)
+
+
+def _run_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per row: the length of the run of zero-volume bars and of constant-price bars ending here.
+
+    A constant-price bar has open = high = low = close = the previous bar's close.
+    """
+    o, h, low, c = (_numbers(frame, col) for col in OHLC)
+    flat = (o == h) & (h == low) & (low == c) & (c == c.shift(1))
+    return pd.DataFrame({"_zero_volume_bars": _run_lengths(_numbers(frame, "volume") == 0),
+                         "_constant_price_bars": _run_lengths(flat)}, index=frame.index)
+
+
+# an ISO time of day followed by a UTC offset: 'Z', '+05:30', '-0400' or '+02'
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _offset_minutes(suffix: pd.Series) -> pd.Series:
+    """UTC offsets as written ('Z', '+05:30', '-0400', '+02') in minutes east of UTC; NaN where absent."""
+    text = suffix.astype("string").str.replace(":", "", regex=False)
+    sign = np.where(text.str[0].eq("-").fillna(False).to_numpy(dtype=bool), -1.0, 1.0)
+    hours = pd.to_numeric(text.str[1:3], errors="coerce").astype("float64")
+    minutes = pd.to_numeric(text.str[3:5], errors="coerce").astype("float64").fillna(0.0)
+    out = sign * (hours * 60.0 + minutes)
+    return out.mask(text.eq("Z").fillna(False).to_numpy(dtype=bool), 0.0)
+
+
+def _format_offset(minutes: float) -> str:
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(int(abs(minutes)), 60)
+    return f"{sign}{hours:02d}:{mins:02d}"
+
+
+def _offset_columns(written: pd.Series, stamps: pd.Series) -> pd.DataFrame:
+    """Per row: the stamp as written; 1 where it is of the minority kind in a file that mixes naive
+    stamps with stamps carrying a UTC offset; 1 where, in a file with several offsets, its offset
+    is not the zone's own at that instant (``stamps``: the parsed, tz-aware stamps)."""
+    text = written.reset_index(drop=True).astype("string").str.strip()
+    offset = _offset_minutes(text.str.extract(_OFFSET, expand=False)).to_numpy()
+    aware, present = ~np.isnan(offset), text.notna().to_numpy(dtype=bool)
+    n_aware, n_naive = int(aware[present].sum()), int((~aware[present]).sum())
+    mixed = np.zeros(len(text), dtype=int)
+    if n_aware and n_naive:
+        flag_aware = n_aware < n_naive or (n_aware == n_naive and not aware[present][0])
+        mixed = (present & (aware == flag_aware)).astype(int)
+    local = stamps.reset_index(drop=True)
+    zone = ((local.dt.tz_localize(None) - local.dt.tz_convert("UTC").dt.tz_localize(None)).dt.total_seconds() / 60.0).to_numpy()
+    mismatch = np.zeros(len(text), dtype=int)
+    if len(np.unique(offset[aware])) > 1:
+        mismatch = (aware & (offset != zone)).astype(int)
+    expected = [_format_offset(m) if flag else "" for m, flag in zip(zone, mismatch)]
+    return pd.DataFrame({"_timestamp_text": text, "_mixed_offset_kinds": mixed, "_offset_mismatch": mismatch,
+                         "_expected_offset": expected}, index=stamps.index)
+
+
+def _computed_columns(frame: pd.DataFrame, cfg: ValidationConfig, calendar: str, tz: str, label: str,
+                      written: pd.Series | None) -> pd.DataFrame:
+    """Every computed column the :data:`LIMIT_RULES` check, for one file's rows."""
+    parts = [_value_columns(frame), _jump_columns(frame, cfg, tz), _run_columns(frame)]
+    if "timestamp" in frame.columns:
+        parts.append(_gap_columns(frame["timestamp"], calendar, tz, label))
+        if written is not None and len(written) == len(frame):
+            parts.append(_offset_columns(written, frame["timestamp"]))
+    return pd.concat(parts, axis=1)
+
+
 def _stamp(value: Any) -> str:
     """Dates for daily bars, full timestamps for intraday ones."""
     if isinstance(value, pd.Timestamp) and value == value.normalize():
         return str(value.date())
     return str(value)
+
+
+def _shown(col: str, value: Any) -> Any:
+    """A value as reported: computed measures (sigmas, bps) to six significant digits, the rest as read."""
+    if col.startswith("_") and col != "_prev_close" and isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
 
 
 def _row(frame: pd.DataFrame, idx: int, columns: list[str]) -> dict[str, Any]:
@@ -151,7 +343,8 @@ def _row(frame: pd.DataFrame, idx: int, columns: list[str]) -> dict[str, Any]:
     for col in columns:
         if col in frame.columns and col != "timestamp":
             value = frame.at[idx, col]
-            row[col.lstrip("_")] = value.item() if hasattr(value, "item") else value
+            value = value.item() if hasattr(value, "item") else value
+            row[col.lstrip("_")] = _shown(col, value)
     return row
 
 
@@ -177,10 +370,9 @@ def _expectations(frame: pd.DataFrame, cfg: ValidationConfig, skip: list[str]) -
     if "timestamp" in cols:
         exps.append(("timestamps unique", gxe.ExpectColumnValuesToBeUnique(column="timestamp"), []))
         exps.append(("timestamps strictly increasing", gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True), []))
-        exps.append(("no gap beyond the session limit (sessions)",
-                     gxe.ExpectColumnValuesToBeBetween(column=GAP_SESSIONS, max_value=cfg.max_missing_sessions), [GAP_SESSIONS]))
-        exps.append(("no gap beyond the session limit (intraday bars)",
-                     gxe.ExpectColumnValuesToBeBetween(column=GAP_BARS, max_value=cfg.max_missing_intraday_bars), [GAP_BARS]))
+    for lim in LIMIT_RULES:
+        if lim.column in frame.columns:
+            exps.append((lim.rule, gxe.ExpectColumnValuesToBeBetween(column=lim.column, max_value=lim.limit(cfg)), list(lim.shown)))
     exps.append(("minimum length", gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows), []))
     return exps
 
@@ -216,21 +408,26 @@ def _gx_batch(frame: pd.DataFrame):
     return ctx, batch
 
 
-def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str) -> FileReport:
-    """Run every rule over one symbol's raw rows."""
+def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str,
+                   written: pd.Series | None = None) -> FileReport:
+    """Run every rule over one symbol's raw rows.
+
+    :param written: the timestamp column as written in the file (text), row for row; the offset
+        rules need it, as parsing converts every offset away. None skips them.
+    """
     import great_expectations as gx
 
     frame = raw.frame.reset_index(drop=True).copy()
     report = FileReport(raw.label, len(frame))
     numeric_fails, bad_cols = _numeric_failures(frame, cfg)
     report.failures += numeric_fails
-    if "timestamp" in frame.columns:
-        frame = frame.join(_gap_columns(frame["timestamp"], calendar, tz, raw.label))
+    frame = frame.join(_computed_columns(frame, cfg, calendar, tz, raw.label, written))
     ctx, batch = _gx_batch(frame)
     exps = _expectations(frame, cfg, bad_cols)
     suite = ctx.suites.add(gx.ExpectationSuite(name="bars", expectations=[e for _, e, _ in exps]))
     result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     by_id = {r.expectation_config.id: r for r in result.results}
+    limits = {lim.rule: lim for lim in LIMIT_RULES}
     seen: dict[str, Failure] = {}
     offending: dict[str, set[int]] = {}
     for rule, exp, cols in exps:
@@ -245,11 +442,9 @@ def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str)
             detail = f"{res.result.get('observed_value')} rows, at least {cfg.min_rows} required (validation.min_rows)"
         elif rule == "required column present":
             detail = f"column '{cols[0]}' is missing (columns: {', '.join(map(str, raw.frame.columns))})"
-        elif rule.startswith("no gap"):
-            limit = cfg.max_missing_sessions if GAP_SESSIONS in cols else cfg.max_missing_intraday_bars
-            key = "validation.max_missing_sessions" if GAP_SESSIONS in cols else "validation.max_missing_intraday_bars"
-            detail = f"more than {limit} missing ({key})"
-        shown = cols + (["_prev_timestamp"] if rule.startswith(("no gap", "timestamps")) else [])
+        elif rule in limits:
+            detail = limits[rule].describe(cfg, tz)
+        shown = cols + (["_prev_timestamp"] if rule.startswith("timestamps") else [])
         if "_prev_timestamp" in shown and "timestamp" in frame.columns:
             frame["_prev_timestamp"] = frame["timestamp"].shift(1).map(_stamp)
         fail = seen.get(rule)
@@ -263,21 +458,83 @@ def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str)
     return report
 
 
+def _written_stamps(src: SourceFile, raws: list[RawFrame]) -> dict[str, pd.Series]:
+    """Each symbol's timestamp column as written in the file, by label; empty unless it is text."""
+    table = read_table(src.path)
+    stamps = table.get("timestamp")
+    if stamps is None or not (pd.api.types.is_object_dtype(stamps) or pd.api.types.is_string_dtype(stamps)):
+        return {}
+    if src.symbol is not None or "symbol" not in table.columns:
+        return {raw.label: stamps.reset_index(drop=True) for raw in raws}
+    symbols = table["symbol"].astype("string").str.upper()
+    return {raw.label: stamps[(symbols == raw.symbol.upper()).fillna(False)].reset_index(drop=True) for raw in raws}
+
+
+def _jump_table(raw: RawFrame, cfg: ValidationConfig, tz: str) -> pd.DataFrame | None:
+    """One file's jumps keyed by timestamp (repeated stamps left out), with row numbers and prices."""
+    frame = raw.frame.reset_index(drop=True)
+    if "timestamp" not in frame.columns:
+        return None
+    table = _jump_columns(frame, cfg, tz).assign(
+        row=frame.index, timestamp=frame["timestamp"], open=_numbers(frame, "open"), close=_numbers(frame, "close"))
+    return table.drop_duplicates("timestamp", keep=False).set_index("timestamp")
+
+
+def lone_jumps(files: list[tuple[RawFrame, FileReport]], cfg: ValidationConfig, tz: str) -> None:
+    """The cross-symbol rule, over files validated together, aligned on their common timestamps.
+
+    A bar fails when its jump, in its own trailing robust sigmas (see :func:`_jump_columns`), exceeds
+    the largest jump at the same timestamp among the other symbols whose 1-bar returns rank-correlate
+    with it (|Spearman| >= 0.5) by more than ``max_lone_jump_sigmas``: one symbol moved and its pair
+    and underlying did not (an unadjusted split, a bad tick). The failure goes to that file's report.
+    """
+    tables = {raw.label: (raw.symbol, rep, t) for raw, rep in files if (t := _jump_table(raw, cfg, tz)) is not None}
+    if len(tables) < 2:
+        return
+    sigmas = pd.concat({k: t["_jump_sigmas"] for k, (_, _, t) in tables.items()}, axis=1, join="inner").sort_index()
+    returns = pd.concat({k: t["_log_return"] for k, (_, _, t) in tables.items()}, axis=1, join="inner")
+    related = returns.corr(method="spearman").abs() >= RELATED_MIN_ABS_RANK_CORR
+    for label, (symbol, rep, table) in tables.items():
+        others = [k for k in sigmas.columns if k != label and related.at[label, k]]
+        if not others:
+            continue
+        excess = sigmas[label] - sigmas[others].max(axis=1)
+        hits = excess.index[(excess > cfg.max_lone_jump_sigmas).to_numpy()]
+        if len(hits) == 0:
+            continue
+        names = {k: tables[k][0] for k in others}
+        rows = []
+        for ts in hits[: cfg.report_rows]:
+            bar = table.loc[ts]
+            row = {"row": int(bar["row"]), "timestamp": _stamp(ts)}
+            row |= {col.lstrip("_"): _shown(col, float(bar[col])) for col in ("_prev_close", "open", "close", "_jump_sigmas")}
+            rows.append(row | {f"{names[k]}_jump_sigmas": _shown("_jump_sigmas", float(sigmas.at[ts, k])) for k in others})
+        detail = (f"{symbol} jumps, in its own trailing sigmas, more than {cfg.max_lone_jump_sigmas:g} beyond the largest "
+                  f"jump of {', '.join(names.values())} at the same timestamp (validation.max_lone_jump_sigmas): "
+                  f"an unadjusted split or a bad tick in this file")
+        rep.failures.append(Failure(LONE_JUMP, len(hits), rows, detail))
+
+
 def validate_sources(sources: list[SourceFile], cfg: ValidationConfig, calendar: str, tz: str,
                      symbols: list[str] | None = None) -> ValidationReport:
-    """Validate each file (each symbol of a multi-symbol file); unreadable files are failures too."""
+    """Validate each file (each symbol of a multi-symbol file), then the files against each other
+    (:func:`lone_jumps`); unreadable files are failures too."""
     report = ValidationReport()
+    checked: list[tuple[RawFrame, FileReport]] = []
     for src in sources:
         try:
             raws = read_raw([src], tz, symbols if src.symbol is None else None)
+            written = _written_stamps(src, raws)
         except DataError as err:
             report.files.append(FileReport(err.file, 0, [Failure(err.rule, 0, [], err.detail)]))
             continue
         for raw in raws:
             try:
-                report.files.append(validate_frame(raw, cfg, calendar, tz))
+                checked.append((raw, validate_frame(raw, cfg, calendar, tz, written.get(raw.label))))
+                report.files.append(checked[-1][1])
             except DataError as err:
                 report.files.append(FileReport(err.file, len(raw.frame), [Failure(err.rule, 0, [], err.detail)]))
+    lone_jumps(checked, cfg, tz)
     return report
 
 

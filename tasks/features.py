@@ -8,7 +8,7 @@ from prefect import task
 
 from sentio_core import files
 from sentio_core.config import Config
-from sentio_core.features import feature_table, first_complete_row
+from sentio_core.features import feature_columns, feature_table, first_complete_row
 from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ KEY = StageKey("features", __name__, feature_table)
 
 
 class FeaturesOutput(StageOutput):
+    columns: tuple[str, ...]  # the feature columns (``timestamp`` left out)
     n_features: int
     rows: int
     warmup_rows: int  # rows before every feature is defined
@@ -32,5 +33,6 @@ def features(cfg: Config, panel: PanelOutput) -> FeaturesOutput:
     table = feature_table(cfg, files.read_parquet(panel.require()), panel.frequency)
     out = KEY.output(cfg, "parquet", panel)
     files.write_parquet(table, out)
-    return FeaturesOutput(stage="features", path=str(out), sha256=files.file_sha256(out), n_features=table.width - 1,
+    return FeaturesOutput(stage="features", path=str(out), sha256=files.file_sha256(out),
+                          columns=tuple(feature_columns(table)), n_features=table.width - 1,
                           rows=table.height, warmup_rows=first_complete_row(table))

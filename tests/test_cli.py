@@ -189,3 +189,13 @@ def test_any_single_underlying_trades_through_synthesized_legs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "m-metadata.json").read_text())
     assert [leg["symbol"] for leg in meta["policy"]["legs"]] == ["QQQ_L3X", "QQQ_S3X"]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("folds.n_folds=50", "aligned bars are too few"),
+    ("env.feature_columns=[nomatch*]", "match no feature column"),
+])
+def test_settings_that_leave_no_usable_row_stop_before_the_features(override, needle, capsys):
+    """The pre-flight check (after validation, before any other stage): exit 2 with what to change."""
+    assert main(["folds", "--config", str(SMOKE), "--set", override]) == 2
+    assert needle in capsys.readouterr().err

@@ -112,3 +112,75 @@ def test_flatten_names_every_leaf():
     flat = flatten(load_config())
     assert flat["folds.n_folds"] == "5" and flat["data.timezone"] == "America/New_York"
     assert flat["features.return_horizons"] == "[1, 5, 20, 60]"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("features.return_horizons=[-5]", "features.return_horizons.0"),  # a look-ahead feature
+    ("features.return_horizons=[1, 0]", "features.return_horizons.1"),
+    ("features.return_horizons=[]", "features.return_horizons"),
+    ("features.return_horizons=[5, 5]", "features.return_horizons"),
+    ("features.vol_windows=[1]", "features.vol_windows.0"),
+    ("features.vol_windows=[20, 100000]", "features.vol_windows.1"),
+    ("features.rsi_bars=1000000", "features.rsi_bars"),
+    ("features.ewma_halflife_bars=1e9", "features.ewma_halflife_bars"),
+    ("env.lookback_bars=5000", "env.lookback_bars"),
+    ("env.vol_bars=0", "env.vol_bars"),
+    ("folds.n_folds=1000", "folds.n_folds"),
+    ("folds.step_bars=0", "folds.step_bars"),
+    ("regimes.max_iter=10000000", "regimes.max_iter"),
+    ("drift.recent_bars=100000000", "drift.recent_bars"),
+    ("masks.min_hold_bars=0", "masks.min_hold_bars"),
+    ("masks.session_close_minutes=1000", "masks.session_close_minutes"),
+    ("train.net_arch=[64, 0]", "train.net_arch.1"),
+    ("train.net_arch=[-1]", "train.net_arch.0"),
+    ("train.device=gpu", "train.device"),
+    ("train.device=cuda:x", "train.device"),
+    ("seed=-1", "seed"),
+    ("seed=4294967296", "seed"),
+    ("seed=4294967295", "seed"),  # fold 4 would use seed + 4000
+    ("registry.model_name=../evil", "registry.model_name"),
+    ("registry.model_name=a/b", "registry.model_name"),
+    ("registry.model_name=a..b", "registry.model_name"),
+    ("registry.model_name=", "registry.model_name"),
+    ("costs.half_spread_bps={QQQ: 0.5}", "costs.half_spread_bps"),
+    ("costs.half_spread_bps.TQQQ=-1", "costs.half_spread_bps.TQQQ"),
+    ("validation.max_jump_sigmas=0", "validation.max_jump_sigmas"),
+    ("validation.jump_window_bars=5", "validation.jump_window_bars"),
+    ("validation.max_zero_volume_bars=-1", "validation.max_zero_volume_bars"),
+    ("validation.max_price_usd=0", "validation.max_price_usd"),
+])
+def test_out_of_bounds_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert key in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("override", [
+    "train.device=cpu", "train.device=cuda", "train.device=cuda:1", "train.device=auto",
+    "seed=4294963295",  # the largest seed whose five fold seeds stay below 2**32
+    "registry.model_name=my_model-2.1",
+    "costs.half_spread_bps={default: 1.0}",
+    "costs.half_spread_bps={QQQ: 0.5, TQQQ: 1.0, SQQQ: 1.5}",  # every traded leg, no default
+    "features.return_horizons=[1, 2520]",
+])
+def test_in_bounds_values_load(override):
+    load_config(None, [override])
+
+
+def test_spread_needed_only_for_traded_legs():
+    """With universe.short=null the short side is gone: TQQQ alone needs a spread."""
+    cfg = load_config(None, ["universe.short=null", "costs.half_spread_bps={TQQQ: 1.0}"])
+    assert cfg.costs.spread_bps("TQQQ") == 1.0
+    with pytest.raises(ConfigError, match="TQQQ"):
+        load_config(None, ["universe.short=null", "costs.half_spread_bps={QQQ: 1.0}"])
+
+
+def test_cli_bad_window_is_a_usage_error(capsys):
+    """`--set features.return_horizons=[-5]` once built a look-ahead feature; now it exits 2 naming the key."""
+    from sentio.cli import main
+
+    code = main(["folds", "--config", str(REPO / "configs/base.yaml"), "--set", "features.return_horizons=[-5]"])
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert "features.return_horizons.0" in err
+    assert "Traceback" not in out + err

@@ -274,3 +274,15 @@ def test_a_planted_pickle_in_the_stage_cache_never_runs(first_run, tmp_path, cap
     assert out.stages["features"] == "Completed" and out.stages["ingest"] == "Cached"
     assert out.stages["train-maskable_ppo-fold-0"] == "Cached"
     assert "not a Sentio stage record" in caplog.text
+
+
+def test_the_preflight_check_stops_the_flow_before_the_features(prefect_harness, tmp_path):
+    from flows.retrain import sentio_retrain
+    from sentio_core.config import ConfigError
+
+    work = tmp_path / "work"
+    state = sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={work}", "folds.n_folds=50"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="aligned bars are too few.*folds.n_folds"):
+        state.result()
+    assert sorted(p.name for p in work.iterdir()) == ["ingest", "panel", "validate"]

@@ -44,7 +44,7 @@ def _records():
         ManifestOutput(stage="ingest", manifest=manifest, **common),
         ValidationOutput(stage="validate", files=3, **common),
         PanelOutput(stage="panel", alignment=report, frequency=BarFrequency(5.0, 78.0), **common),
-        FeaturesOutput(stage="features", n_features=98, rows=2590, warmup_rows=60, **common),
+        FeaturesOutput(stage="features", columns=("QQQ_ret_1",), n_features=98, rows=2590, warmup_rows=60, **common),
         FoldsOutput(stage="folds", folds=(SPAN, SPAN.model_copy(update={"fold": 2})), **common),
         RegimesOutput(stage="regimes", fold=1, model=MODEL, train_shares=[0.7, 0.3], test_shares=[0.5, 0.5], **common),
         TrainOutput(stage="train", fold=1, algorithm="ppo", metadata_path="/w/p-metadata.json", training=TRAINING, **common),
@@ -73,7 +73,7 @@ def test_records_are_frozen_and_refuse_unknown_fields():
     with pytest.raises(pydantic.ValidationError):
         record.rows = 1
     with pytest.raises(pydantic.ValidationError, match="extra"):
-        FeaturesOutput(stage="features", path="p", sha256="s", n_features=1, rows=1, warmup_rows=0, meta={})
+        FeaturesOutput(stage="features", path="p", sha256="s", columns=("x",), n_features=1, rows=1, warmup_rows=0, meta={})
 
 
 def test_fold_fingerprints_are_fields_and_the_window_leaves_them_out():

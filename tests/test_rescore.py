@@ -46,7 +46,7 @@ def _rescore(champion, bars: pl.DataFrame, name: str):
     common = {"sha256": files.file_sha256(panel)}
     return rescore.fn(cfg, ManifestOutput(stage="ingest", path=str(tmp), manifest=manifest, **common),
                       PanelOutput(stage="panel", path=str(panel), alignment=report, frequency=freq, **common),
-                      FeaturesOutput(stage="features", path=str(table), n_features=feats.width - 1, rows=feats.height,
+                      FeaturesOutput(stage="features", path=str(table), columns=tuple(feats.columns[1:]), n_features=feats.width - 1, rows=feats.height,
                                      warmup_rows=0, **common))
 
 

@@ -13,15 +13,17 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from sentio.cli import main
 from sentio_core.config import ValidationConfig
-from sentio_core.validation import Failure, ValidationReport, validate_paths
+from sentio_core.validation import LONE_JUMP, Failure, ValidationReport, _jump_columns, validate_paths
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
+DAILY_LONG = REPO / "data" / "daily_long"
 FIVE_MIN = REPO / "data" / "5min"
 BASE_CONFIG = REPO / "configs" / "base.yaml"
 CAL, TZ = "XNYS", "America/New_York"
@@ -109,8 +111,9 @@ def test_clean_slices_pass(tmp_path):
 
 
 @pytest.mark.parametrize("folder, rows", [(DAILY, {"QQQ": 2590, "SQQQ": 2590, "TQQQ": 2590}),
+                                          (DAILY_LONG, {"QQQ": 6675, "SQQQ": 3557, "TQQQ": 3872}),
                                           (FIVE_MIN, {"QQQ": 15960, "SQQQ": 16896, "TQQQ": 16038})],
-                         ids=["daily", "5min"])
+                         ids=["daily", "daily_long", "5min"])
 def test_shipped_data_passes(folder, rows):
     report = validate_paths([folder], ValidationConfig(), CAL, TZ)  # default rules, min_rows 250
     assert report.ok, report.to_text()
@@ -452,6 +455,248 @@ def test_multi_symbol_file_is_validated_per_symbol(tmp_path):
 
 def test_single_per_symbol_file_named_directly_passes():
     report = validate(DAILY / "QQQ.csv", ValidationConfig())
+    assert report.ok, report.to_text()
+
+
+# ------------------------------------------------------------- values, jumps, runs and offsets
+
+JUMP_ROW = 100  # well past the jump rule's warm-up (its trailing sigma needs 10 returns)
+JUMP_DATE = "2015-05-28"
+JUMP_RULE = "no jump beyond the volatility limit"
+
+
+def symbol_slice(symbol: str, n: int = 300) -> pd.DataFrame:
+    """The first ``n`` rows of a shipped daily file, every cell as its original text."""
+    return pd.read_csv(DAILY / f"{symbol}.csv", dtype=str, keep_default_na=False).head(n).reset_index(drop=True)
+
+
+def scale_prices(frame: pd.DataFrame, rows, factor: float) -> pd.DataFrame:
+    """``frame`` with open, high, low and close multiplied by ``factor`` on ``rows``."""
+    out = frame.copy()
+    for col in ("open", "high", "low", "close"):
+        out.loc[rows, col] = [f"{float(v) * factor:.6f}" for v in out.loc[rows, col]]
+    return out
+
+
+def trio(tmp_path: Path, tqqq: pd.DataFrame) -> Path:
+    """A folder with the daily QQQ and SQQQ slices and the given TQQQ rows."""
+    folder, _ = write_folder(tmp_path, symbol_slice("QQQ"), folder="trio")
+    symbol_slice("SQQQ").to_csv(folder / "SQQQ.csv", index=False)
+    tqqq.to_csv(folder / "TQQQ.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("column, value", [("close", "inf"), ("high", "1e400"), ("low", "-inf")])
+def test_price_not_finite(tmp_path, column, value):
+    """'price > 0' accepts inf; 'price finite' does not (1e400 reads as inf)."""
+    frame = daily_slice()
+    frame.loc[ROW, column] = value
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, "price finite")
+    assert fail.count == 1
+    assert_first_row(report, fail, ROW, ROW_DATE)
+    assert abs(fail.rows[0][column]) == float("inf")
+    assert not any(f.rule == "price <= max_price_usd" for f in report.files[0].failures)  # inf is reported once
+
+
+def test_volume_not_finite(tmp_path):
+    frame = daily_slice()
+    frame.loc[ROW, "volume"] = "inf"
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, "volume finite")
+    assert_first_row(report, fail, ROW, ROW_DATE)
+    assert [f.rule for f in report.files[0].failures] == ["volume finite"]
+
+
+def test_price_above_the_maximum(tmp_path):
+    frame = daily_slice()
+    frame.loc[ROW, ["open", "high", "low", "close"]] = "1e300"
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, "price <= max_price_usd")
+    assert fail.count == 1
+    assert_first_row(report, fail, ROW, ROW_DATE)
+    assert fail.rows[0]["close"] == 1e300
+    assert "validation.max_price_usd" in fail.detail and "1e+06 USD" in fail.detail
+    # the limit is a setting: the clean slice (QQQ about 100 USD) fails a 50 USD limit from its first row
+    clean, clean_path = write_folder(tmp_path, daily_slice(), folder="clean")
+    low = failing(validate(clean, ValidationConfig(min_rows=50, max_price_usd=50)), clean_path, "price <= max_price_usd")
+    assert low.count == 300 and low.rows[0]["row"] == 0
+
+
+def test_unadjusted_split_is_a_jump(tmp_path):
+    """The issue's case: every TQQQ price from one bar on is 10x (close 4.72, next open 46.92)."""
+    folder, path = write_folder(tmp_path, scale_prices(symbol_slice("TQQQ"), slice(JUMP_ROW, None), 10.0), name="TQQQ.csv")
+    report = validate(folder)
+    fail = failing(report, path, JUMP_RULE)
+    assert fail.count == 1  # the bars after the split move normally again
+    assert_first_row(report, fail, JUMP_ROW, JUMP_DATE)
+    row = fail.rows[0]
+    assert row["prev_close"] == 4.720322 and row["open"] == 46.91527
+    assert row["jump_sigmas"] > 30 and row["sigma_bps"] > 0
+    assert "validation.max_jump_sigmas" in fail.detail
+    relaxed = validate(folder, ValidationConfig(min_rows=50, max_jump_sigmas=1000))
+    assert relaxed.ok, relaxed.to_text()
+
+
+def test_bad_tick_is_a_jump_in_and_out(tmp_path):
+    frame = scale_prices(daily_slice(), [JUMP_ROW], 0.5)  # one bar at half price
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, JUMP_RULE)
+    assert [r["row"] for r in fail.rows] == [JUMP_ROW, JUMP_ROW + 1]
+
+
+def test_jump_rule_is_causal(tmp_path):
+    """A bar's sigma reads only the bars before it: truncating the file changes no earlier value."""
+    frame = pd.read_csv(DAILY / "TQQQ.csv").assign(timestamp=lambda f: pd.to_datetime(f["timestamp"]).dt.tz_localize(TZ))
+    full = _jump_columns(frame, ValidationConfig(), TZ)
+    cut = _jump_columns(frame.head(1500), ValidationConfig(), TZ)
+    pd.testing.assert_frame_equal(full.head(1500), cut)
+
+
+def test_real_crash_is_not_a_jump():
+    """TQQQ's real -34.5 % bar of 2020-03-16: a large move in its own sigmas, but below the limit,
+    and QQQ and SQQQ moved with it, so it is no lone jump either (the shipped data passes)."""
+    frame = pd.read_csv(DAILY / "TQQQ.csv").assign(timestamp=lambda f: pd.to_datetime(f["timestamp"]).dt.tz_localize(TZ))
+    jumps = _jump_columns(frame, ValidationConfig(), TZ)
+    row = int(frame.index[frame["timestamp"].dt.strftime("%Y-%m-%d") == "2020-03-16"][0])
+    assert frame.at[row, "close"] / frame.at[row - 1, "close"] - 1 == pytest.approx(-0.345, abs=0.001)
+    assert 10 < jumps.at[row, "_jump_sigmas"] < ValidationConfig().max_jump_sigmas
+    assert jumps["_jump_sigmas"].max() == jumps.at[row, "_jump_sigmas"]  # the largest of the file
+
+
+def test_intraday_bad_tick_is_a_jump_and_overnight_gaps_are_not(tmp_path):
+    """Sessions' first bars are measured against sigma x sqrt(bars per session): the clean slice's
+    overnight gaps pass (see test_clean_slices_pass); one bar at 10x inside a session does not."""
+    frame = intraday_slice()
+    row = int(frame.index[frame["timestamp"] == "2025-07-07 11:00:00"][0])
+    folder, path = write_folder(tmp_path, scale_prices(frame, [row], 10.0))
+    report = validate(folder)
+    fail = failing(report, path, JUMP_RULE)
+    assert [r["row"] for r in fail.rows] == [row, row + 1]
+    assert_first_row(report, fail, row, "2025-07-07 11:00:00-04:00")
+
+
+def test_lone_jump_across_symbols(tmp_path):
+    """TQQQ doubles (an unadjusted 2:1 split) while QQQ and SQQQ move normally: with a per-file limit
+    loose enough to let it through, the cross-symbol rule catches it, against TQQQ only."""
+    folder = trio(tmp_path, scale_prices(symbol_slice("TQQQ"), slice(JUMP_ROW, None), 2.0))
+    report = validate(folder, ValidationConfig(min_rows=50, max_jump_sigmas=1000))
+    status = {Path(f.file).name: f.ok for f in report.files}
+    assert status == {"QQQ.csv": True, "SQQQ.csv": True, "TQQQ.csv": False}, report.to_text()
+    fail = failing(report, folder / "TQQQ.csv", LONE_JUMP)
+    assert fail.count == 1
+    assert_first_row(report, fail, JUMP_ROW, JUMP_DATE)
+    row = fail.rows[0]
+    assert row["jump_sigmas"] - max(row["QQQ_jump_sigmas"], row["SQQQ_jump_sigmas"]) > 10
+    assert "validation.max_lone_jump_sigmas" in fail.detail and "QQQ, SQQQ" in fail.detail
+    assert [f.rule for f in report.files[2].failures] == [LONE_JUMP]
+
+
+def test_lone_jump_default_limits_catch_the_issue_example(tmp_path):
+    """A 10x TQQQ split: both the per-file and the cross-symbol rule report it."""
+    folder = trio(tmp_path, scale_prices(symbol_slice("TQQQ"), slice(JUMP_ROW, None), 10.0))
+    report = validate(folder)
+    tqqq = [f for f in report.files if f.file.endswith("TQQQ.csv")][0]
+    assert {f.rule for f in tqqq.failures} == {JUMP_RULE, LONE_JUMP}
+    assert all(f.ok for f in report.files if f is not tqqq)
+
+
+def test_joint_moves_are_no_lone_jump(tmp_path):
+    """A crash in all three at once (QQQ -15 % in log terms, TQQQ 3x that, SQQQ -3x): each move is
+    huge in its own sigmas, but none is alone, so no lone jump."""
+    move = {"QQQ": -0.15, "TQQQ": -0.45, "SQQQ": 0.45}
+    folder, _ = write_folder(tmp_path, scale_prices(symbol_slice("QQQ"), slice(JUMP_ROW, None), np.exp(move["QQQ"])),
+                             folder="trio")
+    for sym in ("TQQQ", "SQQQ"):
+        scale_prices(symbol_slice(sym), slice(JUMP_ROW, None), np.exp(move[sym])).to_csv(folder / f"{sym}.csv", index=False)
+    report = validate(folder, ValidationConfig(min_rows=50, max_jump_sigmas=1000))
+    assert report.ok, report.to_text()
+
+
+def test_lone_jump_ignores_unrelated_symbols(tmp_path):
+    """A symbol whose returns do not correlate with the others' is not held to their moves."""
+    other = symbol_slice("QQQ")
+    prices = ["open", "high", "low", "close"]
+    other[prices] = other[prices].iloc[::-1].to_numpy()  # the same bars in reverse order: unrelated returns
+    folder, _ = write_folder(tmp_path, symbol_slice("QQQ"), folder="pair")
+    scale_prices(other, slice(JUMP_ROW, None), 2.0).to_csv(folder / "XYZ.csv", index=False)
+    report = validate(folder, ValidationConfig(min_rows=50, max_jump_sigmas=1000))
+    assert report.ok, report.to_text()
+
+
+@pytest.mark.parametrize("run, fails", [(5, False), (6, True)])
+def test_zero_volume_run(tmp_path, run, fails):
+    frame = daily_slice()
+    frame.loc[ROW: ROW + run - 1, "volume"] = "0"
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    if not fails:
+        assert report.ok, report.to_text()
+        return
+    fail = failing(report, path, "no zero-volume run beyond the limit")
+    assert fail.count == 1
+    assert fail.rows[0]["row"] == ROW + 5 and fail.rows[0]["zero_volume_bars"] == 6
+    assert "validation.max_zero_volume_bars" in fail.detail
+
+
+@pytest.mark.parametrize("run, fails", [(5, False), (6, True)])
+def test_constant_price_run(tmp_path, run, fails):
+    frame = daily_slice()
+    last = frame.loc[ROW - 1, "close"]
+    frame.loc[ROW: ROW + run - 1, ["open", "high", "low", "close"]] = last
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    if not fails:
+        assert report.ok, report.to_text()
+        return
+    fail = failing(report, path, "no constant-price run beyond the limit")
+    assert fail.count == 1
+    assert fail.rows[0]["row"] == ROW + 5 and fail.rows[0]["constant_price_bars"] == 6
+    assert fail.rows[0]["close"] == float(last)
+    relaxed = validate(folder, ValidationConfig(min_rows=50, max_constant_price_bars=6))
+    assert relaxed.ok, relaxed.to_text()
+
+
+def test_mixed_naive_and_offset_stamps(tmp_path):
+    """One stamp with an offset among naive ones: pandas then reads the naive ones as UTC (hours off)."""
+    frame = daily_slice()
+    frame.loc[ROW, "timestamp"] = "2015-01-16 00:00:00-05:00"
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, "UTC offsets all present or all absent")
+    assert fail.count == 1  # the minority kind is reported
+    assert_first_row(report, fail, ROW, ROW_DATE)
+    assert fail.rows[0]["timestamp_text"] == "2015-01-16 00:00:00-05:00"
+    assert "read as UTC" in fail.detail
+
+
+def test_offsets_not_explained_by_daylight_saving(tmp_path):
+    """New York offsets with one stamp written in UTC (the same instant): the offsets differ and the
+    stray one is not New York's; the stamps that follow daylight saving pass."""
+    frame = daily_slice()
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.tz_localize(TZ).astype(str)
+    frame.loc[ROW, "timestamp"] = "2015-01-16 05:00:00+00:00"
+    folder, path = write_folder(tmp_path, frame)
+    report = validate(folder)
+    fail = failing(report, path, "UTC offsets follow data.timezone")
+    assert fail.count == 1
+    assert_first_row(report, fail, ROW, ROW_DATE)
+    assert fail.rows[0]["expected_offset"] == "-05:00"
+    assert TZ in fail.detail
+    assert [f.rule for f in report.files[0].failures] == ["UTC offsets follow data.timezone"]
+
+
+def test_one_fixed_offset_passes(tmp_path):
+    """Every stamp in UTC (one offset all year) is unambiguous, and passes."""
+    frame = intraday_slice()
+    utc = pd.to_datetime(frame["timestamp"]).dt.tz_localize(TZ).dt.tz_convert("UTC")
+    frame["timestamp"] = utc.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    folder, _ = write_folder(tmp_path, frame)
+    report = validate(folder)
     assert report.ok, report.to_text()
 
 
