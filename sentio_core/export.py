@@ -33,7 +33,7 @@ import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sentio_core.files import DataError, read_bytes, read_json, write_bytes, write_json
+from sentio_core.files import DataError, json_text, read_bytes, read_json, write_together
 from sentio_core.metadata import FORMAT, HEADER_KEYS, PREVIOUS_FORMATS, ExportMetadata
 from sentio_core.policies import POLICIES, reads_masks, rebuild_policy
 
@@ -146,10 +146,11 @@ def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metada
     pth, meta = export_paths(stem)
     weights = weights_bytes(header | {"state_dict": state})
     content = {"weights_sha256": hashlib.sha256(weights).hexdigest()}  # the pair's one content hash
-    # the metadata first: non-JSON metadata fails before any weights are written, and a crash
-    # between the two renames leaves a pair whose hash does not match, which load_policy refuses
-    write_json(created | dict(metadata) | header | content, meta)
-    write_bytes(weights, pth)
+    # both files are written in full before either replaces an existing export (a full disk
+    # leaves the old pair intact); a crash between the two renames leaves a pair whose hash does
+    # not match, which load_policy refuses
+    text = json_text(created | dict(metadata) | header | content)  # non-JSON metadata fails before anything is written
+    write_together({meta: text.encode(), pth: weights})
     return pth, meta
 
 

@@ -8,6 +8,7 @@ crash never leaves half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -110,16 +111,24 @@ def file_sha256(path: str | Path) -> str:
 @contextmanager
 def _atomic_target(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    with _staged(path) as tmp:
+        yield tmp
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _staged(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` with the usual permissions, removed on the way out unless
+    the caller renamed it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
+        yield Path(tmp)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -132,11 +141,51 @@ def write_parquet(frame: pl.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+def json_text(obj: Any) -> str:
+    """The JSON text Sentio writes (sorted keys; NaN and infinities refused, not written as invalid JSON)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON atomically (NaN and infinities are refused, not written as invalid JSON)."""
     with _atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+        tmp.write_text(json_text(obj))
     return Path(path)
+
+
+@contextmanager
+def exclusive(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block: writers of files
+    in it from other processes wait their turn. The lock is on the folder itself (``flock``), so no
+    lock file is left behind."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_together(contents: dict[Path, bytes]) -> list[Path]:
+    """Write several files as one: each goes to a temporary name beside its target, and only when
+    every one is written are they renamed into place, in the given order. A failure while writing
+    (a full disk, a read-only folder) leaves every target as it was and no temporary file behind.
+
+    :returns: the targets, in order.
+    """
+    with contextlib.ExitStack() as stack:
+        staged = []
+        for path, data in contents.items():
+            tmp = stack.enter_context(_staged(path))
+            tmp.write_bytes(data)
+            staged.append((tmp, Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    return [Path(p) for p in contents]
 
 
 def write_text(text: str, path: str | Path) -> Path:

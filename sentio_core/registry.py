@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,8 @@ OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
 NONFINITE_TAG = "sentio.nonfinite_metrics"
 WEIGHTS_ARTIFACT, METADATA_ARTIFACT = "policy_weights", "policy_metadata"
 WEIGHTS_SHA_TAG = "weights_sha256"
+COMPLETE_TAG, REGISTER_KEY_TAG = "sentio.complete", "sentio.register_key"  # model-version tags
+HOST_TAG, PID_TAG = "sentio.host", "sentio.pid"  # on every run Sentio starts: who to ask whether it still runs
 # what the pyfunc needs at load time (sentio_core itself must be importable too); passed
 # explicitly because MLflow's requirement inference costs seconds per log_model
 REQUIREMENT_DISTRIBUTIONS = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "pandas",
@@ -119,7 +122,7 @@ def parent_run(cfg: RegistryConfig, run_name: str, params: dict[str, str], tags:
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         raise ValueError(f"MLflow experiment {cfg.experiment!r} does not exist at {mlflow.get_tracking_uri()}; call configure(cfg) first")
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id, tags=dict(tags)) as run:
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id, tags=dict(tags) | _owner()) as run:
         _log_batched(run.info.run_id, params, {}, {})
         yield run.info.run_id
 
@@ -155,7 +158,7 @@ def log_child_run(parent_run_id: str, run_name: str, params: dict[str, str], met
         raise FileNotFoundError(f"artifacts not found: {', '.join(missing)}")
     experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id) as run:
-        _log_batched(run.info.run_id, params, {}, tags)
+        _log_batched(run.info.run_id, params, {}, tags | _owner())
         log_metrics(run.info.run_id, metrics)
         for path in map(Path, artifacts):
             if path.is_dir():
@@ -243,14 +246,89 @@ def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags
         info = mlflow.pyfunc.log_model(
             name="policy", python_model=SentioPolicyModel(),
             artifacts={WEIGHTS_ARTIFACT: str(pth), METADATA_ARTIFACT: str(metadata_json)},
-            pip_requirements=pip_requirements(), registered_model_name=name,
+            pip_requirements=pip_requirements(),
         )
-    model_version = str(info.registered_model_version)
     client = MlflowClient()
-    # the weights' hash lives in the tracking database, apart from the artifact store it checks
-    for key, value in {**tags, WEIGHTS_SHA_TAG: file_sha256(pth)}.items():
-        client.set_model_version_tag(name, model_version, key, str(value))
-    return model_version
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # the version is born with every tag (one call), the weights' hash among them: it lives in the
+    # tracking database, apart from the artifact store it checks
+    version_tags = {k: str(v) for k, v in {**tags, WEIGHTS_SHA_TAG: file_sha256(pth)}.items()}
+    return str(client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags).version)
+
+
+def complete_version(name: str, version: str) -> None:
+    """Mark a version whole (``sentio.complete``): its export, if any, is written and verified.
+    Only then may an alias point at it; :func:`reap_interrupted` deletes the versions a failed or
+    killed registration left without this tag."""
+    MlflowClient().set_model_version_tag(name, version, COMPLETE_TAG, "true")
+
+
+def version_for(name: str, register_key: str) -> str | None:
+    """The complete version an earlier attempt of the same registration made (its ``sentio.register_key``), if any."""
+    for mv in _versions(name):
+        if mv.tags.get(REGISTER_KEY_TAG) == register_key and mv.tags.get(COMPLETE_TAG) == "true":
+            return str(mv.version)
+    return None
+
+
+def delete_version(name: str, version: str) -> None:
+    """Remove a version that a failed registration made (never one that is complete)."""
+    MlflowClient().delete_model_version(name, version)
+
+
+def _versions(name: str) -> list[Any]:
+    try:
+        return list(MlflowClient().search_model_versions(f"name='{name}'"))
+    except MlflowException:
+        return []
+
+
+def _owner() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _alive(tags: dict[str, str]) -> bool:
+    """Whether the process that started a run (``sentio.host``, ``sentio.pid``) still runs; a run
+    from another host, or one without these tags, counts as alive (it cannot be checked here)."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return True
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_interrupted(cfg: RegistryConfig) -> dict[str, list[str]]:
+    """Clean up after registrations that were killed: runs still ``RUNNING`` whose process on this
+    host is gone are marked ``FAILED``, and versions of ``registry.model_name`` that a registration
+    created (``sentio.register_key``) but never completed, and whose run is no longer running, are
+    deleted. Versions made before these tags existed are left alone.
+
+    :returns: ``{"failed_runs": [...], "deleted_versions": [...]}``.
+    """
+    client = MlflowClient()
+    failed = []
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+            if not _alive(run.data.tags):
+                client.set_terminated(run.info.run_id, status="FAILED")
+                failed.append(run.info.run_id)
+    deleted = []
+    for mv in _versions(cfg.model_name):
+        if REGISTER_KEY_TAG not in mv.tags or mv.tags.get(COMPLETE_TAG) == "true":
+            continue
+        if mv.run_id is None or client.get_run(mv.run_id).info.status != "RUNNING":
+            client.delete_model_version(cfg.model_name, mv.version)
+            deleted.append(str(mv.version))
+    return {"failed_runs": failed, "deleted_versions": deleted}
 
 
 def set_alias(name: str, version: str, alias: str) -> None:

@@ -10,6 +10,7 @@ cache, and an edit re-runs exactly the stages whose code it touches.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -25,6 +26,8 @@ from sentio_core.codeversion import CodeVersion, code_version
 from sentio_core.config import Config, sections_of, stable_hash
 
 RECORD_SERIALIZER = "sentio-record"
+STAGE_MODULES = ("tasks.ingest", "tasks.validate", "tasks.panel", "tasks.features", "tasks.folds", "tasks.regimes",
+                 "tasks.train", "tasks.backtest", "tasks.rescore", "tasks.drift", "tasks.register")
 _LOG = logging.getLogger("sentio.cache")
 
 
@@ -72,7 +75,11 @@ class RecordSerializer(Serializer):
 
     def loads(self, blob: bytes) -> StageOutput:
         doc = json.loads(blob)
-        cls = StageOutput.registry.get(doc.get("record")) if isinstance(doc, dict) else None
+        name = doc.get("record") if isinstance(doc, dict) else None
+        if name not in StageOutput.registry:  # the stage modules define the records: import Sentio's own, no other
+            for module in STAGE_MODULES:
+                importlib.import_module(module)
+        cls = StageOutput.registry.get(name)
         if cls is None:
             raise ValueError(f"not a Sentio stage record: {str(doc)[:80]!r}")
         return cls.model_validate(doc["data"])

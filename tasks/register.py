@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.runtime import flow_run
 
 from sentio_core import files, registry
 from sentio_core.codeversion import project_version
 from sentio_core.config import Config
-from sentio_core.export import publish
+from sentio_core.export import load_policy, publish
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
 from sentio_core.registration import plan_registration
@@ -73,6 +74,10 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
                               cfg, code, plan.out_of_sample, plan.data)
     model_pth, model_md = publish(Path(last.path), metadata, str(out)[: -len(".json")] + "-model")
     registry.configure(cfg.registry)
+    registry.reap_interrupted(cfg.registry)  # runs and versions a killed registration left behind
+    # this registration: these inputs in this flow run (a task retry shares it, another run does not)
+    name, key = cfg.registry.model_name, f"{out.stem}/{flow_run.get_id() or 'outside-a-flow'}"
+    earlier = registry.version_for(name, key)  # a retry of a registration that completed its version
     run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     with registry.parent_run(cfg.registry, run_name, plan.params, {**plan.tags, "gate": plan.gate.alias}) as parent_id:
         children = {}
@@ -83,13 +88,23 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
                 [Path(b.plot_file), Path(b.trades_file), Path(b.paths_file)],
                 {**plan.tags, "fold": str(child.fold), "algorithm": child.algorithm})
         registry.log_metrics(parent_id, plan.parent_metrics)
-        version = registry.register_policy(model_pth, model_md, cfg.registry.model_name, parent_id, plan.tags)
-    registry.set_alias(cfg.registry.model_name, version, plan.gate.alias)
-    exported = None
-    if plan.gate.passed:
-        entry = RegistryEntry(model_name=cfg.registry.model_name, version=version, alias=plan.gate.alias)
-        stem = Path(cfg.registry.export_dir) / cfg.registry.model_name
-        exported = [str(p) for p in publish(Path(last.path), metadata.model_copy(update={"registry": entry}), stem)]
+        version = earlier or registry.register_policy(model_pth, model_md, name, parent_id,
+                                                      {**plan.tags, registry.REGISTER_KEY_TAG: key})
+        try:  # all or nothing: the export is written and verified before the version is complete and aliased
+            exported = None
+            if plan.gate.passed:
+                entry = RegistryEntry(model_name=name, version=version, alias=plan.gate.alias)
+                stem = Path(cfg.registry.export_dir) / name
+                with files.exclusive(stem.parent):  # one writer of the pair at a time
+                    exported = [str(p) for p in publish(Path(last.path), metadata.model_copy(update={"registry": entry}),
+                                                        stem)]
+                    load_policy(stem)  # the written pair reads back, content hash included
+            registry.complete_version(name, version)
+            registry.set_alias(name, version, plan.gate.alias)
+        except Exception:
+            if earlier is None:
+                registry.delete_version(name, version)
+            raise
     experiment = registry.experiment_id(cfg.registry)
     record = {"gate": plan.gate.to_dict(), "version": version, "alias": plan.gate.alias, "parent_run_id": parent_id,
               "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,

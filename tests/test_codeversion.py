@@ -19,8 +19,9 @@ from sentio_core.config import load_config
 
 from .conftest import REPO, SMOKE
 
-STAGE_MODULES = ("ingest", "validate", "panel", "features", "folds", "regimes", "train", "backtest", "rescore",
-                 "drift", "register")
+from tasks.common import STAGE_MODULES as _TASK_MODULES  # noqa: E402
+
+STAGE_MODULES = tuple(m.removeprefix("tasks.") for m in _TASK_MODULES)
 # every stage runs config.py (section by section), codeversion.py (its key) and files.py (its outputs)
 COMMON = {"codeversion", "config", "files"}
 GOLDEN = {
