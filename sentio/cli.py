@@ -200,6 +200,8 @@ def _prefect_env() -> None:
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # registration chatter; results are printed below
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # a broken tracking store (read-only, locked) is reported in one line below, not as SQL logs
+        logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", module="mlflow")
         # the CLI prints one clear error itself; Prefect's run loggers would add tracebacks
         for name in ("FLOW_RUNS", "TASK_RUNS"):
@@ -207,13 +209,18 @@ def _prefect_env() -> None:
 
 
 def cmd_run(args, cfg) -> int:
-    _prefect_env()
-    from flows.retrain import sentio_retrain
     from sentio_core.report import format_table, summary_rows
 
     config_path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
     start = time.perf_counter()
-    state = sentio_retrain(config=config_path, overrides=args.overrides, refresh=args.refresh, return_state=True)
+    try:
+        _prefect_env()
+        from flows.retrain import sentio_retrain  # imports Prefect, which reads its settings
+
+        state = sentio_retrain(config=config_path, overrides=args.overrides, refresh=args.refresh, return_state=True)
+    except Exception as exc:  # the run could not start: Prefect's embedded server or its state folder
+        _err(f"run could not start: {type(exc).__name__}: {_one_line(exc)} (PREFECT_HOME={os.environ.get('PREFECT_HOME')})")
+        return EXIT_RUN
     elapsed = time.perf_counter() - start
     if not state.is_completed():
         try:
@@ -225,7 +232,7 @@ def cmd_run(args, cfg) -> int:
             _err(f"run stopped before the features: {exc}")
             return EXIT_USAGE
         except Exception as exc:  # the flow's own error, reported without a traceback
-            _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {exc}")
+            _err(f"run failed after {elapsed:.1f}s: {type(exc).__name__}: {_one_line(exc)}")
             return EXIT_RUN
     result = state.result()
     for line in result.alignment:
@@ -247,11 +254,38 @@ def cmd_run(args, cfg) -> int:
 COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run}
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's first line, at most 400 characters (library errors can carry pages of SQL or HTML)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:400]
+
+
+def _check_output(flag: str, path: Path) -> str | None:
+    """Why ``path`` cannot be written (an ancestor is a file, or the nearest folder is not writable), or None."""
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{flag} {path}: {parent} is a file, not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{flag} {path}: the folder {parent} is not writable"
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, value in (("--out", getattr(args, "out", None)), ("--output", getattr(args, "output", None))):
+        problem = value and _check_output(flag, Path(value))
+        if problem:  # an argument that cannot work: said before anything runs
+            _err(problem)
+            return EXIT_USAGE
     try:
         cfg = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, cfg)
+    except OSError as exc:  # the machine, not the data or the settings: a full disk, a read-only folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or _one_line(exc)} ({type(exc).__name__})")
+        return EXIT_RUN
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_USAGE

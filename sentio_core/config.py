@@ -74,6 +74,20 @@ class DataConfig(_Section):
     timezone: str = Field("America/New_York", description="Exchange time zone; naive timestamps are read in it.")
     calendar: str = Field("XNYS", description="exchange_calendars name used for session-aware checks and minutes to the close.")
 
+    @model_validator(mode="after")
+    def _known_zone_and_calendar(self) -> "DataConfig":
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"data.timezone '{self.timezone}' is not an IANA time zone (e.g. America/New_York)") from None
+        import exchange_calendars
+
+        if self.calendar not in exchange_calendars.get_calendar_names(include_aliases=True):
+            raise ValueError(f"data.calendar '{self.calendar}' is not an exchange_calendars name (e.g. XNYS, XLON)")
+        return self
+
 
 class UniverseConfig(_Section):
     """What is traded: a long leg for positive exposure, a short leg for negative exposure.
@@ -499,6 +513,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = doc.pop("extends", None)
     if parent is None:
         return doc
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: 'extends' must name a config file (e.g. extends: base.yaml), not {parent!r}")
     return _deep_merge(_read_yaml(path.parent / parent, seen + (path,)), doc)
 
 
