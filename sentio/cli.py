@@ -208,6 +208,36 @@ def _prefect_env() -> None:
             os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")
 
 
+SERVER_APP = "prefect.server.api.server:create_app"  # what Prefect's embedded API server runs
+
+
+def reap_orphaned_servers(prefect_home: str | Path) -> list[int]:
+    """Stop embedded Prefect API servers that a killed ``sentio run`` left behind: processes running
+    Prefect's server app whose parent is gone (re-parented to init) and whose ``PREFECT_HOME`` is
+    this one. A server whose run is alive is never touched.
+
+    :returns: the pids stopped.
+    """
+    import psutil
+
+    home, reaped = str(Path(prefect_home).resolve()), []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        try:
+            if SERVER_APP not in (proc.info["cmdline"] or []) or proc.info["ppid"] not in (0, 1):
+                continue
+            if str(Path(proc.environ().get("PREFECT_HOME", "")).resolve()) != home:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            reaped.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return reaped
+
+
 def cmd_run(args, cfg) -> int:
     from sentio_core.report import format_table, summary_rows
 
@@ -215,6 +245,7 @@ def cmd_run(args, cfg) -> int:
     start = time.perf_counter()
     try:
         _prefect_env()
+        reap_orphaned_servers(os.environ["PREFECT_HOME"])  # a killed run's embedded server, if any
         from flows.retrain import sentio_retrain  # imports Prefect, which reads its settings
 
         state = sentio_retrain(config=config_path, overrides=args.overrides, refresh=args.refresh, return_state=True)

@@ -8,8 +8,10 @@ binding minutes budget makes a run depend on the machine, and the result says wh
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -146,7 +148,12 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
 @reads("seed", "universe", "env", "masks", "costs", "train")
 def fold_training(cfg: Config, market: Market, span: FoldSpan, algorithm: Algorithm, budget: Budget | None = None,
                   on_progress=None) -> TrainResult:
-    """Train one algorithm on the fold's training rows, seeded with ``cfg.fold_seed``."""
+    """Train one algorithm on the fold's training rows, seeded with ``cfg.fold_seed``.
+
+    torch's compiler caches go under ``run.work_dir`` (``TORCHINDUCTOR_CACHE_DIR``, unless set), not
+    in the system's temporary folder.
+    """
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.run.work_dir).resolve() / "torch-cache"))
     return train_policy(algorithm, market, cfg, span.train_rows, cfg.fold_seed(span.fold), budget, on_progress)
 
 

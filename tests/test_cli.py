@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -199,3 +200,17 @@ def test_settings_that_leave_no_usable_row_stop_before_the_features(override, ne
     """The pre-flight check (after validation, before any other stage): exit 2 with what to change."""
     assert main(["folds", "--config", str(SMOKE), "--set", override]) == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sentio_train_leaves_no_temporary_folders(tmp_path):
+    """Nothing of a training lands in the system's temporary folder (SB3 logger, torch caches)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    proc = subprocess.run([*_sentio(), "train", "--timesteps", "256", "--output", str(tmp_path / "m"), "--config",
+                           str(SMOKE), "--set", f"run.work_dir={tmp_path / 'work'}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in scratch.iterdir()) == []

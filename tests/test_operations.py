@@ -152,3 +152,26 @@ def test_dask_task_runner_gives_the_same_fold_metrics(threads_run, tmp_path):
     dask = _run(tmp_path, "run.task_runner=dask", "run.workers=2")
     assert _fold_lines(dask.stdout) == _fold_lines(threads.stdout)
     assert len(_fold_lines(dask.stdout)) == 2
+
+
+def test_a_killed_runs_embedded_server_is_reaped_by_the_next_run(tmp_path):
+    """kill -9 of `sentio run` orphans Prefect's embedded API server; the next run stops it first."""
+    import psutil
+
+    from sentio.cli import SERVER_APP, reap_orphaned_servers
+
+    env = _env(tmp_path)
+    proc = subprocess.Popen(_args(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, server = time.time() + 120, None
+    while server is None and time.time() < deadline:
+        time.sleep(0.5)
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        server = next((k for k in kids if SERVER_APP in k.cmdline()), None)
+    assert server is not None, "the embedded server never started"
+    proc.kill()
+    proc.wait()
+    time.sleep(1)
+    assert server.is_running() and server.ppid() == 1  # orphaned
+    assert reap_orphaned_servers(tmp_path / "nobody-elses-home") == []  # another PREFECT_HOME: left alone
+    assert reap_orphaned_servers(env["PREFECT_HOME"]) == [server.pid]
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
