@@ -209,23 +209,46 @@ def _prefect_env() -> None:
 
 
 SERVER_APP = "prefect.server.api.server:create_app"  # what Prefect's embedded API server runs
+RUN_MARKER = "SENTIO_RUN"  # "<pid>:<start time>" of the sentio run that started an embedded server
+
+
+def _marker() -> str:
+    import psutil
+
+    return f"{os.getpid()}:{psutil.Process().create_time():.3f}"
+
+
+def _run_gone(marker: str) -> bool:
+    """Whether the ``sentio run`` named by a marker has ended (its pid is gone or is another process)."""
+    import psutil
+
+    pid, _, started = marker.partition(":")
+    try:
+        return not pid.isdigit() or f"{psutil.Process(int(pid)).create_time():.3f}" != started
+    except psutil.NoSuchProcess:
+        return True
 
 
 def reap_orphaned_servers(prefect_home: str | Path) -> list[int]:
-    """Stop embedded Prefect API servers that a killed ``sentio run`` left behind: processes running
-    Prefect's server app whose parent is gone (re-parented to init) and whose ``PREFECT_HOME`` is
-    this one. A server whose run is alive is never touched.
+    """Stop embedded Prefect API servers that a killed ``sentio run`` left behind: Prefect's
+    ephemeral server (``PREFECT__SERVER_EPHEMERAL=1``) started by a ``sentio run`` (its
+    ``SENTIO_RUN`` marker: pid and start time) that has ended, with this ``PREFECT_HOME``. A server
+    of a live run, a ``prefect server start`` of the user's, or one of another home is never touched.
 
     :returns: the pids stopped.
     """
     import psutil
 
     home, reaped = str(Path(prefect_home).resolve()), []
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if SERVER_APP not in (proc.info["cmdline"] or []) or proc.info["ppid"] not in (0, 1):
+            if SERVER_APP not in (proc.info["cmdline"] or []):
                 continue
-            if str(Path(proc.environ().get("PREFECT_HOME", "")).resolve()) != home:
+            env = proc.environ()
+            marker = env.get(RUN_MARKER)
+            if env.get("PREFECT__SERVER_EPHEMERAL") != "1" or not marker or not _run_gone(marker):
+                continue
+            if str(Path(env.get("PREFECT_HOME", "~/.prefect")).expanduser().resolve()) != home:
                 continue
             proc.terminate()
             try:
@@ -246,6 +269,7 @@ def cmd_run(args, cfg) -> int:
     try:
         _prefect_env()
         reap_orphaned_servers(os.environ["PREFECT_HOME"])  # a killed run's embedded server, if any
+        os.environ[RUN_MARKER] = _marker()  # inherited by the embedded server this run starts
         from flows.retrain import sentio_retrain  # imports Prefect, which reads its settings
 
         state = sentio_retrain(config=config_path, overrides=args.overrides, refresh=args.refresh, return_state=True)
@@ -326,6 +350,21 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         _err(str(exc))
         return EXIT_DATA
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM turned into an exit
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            raise
+        _err(f"interrupted ({type(exc).__name__})")
+        return EXIT_RUN
+    except Exception as exc:  # anything else: one line (SENTIO_DEBUG=1 shows the traceback)
+        if os.environ.get("SENTIO_DEBUG"):
+            raise
+        _err(f"failed: {type(exc).__name__}: {_one_line(exc)}")
+        return EXIT_RUN
+    except BaseException as exc:  # Prefect's TerminationSignal (SIGTERM during a run)
+        if type(exc).__name__ != "TerminationSignal":
+            raise
+        _err("interrupted (SIGTERM)")
+        return EXIT_RUN
 
 
 if __name__ == "__main__":

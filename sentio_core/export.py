@@ -2,14 +2,14 @@
 
 ``STEM.pth`` is a plain dict that ``torch.load(weights_only=True)`` reads (no pickled classes)::
 
-    {"format": "sentio-policy/2", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
+    {"format": "sentio-policy/3", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
      "n_actions": int, "net_arch": [int, ...], "state_dict": {name: tensor (CPU)}}
 
 ``STEM-metadata.json`` holds the same header fields, ``created_at`` (ISO 8601, UTC) and, for a
 Sentio policy, an :class:`ExportMetadata` record built by :func:`build_metadata`: the one function
 that ``sentio train``, the training stage and the registration stage all use, so an export from
 any of them can be re-scored and served the same way. The format carries its version: the
-loader reads ``sentio-policy/2`` and refuses the earlier ``sentio-policy/1`` with what to do.
+loader reads ``sentio-policy/3`` and refuses the earlier formats (``/1``, ``/2``) with what to do.
 
 :class:`LoadedPolicy` rebuilds the network with :func:`sentio_core.policies.rebuild_policy` and acts
 deterministically: the most probable action with masked-out actions at probability 0, computed
@@ -246,8 +246,9 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
     pth, meta = export_paths(_stem_of(path))
     meta = Path(metadata_path) if metadata_path is not None else meta
     data = read_bytes(pth)
-    metadata = _read_metadata(meta) if require_metadata or meta.is_file() else {}
-    if metadata:
+    read = require_metadata or meta.is_file()
+    metadata = _read_metadata(meta) if read else {}
+    if read:
         _check_content(pth, meta, data, metadata)
     payload = read_weights(pth, data)
     header = _check_header(payload, pth)

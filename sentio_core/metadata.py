@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict
 
 from sentio_core.config import Config, stable_hash
 
-FORMAT = "sentio-policy/2"
-PREVIOUS_FORMATS = {"sentio-policy/1": "written before the export metadata had a schema"}
+FORMAT = "sentio-policy/3"
+PREVIOUS_FORMATS = {"sentio-policy/1": "written before the export metadata had a schema",
+                    "sentio-policy/2": "written before exports carried a content hash"}
 HEADER_KEYS = ("format", "algorithm", "obs_dim", "n_actions", "net_arch")
 
 

@@ -44,7 +44,7 @@ from sentio_core.files import DataError, file_sha256
 OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
 NONFINITE_TAG = "sentio.nonfinite_metrics"
 WEIGHTS_ARTIFACT, METADATA_ARTIFACT = "policy_weights", "policy_metadata"
-WEIGHTS_SHA_TAG = "weights_sha256"
+WEIGHTS_SHA_TAG, METADATA_SHA_TAG = "weights_sha256", "metadata_sha256"
 COMPLETE_TAG, REGISTER_KEY_TAG = "sentio.complete", "sentio.register_key"  # model-version tags
 HOST_TAG, PID_TAG = "sentio.host", "sentio.pid"  # on every run Sentio starts: who to ask whether it still runs
 # what the pyfunc needs at load time (sentio_core itself must be importable too); passed
@@ -256,7 +256,8 @@ def register_policy(pth: Path, metadata_json: Path, name: str, run_id: str, tags
             raise
     # the version is born with every tag (one call), the weights' hash among them: it lives in the
     # tracking database, apart from the artifact store it checks
-    version_tags = {k: str(v) for k, v in {**tags, WEIGHTS_SHA_TAG: file_sha256(pth)}.items()}
+    hashes = {WEIGHTS_SHA_TAG: file_sha256(pth), METADATA_SHA_TAG: file_sha256(metadata_json)}
+    version_tags = {k: str(v) for k, v in {**tags, **hashes}.items()}
     return str(client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags).version)
 
 
@@ -276,7 +277,7 @@ def version_for(name: str, register_key: str) -> str | None:
 
 
 def delete_version(name: str, version: str) -> None:
-    """Remove a version that a failed registration made (never one that is complete)."""
+    """Remove a version that a failed attempt of a registration made (no alias ever pointed at it)."""
     MlflowClient().delete_model_version(name, version)
 
 
@@ -305,6 +306,14 @@ def _alive(tags: dict[str, str]) -> bool:
     return True
 
 
+def _run_status(client: MlflowClient, run_id: str) -> str | None:
+    """A run's status, or None when it no longer exists (deleted and garbage-collected)."""
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
 def reap_interrupted(cfg: RegistryConfig) -> dict[str, list[str]]:
     """Clean up after registrations that were killed: runs still ``RUNNING`` whose process on this
     host is gone are marked ``FAILED``, and versions of ``registry.model_name`` that a registration
@@ -325,7 +334,7 @@ def reap_interrupted(cfg: RegistryConfig) -> dict[str, list[str]]:
     for mv in _versions(cfg.model_name):
         if REGISTER_KEY_TAG not in mv.tags or mv.tags.get(COMPLETE_TAG) == "true":
             continue
-        if mv.run_id is None or client.get_run(mv.run_id).info.status != "RUNNING":
+        if mv.run_id is None or _run_status(client, mv.run_id) != "RUNNING":
             client.delete_model_version(cfg.model_name, mv.version)
             deleted.append(str(mv.version))
     return {"failed_runs": failed, "deleted_versions": deleted}
@@ -364,12 +373,15 @@ def load_alias(name: str, alias: str) -> LoadedPolicy:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         try:
             flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
-            weights, metadata = (local / flavor[k]["path"] for k in (WEIGHTS_ARTIFACT, METADATA_ARTIFACT))
+            weights, metadata = ((local / flavor[k]["path"]).resolve() for k in (WEIGHTS_ARTIFACT, METADATA_ARTIFACT))
         except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
             raise DataError(f"{uri}/MLmodel", "registered model", f"no {WEIGHTS_ARTIFACT}/{METADATA_ARTIFACT} "
                             f"artifacts ({type(exc).__name__}: {exc})") from None
-        expected = mv.tags.get(WEIGHTS_SHA_TAG)
-        if expected is None or file_sha256(weights) != expected:
-            raise DataError(f"{uri}/{weights.relative_to(local)}", "content hash", f"not the weights registered as "
-                            f"{name} version {mv.version} (tag {WEIGHTS_SHA_TAG}={expected}); the artifact store was changed")
+        for path, tag in ((weights, WEIGHTS_SHA_TAG), (metadata, METADATA_SHA_TAG)):
+            if local.resolve() not in path.parents:
+                raise DataError(f"{uri}/MLmodel", "registered model", f"artifact path {path} is outside the model")
+            expected = mv.tags.get(tag)
+            if expected is None or file_sha256(path) != expected:
+                raise DataError(f"{uri}/{path.relative_to(local.resolve())}", "content hash", f"not the file registered "
+                                f"as {name} version {mv.version} (tag {tag}={expected}); the artifact store was changed")
         return load_policy(weights, metadata)

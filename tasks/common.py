@@ -86,8 +86,24 @@ class RecordSerializer(Serializer):
 
 
 def storage_root() -> Path:
-    """Where Prefect persists the stage records: its local storage path (``PREFECT_HOME/storage``)."""
-    return Path(get_current_settings().results.local_storage_path)
+    """Where the stage records are persisted: Prefect's local storage path (``PREFECT_HOME/storage``),
+    resolved as Prefect resolves it; the tasks pin their result storage to this folder, so no
+    setting or server-side default can make Prefect read them from elsewhere."""
+    return Path(get_current_settings().results.local_storage_path).expanduser().resolve()
+
+
+def _stored_serializer(content: bytes) -> str | None:
+    """The serializer Prefect would use for a stored result, read with Prefect's own parser (which
+    also honours legacy top-level keys); None when the file is not a plain result record."""
+    from prefect._internal.result_records import ResultRecord
+
+    try:
+        doc = json.loads(content)
+        if not isinstance(doc, dict) or set(doc) - {"metadata", "result"}:
+            return None  # legacy top-level keys ("serializer", "data", ...) would override the metadata
+        return ResultRecord.model_validate_json(content).metadata.serializer.type
+    except Exception:  # not JSON, not a record, an unknown serializer type
+        return None
 
 
 def quarantine_untrusted(path: Path) -> bool:
@@ -100,10 +116,7 @@ def quarantine_untrusted(path: Path) -> bool:
     """
     if not path.is_file():
         return False
-    try:
-        serializer = json.loads(path.read_bytes())["metadata"]["serializer"]["type"]
-    except (ValueError, KeyError, TypeError):
-        serializer = None
+    serializer = _stored_serializer(path.read_bytes())
     if serializer == RECORD_SERIALIZER:
         return False
     target = path.with_name(f"{path.name}.untrusted-{time.time_ns()}")
@@ -113,7 +126,12 @@ def quarantine_untrusted(path: Path) -> bool:
     return True
 
 
-RESULTS = {"persist_result": True, "result_serializer": RecordSerializer()}
+def results() -> dict[str, Any]:
+    """Task options of every stage: persisted, Sentio's JSON records, in :func:`storage_root`."""
+    return {"persist_result": True, "result_serializer": RecordSerializer(), "result_storage": storage_root()}
+
+
+RESULTS = results()
 
 
 def _fingerprint(value: Any) -> Any:

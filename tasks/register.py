@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from sentio_core import files, registry
 from sentio_core.codeversion import project_version
 from sentio_core.config import Config
-from sentio_core.export import load_policy, publish
+from sentio_core.export import export_paths, load_policy, publish
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
 from sentio_core.registration import plan_registration
@@ -90,21 +90,29 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
         registry.log_metrics(parent_id, plan.parent_metrics)
         version = earlier or registry.register_policy(model_pth, model_md, name, parent_id,
                                                       {**plan.tags, registry.REGISTER_KEY_TAG: key})
-        try:  # all or nothing: the export is written and verified before the version is complete and aliased
-            exported = None
-            if plan.gate.passed:
-                entry = RegistryEntry(model_name=name, version=version, alias=plan.gate.alias)
-                stem = Path(cfg.registry.export_dir) / name
-                with files.exclusive(stem.parent):  # one writer of the pair at a time
+        stem = Path(cfg.registry.export_dir) / name
+        # all or nothing, one registration of this export folder at a time: the export is written and
+        # verified before the version is complete and aliased; a failure puts the previous pair back
+        with files.exclusive(stem.parent):
+            previous = {p: p.read_bytes() for p in export_paths(stem) if p.is_file()}
+            try:
+                exported = None
+                if plan.gate.passed:
+                    entry = RegistryEntry(model_name=name, version=version, alias=plan.gate.alias)
                     exported = [str(p) for p in publish(Path(last.path), metadata.model_copy(update={"registry": entry}),
                                                         stem)]
                     load_policy(stem)  # the written pair reads back, content hash included
-            registry.complete_version(name, version)
-            registry.set_alias(name, version, plan.gate.alias)
-        except Exception:
-            if earlier is None:
-                registry.delete_version(name, version)
-            raise
+                registry.complete_version(name, version)
+                registry.set_alias(name, version, plan.gate.alias)
+            except Exception:
+                if exported and previous:
+                    files.write_together(previous)
+                elif exported:
+                    for p in export_paths(stem):
+                        p.unlink(missing_ok=True)
+                if earlier is None:
+                    registry.delete_version(name, version)
+                raise
     experiment = registry.experiment_id(cfg.registry)
     record = {"gate": plan.gate.to_dict(), "version": version, "alias": plan.gate.alias, "parent_run_id": parent_id,
               "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,

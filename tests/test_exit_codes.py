@@ -16,6 +16,8 @@ from .conftest import DAILY, REPO, SMOKE
 
 
 def _cases(tmp):
+    latin = tmp / "latin.yaml"
+    latin.write_bytes("seed: 1 # caf\xe9\n".encode("latin-1"))
     extends = tmp / "extends.yaml"
     extends.write_text("extends: 5\nseed: 1\n")
     a_file = tmp / "a-file"
@@ -26,6 +28,7 @@ def _cases(tmp):
     folds = ["folds", "--config", str(SMOKE)]
     return {
         "extends: 5": (["folds", "--config", str(extends)], 2, "'extends' must name a config file"),
+        "config not UTF-8": (["folds", "--config", str(latin)], 2, "not UTF-8 text"),
         "negative horizon": ([*folds, "--set", "features.return_horizons=[-5]"], 2, "features.return_horizons"),
         "vol window -5": ([*folds, "--set", "features.vol_windows=[-5]"], 2, "features.vol_windows"),
         "vol window 0": ([*folds, "--set", "features.vol_windows=[0]"], 2, "features.vol_windows"),
@@ -45,7 +48,7 @@ def _cases(tmp):
     }
 
 
-CASE_NAMES = ["extends: 5", "negative horizon", "vol window -5", "vol window 0", "huge window", "feature glob",
+CASE_NAMES = ["extends: 5", "config not UTF-8", "negative horizon", "vol window -5", "vol window 0", "huge window", "feature glob",
               "no usable row", "net_arch [0]", "device tpu", "no spreads", "huge seed", "model name path", "bad timezone",
               "bad calendar", "missing symbol file", "train --output under a file"]
 

@@ -115,6 +115,25 @@ def test_a_full_export_disk_leaves_the_registry_and_the_export_as_they_were(stag
     assert len(final["versions"]) == 2 and all(final["versions"].values()) and final["champion"] == again.version
 
 
+def test_a_failure_after_the_export_puts_the_previous_champion_back(stages, monkeypatch):
+    """The alias fails to move after the new export was written and verified: the previous pair is
+    restored, the new version deleted, the champion unchanged."""
+    from sentio_core import registry
+
+    name, export_dir = "atomic-alias", stages[0] / "atomic-alias"
+    _register(stages, name)
+    before = _state(name, export_dir)
+    assert before["champion"] == "1" and before["exports"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the registry went away")
+
+    monkeypatch.setattr(registry, "set_alias", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        _register(stages, name, "seed=9")
+    assert _state(name, export_dir) == before
+
+
 KILL_POINTS = {
     # the version exists (born tagged), nothing else done
     "after-version": ("sentio_core.registry", "register_policy"),

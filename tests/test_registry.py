@@ -115,7 +115,7 @@ def test_versions_are_tagged(store, registered):
     v1, v2 = registered.versions
     assert (v1, v2) == ("1", "2")
     tags = client.get_model_version(store.cfg.model_name, v1).tags
-    assert len(tags.pop("weights_sha256")) == 64 and tags == VERSION_TAGS
+    assert len(tags.pop("weights_sha256")) == len(tags.pop("metadata_sha256")) == 64 and tags == VERSION_TAGS
     assert client.get_model_version(store.cfg.model_name, v2).tags["code_version"] == "cafef00d"
     assert client.get_model_version(store.cfg.model_name, v1).run_id == registered.parent_id
 
@@ -190,6 +190,20 @@ def test_a_planted_pickle_in_the_registry_never_runs(store, registered, tmp_path
         pkl.write_bytes(original)
     assert not marker.exists(), "the planted payload ran"
     assert policy.act(*batch).shape == (len(batch[0]),)
+
+
+def test_changed_metadata_in_the_registry_is_refused_by_the_version_tag(store, registered):
+    """The metadata (normalisation, feature order) matters as much as the weights: it is bound to its tag too."""
+    name, (v1, _) = store.cfg.model_name, registered.versions
+    set_alias(name, v1, "champion")
+    meta = next(p for p in (_stored_model_dir(name, v1) / "artifacts").glob("*.json"))
+    original = meta.read_text()
+    meta.write_text(original.replace('"fold": 0', '"fold": 1'))
+    try:
+        with pytest.raises(DataError, match=r"\.json.*\[content hash\].*metadata_sha256"):
+            load_alias(name, "champion")
+    finally:
+        meta.write_text(original)
 
 
 def test_changed_weights_in_the_registry_are_refused_by_the_version_tag(store, registered):

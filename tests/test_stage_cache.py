@@ -78,3 +78,26 @@ def test_the_unprotected_default_would_have_run_it(tmp_path):
     finally:
         (storage_root() / key).unlink()
     assert marker.exists()
+
+
+def test_a_record_that_names_two_serializers_is_quarantined(tmp_path):
+    """Prefect honours a legacy top-level "serializer" over the metadata's: a file claiming to be a
+    Sentio record in its metadata but pickle at the top level is not one."""
+    import json
+
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    key = "features-two-serializers"
+    marker = tmp_path / "ran"
+    blob = json.loads(ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(picklelib="cloudpickle"),
+                                                                 storage_key=key),
+                                   result=_Payload(str(marker))).serialize())
+    blob["serializer"] = blob["metadata"]["serializer"]
+    blob["metadata"]["serializer"] = {"type": "sentio-record"}
+    path = storage_root() / key
+    path.write_text(json.dumps(blob))
+    assert quarantine_untrusted(path) is True and not path.exists()
+    for moved in storage_root().glob(f"{key}.untrusted-*"):
+        moved.unlink()
+    assert not marker.exists()
