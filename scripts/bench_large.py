@@ -52,7 +52,7 @@ def generate(folder: Path, rows: int, seed: int = 0) -> None:
     minute = (stamps.hour * 60 + stamps.minute).to_numpy() - 570  # minutes after 09:30
     u_shape = 1.0 + 1.5 * ((minute - 195) / 195.0) ** 2  # busier at the open and the close
     sigma = 0.0004 * u_shape
-    r = rng.normal(0.0, sigma) + 0.000002
+    r = rng.normal(0.0, sigma)  # no drift: 2M bars of the -3x leg must not decay to pennies
     legs = {"QQQ": (r, 300.0, 4e4), "TQQQ": (3 * r, 50.0, 1e5), "SQQQ": (-3 * r, 30.0, 8e4)}
     folder.mkdir(parents=True, exist_ok=True)
     for symbol, (ret, start, vol) in legs.items():
@@ -62,8 +62,8 @@ def generate(folder: Path, rows: int, seed: int = 0) -> None:
         high = np.maximum(open_, close) * (1 + spread)
         low = np.minimum(open_, close) * (1 - spread)
         volume = np.round(vol * u_shape * rng.lognormal(0, 0.3, rows)) + 1
-        pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%d %H:%M:%S"), "open": open_.round(4), "high": high.round(4),
-                      "low": low.round(4), "close": close.round(4), "volume": volume.astype(np.int64)}
+        pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%d %H:%M:%S"), "open": open_.round(6), "high": high.round(6),
+                      "low": low.round(6), "close": close.round(6), "volume": volume.astype(np.int64)}
                      ).to_csv(folder / f"{symbol}.csv", index=False)
 
 
