@@ -19,7 +19,7 @@ from prefect import flow, get_client
 from prefect.futures import as_completed
 
 from sentio_core import registry
-from sentio_core.config import Config, load_config, preflight
+from sentio_core.config import Config, check_feature_patterns, load_config, preflight
 from sentio_core.report import fold_rows
 from tasks import report
 from tasks.backtest import BacktestOutput, backtest
@@ -114,6 +114,8 @@ def fold_work(cfg: Config, bars: PanelOutput, feats: FeaturesOutput, spans: Fold
             continue
         work.regimes, work.trained, work.backtest = reg.result(), [t.result() for t in trained], test.result()
     return per_fold
+
+
 def _first_error(futures) -> str:
     for fut in futures:
         try:
@@ -139,7 +141,7 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     # pre-flight: settings that leave no usable row stop here (ConfigError), before the features
     preflight(cfg, bars.alignment.common_rows, bars.frequency.bars_per_session)
     feats = _call(features, states, "features", refresh, cfg, bars)
-    preflight(cfg, bars.alignment.common_rows, bars.frequency.bars_per_session, feats.columns)
+    check_feature_patterns(cfg, feats.columns)
     spans = _call(folds, states, "folds", refresh, cfg, bars, feats)
     rescored = _call(rescore, states, "rescore-champion", refresh, cfg, man, bars, feats)
     _ensure_training_limit(cfg)

@@ -14,7 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from sentio_core.config import ConfigError, load_config, preflight
+from sentio_core.config import (
+    ConfigError,
+    check_feature_patterns,
+    load_config,
+    preflight,
+)
 from sentio_core.files import DataError
 from sentio_core.folds import FoldError
 
@@ -84,7 +89,7 @@ def _features(cfg, bars, freq):
     from sentio_core.features import feature_columns, feature_table
 
     table = feature_table(cfg, bars, freq)
-    preflight(cfg, len(bars["timestamp"].unique()), freq.bars_per_session, feature_columns(table))
+    check_feature_patterns(cfg, feature_columns(table))
     return table
 
 
@@ -122,15 +127,20 @@ def cmd_folds(args, cfg) -> int:
 
 def cmd_train(args, cfg) -> int:
     """Train on the latest fold's training window, backtest on its test window, export."""
-    from sentio_core.backtest import fold_backtest, sb3_policy
     from pydantic import ValidationError
 
+    from sentio_core.backtest import fold_backtest, sb3_policy
     from sentio_core.codeversion import project_version
     from sentio_core.config import TrainConfig
     from sentio_core.export import policy_header, save_policy
     from sentio_core.folds import fold_spans
     from sentio_core.market import fold_market, policy_spec
-    from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, build_metadata
+    from sentio_core.metadata import (
+        DataProvenance,
+        FoldResult,
+        OutOfSample,
+        build_metadata,
+    )
     from sentio_core.policies import reads_masks
     from sentio_core.regimes import fold_regimes
     from sentio_core.report import format_table, strategy_rows
@@ -270,7 +280,9 @@ def cmd_run(args, cfg) -> int:
         _prefect_env()
         reap_orphaned_servers(os.environ["PREFECT_HOME"])  # a killed run's embedded server, if any
         os.environ[RUN_MARKER] = _marker()  # inherited by the embedded server this run starts
-        from flows.retrain import sentio_retrain  # imports Prefect, which reads its settings
+        from flows.retrain import (
+            sentio_retrain,  # imports Prefect, which reads its settings
+        )
 
         state = sentio_retrain(config=config_path, overrides=args.overrides, refresh=args.refresh, return_state=True)
     except Exception as exc:  # the run could not start: Prefect's embedded server or its state folder

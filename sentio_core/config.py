@@ -614,9 +614,19 @@ def preflight(cfg: Config, n_bars: int, bars_per_session: float = 1.0,
             f"folds.embargo_bars={f.embargo_bars} = {folds} (in multiples of folds.step_bars={f.step_bars}); lower "
             f"folds.n_folds, folds.test_bars, folds.min_train_bars or the feature windows (features.*), or add data"
         )
-    if feature_columns is not None and cfg.env.feature_columns is not None:
-        dead = [p for p in cfg.env.feature_columns if not any(fnmatch.fnmatchcase(c, p) for c in feature_columns)]
-        if dead:
-            sample = ", ".join(list(feature_columns)[:6])
-            raise ConfigError(f"env.feature_columns pattern(s) {dead} match no feature column (columns look like "
-                              f"{sample}, ...); fix the pattern(s) or set env.feature_columns to null")
+    if feature_columns is not None:
+        check_feature_patterns(cfg, feature_columns)
+
+
+def check_feature_patterns(cfg: Config, feature_columns: Sequence[str]) -> None:
+    """Each ``env.feature_columns`` glob must match a column of the feature table (``timestamp`` excluded).
+
+    :raises ConfigError: naming the patterns that match nothing.
+    """
+    if cfg.env.feature_columns is None:
+        return
+    dead = [p for p in cfg.env.feature_columns if not any(fnmatch.fnmatchcase(c, p) for c in feature_columns)]
+    if dead:
+        sample = ", ".join(list(feature_columns)[:6])
+        raise ConfigError(f"env.feature_columns pattern(s) {dead} match no feature column (columns look like "
+                          f"{sample}, ...); fix the pattern(s) or set env.feature_columns to null")

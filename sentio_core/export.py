@@ -264,9 +264,7 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
 
 def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-    if found in PREVIOUS_FORMATS:
-        raise DataError(pth, "format", f"a {found} export, {PREVIOUS_FORMATS[found]}; this Sentio reads {FORMAT}: "
-                        "re-export it with `sentio train` or `sentio run --refresh`")
+    _refuse_previous_format(found, pth)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(pth, "format", f"not a {FORMAT} export (found {found!r}); write it with sentio_core.export.save_policy")
     header = {k: payload.get(k) for k in HEADER_KEYS}
@@ -277,12 +275,16 @@ def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
     return header
 
 
+def _refuse_previous_format(found: Any, where: Path) -> None:
+    """An export of an earlier format is refused with what to do, not guessed at."""
+    if isinstance(found, str) and found in PREVIOUS_FORMATS:
+        raise DataError(where, "format", f"a {found} export, {PREVIOUS_FORMATS[found]}; this Sentio reads {FORMAT}: "
+                        "re-export it with `sentio train` or `sentio run --refresh`")
+
+
 def _check_content(pth: Path, meta: Path, data: bytes, metadata: dict[str, Any]) -> None:
     """The weights' SHA-256 must be the metadata's ``weights_sha256``, checked before torch reads them."""
-    found = metadata.get("format")
-    if found in PREVIOUS_FORMATS:
-        raise DataError(meta, "format", f"a {found} export, {PREVIOUS_FORMATS[found]}; this Sentio reads {FORMAT}: "
-                        "re-export it with `sentio train` or `sentio run --refresh`")
+    _refuse_previous_format(metadata.get("format"), meta)
     expected = metadata.get("weights_sha256")
     if not isinstance(expected, str):
         raise DataError(meta, "content hash", "no weights_sha256; write the export with sentio_core.export.save_policy")

@@ -8,12 +8,11 @@ crash never leaves half a file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -177,7 +176,7 @@ def write_together(contents: dict[Path, bytes]) -> list[Path]:
 
     :returns: the targets, in order.
     """
-    with contextlib.ExitStack() as stack:
+    with ExitStack() as stack:
         staged = []
         for path, data in contents.items():
             tmp = stack.enter_context(_staged(path))

@@ -298,11 +298,11 @@ def _alive(tags: dict[str, str]) -> bool:
     if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
         return True
     try:
-        os.kill(int(tags[PID_TAG]), 0)
+        os.kill(int(tags[PID_TAG]), 0)  # PermissionError: alive, someone else's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -126,12 +126,8 @@ def quarantine_untrusted(path: Path) -> bool:
     return True
 
 
-def results() -> dict[str, Any]:
-    """Task options of every stage: persisted, Sentio's JSON records, in :func:`storage_root`."""
-    return {"persist_result": True, "result_serializer": RecordSerializer(), "result_storage": storage_root()}
-
-
-RESULTS = results()
+# the task options of every stage: persisted, as Sentio's JSON records, pinned to storage_root()
+RESULTS = {"persist_result": True, "result_serializer": RecordSerializer(), "result_storage": storage_root()}
 
 
 def _fingerprint(value: Any) -> Any:

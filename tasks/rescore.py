@@ -39,9 +39,14 @@ class RescoreOutput(StageOutput):
 
 def _key(context, parameters) -> str:
     """The data and the champion's weights: a new champion or new bars re-score."""
-    cfg, pth = parameters["cfg"], champion_path(parameters["cfg"])
-    champion = files.file_sha256(pth) if pth.exists() else "none"
+    cfg = parameters["cfg"]
+    champion = _champion_sha256(champion_path(cfg))
     return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k != "cfg"], champion))
+
+
+def _champion_sha256(pth: Path) -> str:
+    """The exported champion's weights fingerprint, or ``none``: a new champion re-scores."""
+    return files.file_sha256(pth) if pth.exists() else "none"
 
 
 def _unscored(out: Path, status: str, line: str, run_id: str | None = None) -> RescoreOutput:
@@ -59,8 +64,7 @@ def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: Feature
     run summary and as a FAILED MLflow run, and the champion counts as absent.
     """
     pth = champion_path(cfg)
-    champion = files.file_sha256(pth) if pth.exists() else "none"
-    out = KEY.output(cfg, "json", manifest, panel, features, champion)
+    out = KEY.output(cfg, "json", manifest, panel, features, _champion_sha256(pth))
     if not pth.exists():
         return _unscored(out, "no champion", f"- no champion exported yet ({pth})")
     try:
