@@ -33,7 +33,7 @@ from scipy import stats
 
 from sentio_core.config import Config, reads
 from sentio_core.features import feature_columns
-from sentio_core.market import select_features
+from sentio_core.market import COLUMN_BLOCK, Frame, select_features
 from sentio_core.regimes import RegimeModel, forward_filter, underlying_returns
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -62,6 +62,14 @@ class DriftTable:
     rows: list[dict]
     skipped: list[str]
     skip_reasons: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def merged(cls, tables: list[DriftTable]) -> DriftTable:
+        """One table from tables of consecutive column blocks, as :func:`feature_drift` over all the
+        columns would give: rows by PSI descending, ties (and skipped features) in column order."""
+        rows = sorted((row for t in tables for row in t.rows), key=lambda row: -row["psi"])
+        return cls(rows=rows, skipped=[n for t in tables for n in t.skipped],
+                   skip_reasons={k: v for t in tables for k, v in t.skip_reasons.items()})
 
 
 # --------------------------------------------------------------------------- validation
@@ -327,15 +335,21 @@ class DriftReport:
 
 
 @reads("drift", "env", "universe")
-def drift_report(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, span: FoldSpan,
+def drift_report(cfg: Config, bars: Frame, feats: Frame, span: FoldSpan,
                  regime_model: RegimeModel) -> DriftReport:
     """Feature and regime drift between the latest fold's training window and the newest
-    ``drift.recent_bars`` bars (the observed features, ``env.feature_columns``)."""
+    ``drift.recent_bars`` bars (the observed features, ``env.feature_columns``).
+
+    The tables may be scanned lazily: features are read :data:`COLUMN_BLOCK` columns at a time and
+    the per-block tables merged (:meth:`DriftTable.merged`), equal to comparing the whole table."""
+    feats = feats.lazy()
     names = select_features(feature_columns(feats), cfg.env.feature_columns)
     a, b = span.train_rows
-    x = feats.select(names).to_numpy().astype(float)
-    recent = x[-cfg.drift.recent_bars:]
-    table = feature_drift(x[a:b], recent, names, bins=cfg.drift.psi_bins)
+    blocks = []
+    for i in range(0, len(names), COLUMN_BLOCK):
+        x = feats.select(names[i: i + COLUMN_BLOCK]).collect().to_numpy().astype(float)
+        blocks.append(feature_drift(x[a:b], x[-cfg.drift.recent_bars:], names[i: i + COLUMN_BLOCK], bins=cfg.drift.psi_bins))
+    table = DriftTable.merged(blocks)
     probs = forward_filter(regime_model, underlying_returns(cfg, bars)[a:])
     occupancy = regime_occupancy(probs[: b - a], probs[-cfg.drift.recent_bars:])
     summary = summarise(table, occupancy, cfg.drift.psi_warn, cfg.drift.psi_alert)

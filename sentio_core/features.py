@@ -260,8 +260,10 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
     return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
 
 
-def feature_columns(features: pl.DataFrame) -> list[str]:
-    return [c for c in features.columns if c != "timestamp"]
+def feature_columns(features: pl.DataFrame | pl.LazyFrame | list[str]) -> list[str]:
+    """The feature columns of a feature table (or of its column names): all but ``timestamp``."""
+    names = features if isinstance(features, list) else features.collect_schema().names()
+    return [c for c in names if c != "timestamp"]
 
 
 def first_complete_row(features: pl.DataFrame) -> int:

@@ -198,6 +198,11 @@ def read_parquet(path: str | Path) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
+def scan_parquet(path: str | Path) -> pl.LazyFrame:
+    """A Parquet file read lazily: only the columns and rows a query selects are loaded."""
+    return pl.scan_parquet(path)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

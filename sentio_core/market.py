@@ -7,6 +7,7 @@ fitted, here the feature normalisation, uses the fold's training rows only and i
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,7 @@ class Market:
     :param legs: the traded legs (one when both sides use the same symbol).
     """
 
-    timestamps: list[str]
+    timestamps: Sequence[str]  # ISO strings (:class:`Stamps`)
     features: np.ndarray
     feature_names: list[str]
     levels: np.ndarray
@@ -70,12 +71,41 @@ class Market:
         return np.abs(self.weights) @ sig / np.maximum(np.abs(self.levels), 1e-12) * (self.levels != 0)
 
 
-def _symbol(bars: pl.DataFrame, symbol: str) -> pl.DataFrame:
-    return bars.filter(pl.col("symbol") == symbol).sort("timestamp")
+Frame = pl.DataFrame | pl.LazyFrame  # a table in memory, or a Parquet file scanned lazily (pl.scan_parquet)
+COLUMN_BLOCK = 8  # feature columns read and normalised at a time: (T, 8) float64, 128 MB at 2M rows
 
 
-def _leg(bars: pl.DataFrame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int) -> Leg:
-    s = _symbol(bars, symbol)
+class Stamps(Sequence[str]):
+    """A fold's timestamps as ISO strings, made on demand: 2M bars as strings would hold 150 MB."""
+
+    def __init__(self, series: pl.Series):
+        self._series = series
+
+    def __len__(self) -> int:
+        return self._series.len()
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [t.isoformat() for t in self._series[item].to_list()]
+        return self._series[item].isoformat()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and list(self[:]) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so not hashable
+
+    def __repr__(self) -> str:
+        return f"Stamps({len(self)} bars, {self[0] if len(self) else ''} .. {self[-1] if len(self) else ''})"
+
+
+def _symbol(bars: Frame, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
+    return bars.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
+
+
+def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int) -> Leg:
+    s = _symbol(bars, symbol, ("open", "close", "volume"))
     close = s["close"].to_numpy().astype(float)
     dv = close * s["volume"].to_numpy().astype(float)
     logret = np.concatenate([[np.nan], np.diff(np.log(close))])
@@ -84,10 +114,10 @@ def _leg(bars: pl.DataFrame, symbol: str, direction: int, vol_bars: int, liquidi
     return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction)
 
 
-def _stale(bars: pl.DataFrame, symbols: list[str]) -> np.ndarray:
+def _stale(bars: Frame, symbols: list[str]) -> np.ndarray:
     out = None
     for sym in symbols:
-        s = _symbol(bars, sym)
+        s = _symbol(bars, sym, ("open", "high", "low", "close", "volume"))
         flat = (s["open"] == s["high"]) & (s["high"] == s["low"]) & (s["low"] == s["close"])
         flag = ((s["volume"] <= 0) | flat).to_numpy()
         out = flag if out is None else out | flag
@@ -106,13 +136,19 @@ def select_features(columns: list[str], patterns: list[str] | None) -> list[str]
 
 def normalise(x: np.ndarray, train_rows: tuple[int, int], clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-score ``x`` (T, F) with the mean and std of ``train_rows`` only; clip; NaN -> 0."""
-    a, b = train_rows
-    train = x[a:b]
-    mean = np.nanmean(train, axis=0)
-    std = np.nanstd(train, axis=0)
-    mean = np.nan_to_num(mean, nan=0.0)
-    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    mean, std = train_statistics(np.asfortranarray(x, dtype=float), train_rows)
     return apply_normalisation(x, mean, std, clip), mean, std
+
+
+def train_statistics(x: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (T, F), the mean and std of ``train_rows``, NaN ignored; a column with
+    no spread gets std 1. Each column is summed on its own (contiguous: numpy's pairwise sums), so
+    a block of columns gives the same statistics as the whole table."""
+    a, b = train_rows
+    x = np.asfortranarray(x[a:b])
+    mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
+    std = np.nanstd(x, axis=0)
+    return mean, np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
 
 
 def apply_normalisation(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
@@ -143,54 +179,76 @@ def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str,
     return levels, weights, legs
 
 
-def build_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
+def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFrame | None,
                  train_rows: tuple[int, int], periods_per_year: float,
                  fitted: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> Market:
     """Arrays of one fold.
 
-    :param bars: the aligned long panel (synthetic legs included).
-    :param feats: the feature table (same timestamps as the panel).
+    :param bars: the aligned long panel (synthetic legs included), in memory or scanned lazily.
+    :param feats: the feature table (same timestamps as the panel), in memory or scanned lazily:
+        it is read :data:`COLUMN_BLOCK` columns at a time, so the float32 observation matrix is the
+        only copy of the table held (2M bars x 100 features: 0.8 GB).
     :param regime_probs: ``timestamp, regime_0..K-1`` filtered probabilities (train start to test end)
         or None; rows outside get a uniform prior and are never observed by a fold's episodes.
     :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics).
     :param fitted: ``(feature names, mean, std)`` of an already trained policy: its features and
         normalisation are applied instead of fitting new ones (re-scoring a champion).
     """
+    feats = feats.lazy()
+    columns = feats.collect_schema().names()
     if fitted is None:
-        names = select_features(feature_columns(feats), cfg.env.feature_columns)
+        names = select_features(feature_columns(columns), cfg.env.feature_columns)
     else:
         names = [n for n in fitted[0] if not n.startswith("regime_")]
-        missing = sorted(set(names) - set(feats.columns))
+        missing = sorted(set(names) - set(columns))
         if missing:
             raise ValueError(f"the policy observes features this feature table lacks: {missing[:5]}")
-    x = feats.select(names).to_numpy().astype(float)
-    timestamps = feats["timestamp"]
+    timestamps = feats.select("timestamp").collect()["timestamp"]
+    blocks = [names[i: i + COLUMN_BLOCK] for i in range(0, len(names), COLUMN_BLOCK)]
     if regime_probs is not None:
-        probs = feats.select("timestamp").join(regime_probs, on="timestamp", how="left").drop("timestamp")
+        probs = timestamps.to_frame().join(regime_probs, on="timestamp", how="left").drop("timestamp")
         k = probs.width
         p = np.nan_to_num(probs.to_numpy().astype(float), nan=1.0 / k)
-        x = np.concatenate([x, p], axis=1)
         names = names + probs.columns
         high_vol = p[:, -1]  # regimes are ordered by variance: the last is the most volatile
     else:
-        high_vol = np.zeros(len(timestamps))
-    if fitted is None:
-        z, mean, std = normalise(x, train_rows, cfg.env.clip_obs)
-    else:
+        p, high_vol = None, np.zeros(len(timestamps))
+    if fitted is not None:
         mean, std = np.asarray(fitted[1], dtype=float), np.asarray(fitted[2], dtype=float)
-        if len(mean) != x.shape[1]:
-            raise ValueError(f"the policy's normalisation has {len(mean)} columns, the observation {x.shape[1]}")
-        z = apply_normalisation(x, mean, std, cfg.env.clip_obs)
+        if len(mean) != len(names):
+            raise ValueError(f"the policy's normalisation has {len(mean)} columns, the observation {len(names)}")
+    z = np.empty((len(timestamps), len(names)), dtype=np.float32)
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    at = 0
+    for x in _blocks(feats, blocks, p):
+        cols = slice(at, at + x.shape[1])
+        if fitted is None:
+            stats.append(train_statistics(x, train_rows))
+            z[:, cols] = apply_normalisation(x, *stats[-1], cfg.env.clip_obs)
+        else:
+            z[:, cols] = apply_normalisation(x, mean[cols], std[cols], cfg.env.clip_obs)
+        at += x.shape[1]
+    if fitted is None:
+        mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
     legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars) for sym, d in leg_specs]
-    mtc = feats["minutes_to_close"].to_numpy().astype(float) if "minutes_to_close" in feats.columns else None
+    mtc = (feats.select("minutes_to_close").collect()["minutes_to_close"].to_numpy().astype(float)
+           if "minutes_to_close" in columns else None)
     return Market(
-        timestamps=[t.isoformat() for t in timestamps.to_list()], features=z, feature_names=names,
+        timestamps=Stamps(timestamps), features=z, feature_names=names,
         levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
         stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
         underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars),
         norm_mean=mean, norm_std=std,
     )
+
+
+def _blocks(feats: pl.LazyFrame, blocks: list[list[str]], regime_probs: np.ndarray | None) -> Iterator[np.ndarray]:
+    """The observed columns as float64 (T, k) blocks, in order: the features, then the regime probabilities."""
+    for block in blocks:
+        yield feats.select(block).collect().to_numpy().astype(float)
+    if regime_probs is not None:
+        yield regime_probs
 
 
 @reads("universe", "env")

@@ -163,9 +163,15 @@ def regime_shares(probs: np.ndarray) -> list[float]:
     return [float(c) / len(probs) for c in counts]
 
 
-def underlying_returns(cfg: Config, bars: pl.DataFrame) -> np.ndarray:
+def underlying(cfg: Config, bars: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """The underlying's ``timestamp`` and ``close``, in time order (the panel may be scanned lazily)."""
+    return (bars.lazy().filter(pl.col("symbol") == cfg.universe.underlying).select("timestamp", "close")
+            .sort("timestamp").collect())
+
+
+def underlying_returns(cfg: Config, bars: pl.DataFrame | pl.LazyFrame) -> np.ndarray:
     """1-bar log returns of the underlying, one per panel timestamp (the first is NaN)."""
-    close = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["close"].to_numpy()
+    close = underlying(cfg, bars)["close"].to_numpy()
     out = np.full(len(close), np.nan)
     out[1:] = np.log(close[1:] / close[:-1])
     return out
@@ -188,13 +194,13 @@ class FoldRegimes:
 
 
 @reads("regimes", "seed", "universe")
-def fold_regimes(cfg: Config, bars: pl.DataFrame, span: FoldSpan) -> FoldRegimes:
+def fold_regimes(cfg: Config, bars: pl.DataFrame | pl.LazyFrame, span: FoldSpan) -> FoldRegimes:
     """Fit the regime model on one fold's training rows (seeded with ``cfg.fold_seed``), then
     filter forward through its test rows."""
     r = underlying_returns(cfg, bars)
     (a, b), (c, d) = span.train_rows, span.test_rows
     model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.fold_seed(span.fold))
     probs = forward_filter(model, r[a:d])
-    timestamps = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")["timestamp"]
+    timestamps = underlying(cfg, bars)["timestamp"]
     return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(probs[: b - a]),
                        regime_shares(probs[c - a:]))

@@ -13,7 +13,7 @@ from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
 from sentio_core.policies import reads_masks
 from tasks.common import RESULTS, StageKey, StageOutput
-from tasks.fold_inputs import read_fold_market
+from tasks.fold_inputs import fold_market_held
 
 if TYPE_CHECKING:
     from tasks.features import FeaturesOutput
@@ -45,10 +45,10 @@ def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: 
               trained: list[TrainOutput], fold: int) -> BacktestOutput:
     """Write the fold's metrics, paths, trades and plot."""
     span = folds.folds[fold]
-    mkt = read_fold_market(cfg, panel, features, regimes, span)
-    paths = fold_backtest(cfg, mkt, span, {t.algorithm: _policy(t.require()) for t in trained})
-    result = FoldResult(fold=fold, test_start=span.test_start, test_end=span.test_end,
-                        metrics={name: p.metrics(mkt.periods_per_year) for name, p in paths.items()})
+    with fold_market_held(cfg, panel, features, regimes, span) as mkt:
+        paths = fold_backtest(cfg, mkt, span, {t.algorithm: _policy(t.require()) for t in trained})
+        result = FoldResult(fold=fold, test_start=span.test_start, test_end=span.test_end,
+                            metrics={name: p.metrics(mkt.periods_per_year) for name, p in paths.items()})
     base = KEY.fold_output("json", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                     "trained": trained, "fold": fold})
     stem = str(base)[: -len(".json")]

@@ -31,7 +31,7 @@ class DriftOutput(StageOutput):
 def drift(cfg, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput) -> DriftOutput:
     """Write the drift table (JSON), publish it, and log its summary to MLflow (run ``drift-...``)."""
     span = folds.folds[-1]
-    report = drift_report(cfg, files.read_parquet(panel.require()), files.read_parquet(features.require()), span,
+    report = drift_report(cfg, files.scan_parquet(panel.require()), files.scan_parquet(features.require()), span,
                           regimes.model)
     out = KEY.output(cfg, "json", panel, features, folds, regimes)
     files.write_json({"rows": report.table.rows, "skipped": report.table.skipped, "occupancy": report.occupancy,

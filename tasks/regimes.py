@@ -29,7 +29,7 @@ class RegimesOutput(StageOutput):
 
 def _regimes(cfg: Config, panel: PanelOutput, folds: FoldsOutput, fold: int) -> RegimesOutput:
     """Fit the fold's regime model and write its filtered probabilities."""
-    result = fold_regimes(cfg, files.read_parquet(panel.require()), folds.folds[fold])
+    result = fold_regimes(cfg, files.scan_parquet(panel.require()), folds.folds[fold])
     out = KEY.fold_output("parquet", {"cfg": cfg, "panel": panel, "folds": folds, "fold": fold})
     files.write_parquet(result.probabilities, out)
     return RegimesOutput(stage="regimes", path=str(out), sha256=files.file_sha256(out), fold=fold, model=result.model,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from sentio_core.market import policy_spec
 from sentio_core.metadata import TrainingSummary, build_metadata
 from sentio_core.train import Budget, fold_training, training_summary
 from tasks.common import RESULTS, StageKey, StageOutput
-from tasks.fold_inputs import read_fold_market
+from tasks.fold_inputs import fold_market_held
 
 if TYPE_CHECKING:
     from tasks.features import FeaturesOutput
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from tasks.regimes import RegimesOutput
 
 TRAINING_LIMIT = "sentio-training"  # global concurrency limit: trainings at once (run.training_slots)
-# torch's random generator is process-wide: trainings in threads of one process take turns, so a
-# run's results do not depend on scheduling (processes of a Dask or Ray cluster train in parallel)
-_ONE_AT_A_TIME = threading.Lock()
 LEASE_S = 60.0  # the smallest lease the Prefect API accepts
 KEY = StageKey("train", __name__, fold_training)
 
@@ -45,15 +41,16 @@ def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: Fol
            fold: int, algorithm: str) -> TrainOutput:
     """Train ``algorithm`` on the fold and write it as an export (no out-of-sample results yet)."""
     span = folds.folds[fold]
-    mkt = read_fold_market(cfg, panel, features, regimes, span)
     budget = Budget.from_config(cfg, timeout_minutes=cfg.run.train_timeout_minutes)
     # a short, renewed lease: a killed run's slot frees itself within LEASE_S instead of Prefect's default 300 s
-    with concurrency(TRAINING_LIMIT, occupy=1, lease_duration=LEASE_S), _ONE_AT_A_TIME:
+    with (concurrency(TRAINING_LIMIT, occupy=1, lease_duration=LEASE_S),
+          fold_market_held(cfg, panel, features, regimes, span) as mkt):
         result = fold_training(cfg, mkt, span, algorithm, budget)
+        spec = policy_spec(cfg, mkt, span)
     summary = training_summary(cfg, result, fold, budget)
     stem = KEY.fold_output("policy", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                       "fold": fold, "algorithm": algorithm})
-    metadata = build_metadata(policy_header(result.model, algorithm), policy_spec(cfg, mkt, span),
+    metadata = build_metadata(policy_header(result.model, algorithm), spec,
                               asdict(regimes.model), summary, cfg, KEY.version)
     pth, meta_json = save_policy(result.model, algorithm, stem, metadata)
     return TrainOutput(stage="train", path=str(pth), sha256=files.file_sha256(pth), fold=fold, algorithm=algorithm,
