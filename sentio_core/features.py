@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 
@@ -260,16 +263,86 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
     return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
 
 
+EXPR_GROUP = 8  # per-symbol features computed at a time when streaming: 2M bars x 8 floats, 128 MB
+SLICE_ROWS = 262_144  # rows per written row group when streaming
+
+
+def write_features(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
+                   calendar: str, tz: str, out: str | Path) -> Path:
+    """:func:`build_features` written to ``out`` (Parquet) without holding the table in memory.
+
+    Each symbol's features are computed :data:`EXPR_GROUP` expressions at a time over that symbol's
+    whole history (the same expressions, so the same values: exponential averages see every earlier
+    bar) and parked in Parquet parts; the cross-asset and clock features are computed on the closes;
+    then the parts are read back :data:`SLICE_ROWS` rows at a time and written side by side. The
+    panel may be scanned lazily. Peak memory: one group of one symbol, or one slice of every column.
+    """
+    from sentio_core import files
+
+    panel = panel.lazy()
+    out = Path(out)
+    period = htf_period(cfg, freq)
+    exprs = per_symbol_exprs(cfg)
+    groups = [exprs[i: i + EXPR_GROUP] for i in range(0, len(exprs), EXPR_GROUP)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        parts: list[Path] = []
+
+        def park(frame: pl.DataFrame) -> None:
+            parts.append(Path(tmp) / f"part-{len(parts):03d}.parquet")
+            floats = [c for c in frame.columns if c != "timestamp"]
+            frame.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None)).write_parquet(parts[-1])
+
+        closes: pl.DataFrame | None = None
+        heights: list[int] = []
+        for sym in universe.panel_symbols:
+            bars = panel.filter(pl.col("symbol") == sym).sort("timestamp")
+            for group in groups:
+                # .over as in build_features: polars' rolling kernels differ in the last bits between
+                # grouped and plain evaluation, and the two paths must agree exactly
+                park(bars.select([e.over("symbol").name.prefix(f"{sym}_") for e in group]).collect())
+            if period is not None:
+                htf = htf_features(bars, cfg, period)
+                names = [n for n in htf.collect_schema().names() if n not in bars.collect_schema().names()]
+                park(htf.sort("timestamp").select(pl.col(names).name.prefix(f"{sym}_")).collect())
+            close = bars.select("timestamp", pl.col("close").alias(f"_{sym}_close")).collect()
+            heights.append(close.height)
+            closes = close if closes is None else closes.join(close, on="timestamp", how="inner")
+        assert closes is not None
+        if any(h != closes.height for h in heights):  # the parts are placed side by side by row
+            raise ValueError("the panel is not aligned: every symbol must have the same timestamps")
+        wide = closes.lazy().sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
+        if freq.intraday:
+            wide = clock_features(wide, closes["timestamp"], freq, calendar, tz)
+        park(wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect())
+        stamps = pl.scan_parquet(parts[-1]).select("timestamp")
+        scans = [pl.scan_parquet(p) for p in parts[:-1]] + [pl.scan_parquet(parts[-1]).drop("timestamp")]
+        order = [stamps] + scans[:-1] + [scans[-1]]
+
+        def slices() -> Iterator[pl.DataFrame]:
+            for at in range(0, closes.height, SLICE_ROWS):
+                yield pl.concat([s.slice(at, SLICE_ROWS).collect() for s in order], how="horizontal")
+
+        return files.write_parquet_slices(slices(), out)
+
+
 def feature_columns(features: pl.DataFrame | pl.LazyFrame | list[str]) -> list[str]:
     """The feature columns of a feature table (or of its column names): all but ``timestamp``."""
     names = features if isinstance(features, list) else features.collect_schema().names()
     return [c for c in names if c != "timestamp"]
 
 
-def first_complete_row(features: pl.DataFrame) -> int:
-    """Index of the first row where every feature is defined (the end of the warm-up)."""
-    complete = features.select(pl.all_horizontal(pl.col(feature_columns(features)).is_not_null()).alias("ok"))["ok"]
-    idx = complete.arg_true()
+def first_complete_row(features: pl.DataFrame | pl.LazyFrame, block: int = 8) -> int:
+    """Index of the first row where every feature is defined (the end of the warm-up).
+
+    The table may be scanned lazily: it is read ``block`` columns at a time."""
+    features = features.lazy()
+    names = feature_columns(features)
+    complete: pl.Series | None = None
+    for i in range(0, len(names), block):
+        ok = features.select(pl.all_horizontal(pl.col(names[i: i + block]).is_not_null()).alias("ok")).collect()["ok"]
+        complete = ok if complete is None else complete & ok
+    idx = complete.arg_true() if complete is not None else pl.Series([], dtype=pl.UInt32)
     if idx.len() == 0:
         raise ValueError("no row has every feature defined: the data is shorter than the longest feature window")
     return int(idx[0])
@@ -279,3 +352,9 @@ def first_complete_row(features: pl.DataFrame) -> int:
 def feature_table(cfg: Config, bars: pl.DataFrame, freq: BarFrequency) -> pl.DataFrame:
     """The feature table of the aligned panel (the features stage)."""
     return build_features(bars, cfg.universe, cfg.features, freq, cfg.data.calendar, cfg.data.timezone)
+
+
+@reads("features", "universe", "data")
+def write_feature_table(cfg: Config, bars: pl.DataFrame | pl.LazyFrame, freq: BarFrequency, out: str | Path) -> Path:
+    """The features stage: the feature table of the aligned panel, streamed to ``out`` (Parquet)."""
+    return write_features(bars, cfg.universe, cfg.features, freq, cfg.data.calendar, cfg.data.timezone, out)

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import polars as pl
@@ -137,6 +137,27 @@ def write_parquet(frame: pl.DataFrame, path: str | Path) -> Path:
     """Write a polars frame atomically."""
     with _atomic_target(path) as tmp:
         frame.write_parquet(tmp)
+    return Path(path)
+
+
+def write_parquet_slices(slices: Iterable[pl.DataFrame], path: str | Path) -> Path:
+    """Write consecutive row slices of one table atomically, one row group each, holding one slice
+    at a time (tables larger than memory). At least one slice; every slice has the first's schema."""
+    import pyarrow.parquet as pq
+
+    with _atomic_target(path) as tmp:
+        writer = None
+        try:
+            for frame in slices:
+                table = frame.to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{path}: no rows to write")
     return Path(path)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -165,43 +165,61 @@ class FoldSpan(BaseModel):
 
 
 @reads("folds", "env")
-def fold_spans(cfg: Config, feats: pl.DataFrame) -> list[FoldSpan]:
+def fold_spans(cfg: Config, feats: pl.DataFrame | pl.LazyFrame) -> list[FoldSpan]:
     """Purged walk-forward folds over the usable rows (every feature defined); the layout ends on
-    the last multiple of ``folds.step_bars`` usable bars, so it moves only once every step."""
+    the last multiple of ``folds.step_bars`` usable bars, so it moves only once every step. The
+    feature table may be scanned lazily (its timestamps and a block of columns at a time are read)."""
     offset = first_complete_row(feats)
-    iso = [t.isoformat() for t in feats["timestamp"][offset:].to_list()]
-    n_used = len(iso) - len(iso) % cfg.folds.step_bars
-    return [FoldSpan(fold=f.fold, train_start=iso[f.train_start], train_end=iso[f.train_end - 1],
-                     test_start=iso[f.test_start], test_end=iso[f.test_end - 1], purge_bars=f.purge_bars,
+    stamps = feats.lazy().select("timestamp").collect()["timestamp"][offset:]
+    n_used = stamps.len() - stamps.len() % cfg.folds.step_bars
+
+    def iso(i: int) -> str:
+        return stamps[i].isoformat()
+
+    return [FoldSpan(fold=f.fold, train_start=iso(f.train_start), train_end=iso(f.train_end - 1),
+                     test_start=iso(f.test_start), test_end=iso(f.test_end - 1), purge_bars=f.purge_bars,
                      embargo_bars=f.embargo_bars, train_bars=f.train_bars, test_bars=f.test_bars,
                      train_rows=(offset + f.train_start, offset + f.train_end),
                      test_rows=(offset + f.test_start, offset + f.test_end))
             for f in from_config(cfg.folds, cfg.purge_bars).folds(n_used)]
 
 
-def with_fingerprints(spans: list[FoldSpan], bars: pl.DataFrame, feats: pl.DataFrame) -> list[FoldSpan]:
+def with_fingerprints(spans: list[FoldSpan], bars: pl.DataFrame | pl.LazyFrame,
+                      feats: pl.DataFrame | pl.LazyFrame) -> list[FoldSpan]:
     """The spans with both fingerprints set (see :func:`fold_fingerprint`)."""
     return [span.model_copy(update={"panel_fingerprint": fold_fingerprint(bars, None, span),
                                     "fingerprint": fold_fingerprint(bars, feats, span)}) for span in spans]
 
 
-def fold_fingerprint(bars: pl.DataFrame, feats: pl.DataFrame | None, span: FoldSpan) -> str:
+STRING_CHUNK = 1_000_000  # strings hashed at a time: a 2M-bar panel's symbols as one Python list would hold 300 MB
+
+
+def fold_fingerprint(bars: pl.DataFrame | pl.LazyFrame, feats: pl.DataFrame | pl.LazyFrame | None, span: FoldSpan) -> str:
     """SHA-256 (16 hex) of everything a fold's work reads: the panel rows (and, unless ``feats`` is
     None, the feature rows) up to the end of its test window, and the window itself. Features are
-    causal, so bars appended later leave it unchanged and the fold's work stays cached."""
+    causal, so bars appended later leave it unchanged and the fold's work stays cached.
+
+    The tables may be scanned lazily: one column is read at a time."""
+    bars = bars.lazy()
     end = span.test_rows[1]
-    last = bars["timestamp"].unique().sort()[end - 1]
+    last = bars.select(pl.col("timestamp").unique().sort()).collect()["timestamp"][end - 1]
     digest = hashlib.sha256(json.dumps(span.window(), sort_keys=True).encode())
-    frames = [bars.filter(pl.col("timestamp") <= last).sort("symbol", "timestamp")]
+    # the panel's rows up to the fold's last bar, by symbol then time: their row numbers, once
+    order = (bars.with_row_index("_row").filter(pl.col("timestamp") <= last).sort("symbol", "timestamp")
+             .select("_row").collect()["_row"])
+    columns: list[tuple[str, Callable[[], pl.Series]]] = [
+        (name, lambda name=name: bars.select(name).collect()[name].gather(order)) for name in bars.collect_schema().names()]
     if feats is not None:
-        frames.append(feats.slice(0, end))
-    for frame in frames:
-        for name in frame.columns:
-            col = frame[name]
-            digest.update(name.encode())
-            if col.dtype == pl.String:
-                digest.update("\x00".join(col.to_list()).encode())
-            else:
-                values = col.dt.epoch("us") if col.dtype.is_temporal() else col
-                digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())
+        feats = feats.lazy()
+        columns += [(name, lambda name=name: feats.select(name).slice(0, end).collect()[name])
+                    for name in feats.collect_schema().names()]
+    for name, read in columns:
+        col = read()
+        digest.update(name.encode())
+        if col.dtype == pl.String:
+            for i in range(0, col.len(), STRING_CHUNK):  # the same bytes as one "\x00".join of the column
+                digest.update((("\x00" if i else "") + "\x00".join(col.slice(i, STRING_CHUNK).to_list())).encode())
+        else:
+            values = col.dt.epoch("us") if col.dtype.is_temporal() else col
+            digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())
     return digest.hexdigest()[:16]

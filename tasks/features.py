@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import polars as pl
 from prefect import task
 
 from sentio_core import files
 from sentio_core.config import Config
-from sentio_core.features import feature_columns, feature_table, first_complete_row
+from sentio_core.features import feature_columns, first_complete_row, write_feature_table
 from tasks.common import RESULTS, StageKey, StageOutput
 
 if TYPE_CHECKING:
     from tasks.panel import PanelOutput
 
-KEY = StageKey("features", __name__, feature_table)
+KEY = StageKey("features", __name__, write_feature_table)
 
 
 class FeaturesOutput(StageOutput):
@@ -30,9 +31,9 @@ class FeaturesOutput(StageOutput):
 @task(name="features", cache_key_fn=KEY.cache_key_fn, **RESULTS)
 def features(cfg: Config, panel: PanelOutput) -> FeaturesOutput:
     """Write one row per timestamp with one column per feature."""
-    table = feature_table(cfg, files.read_parquet(panel.require()), panel.frequency)
-    out = KEY.output(cfg, "parquet", panel)
-    files.write_parquet(table, out)
+    out = write_feature_table(cfg, files.scan_parquet(panel.require()), panel.frequency, KEY.output(cfg, "parquet", panel))
+    table = files.scan_parquet(out)  # summarised lazily: the table may not fit in memory
+    columns = feature_columns(table)
     return FeaturesOutput(stage="features", path=str(out), sha256=files.file_sha256(out),
-                          columns=tuple(feature_columns(table)), n_features=table.width - 1,
-                          rows=table.height, warmup_rows=first_complete_row(table))
+                          columns=tuple(columns), n_features=len(columns),
+                          rows=table.select(pl.len()).collect().item(), warmup_rows=first_complete_row(table))

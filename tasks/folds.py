@@ -25,7 +25,7 @@ class FoldsOutput(StageOutput):
 @task(name="folds", cache_key_fn=KEY.cache_key_fn, **RESULTS)
 def folds(cfg: Config, panel: PanelOutput, features: FeaturesOutput) -> FoldsOutput:
     """Write the fold list (rows, ISO timestamps and each fold's data fingerprints)."""
-    bars, feats = files.read_parquet(panel.require()), files.read_parquet(features.require())
+    bars, feats = files.scan_parquet(panel.require()), files.scan_parquet(features.require())
     spans = with_fingerprints(fold_spans(cfg, feats), bars, feats)
     out = KEY.output(cfg, "json", panel, features)
     files.write_json([s.model_dump(mode="json") for s in spans], out)
