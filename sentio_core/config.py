@@ -182,6 +182,8 @@ class ValidationConfig(_Section):
     max_zero_volume_bars: int = Field(5, ge=0, le=MAX_WINDOW_BARS, description="Consecutive bars with zero volume allowed (a stalled feed).")
     max_constant_price_bars: int = Field(5, ge=0, le=MAX_WINDOW_BARS, description="Consecutive bars allowed with open = high = low = close "
                                                                                 "equal to the previous close (a stale price).")
+    batch_rows: int = Field(250_000, ge=1_000, le=MAX_SPAN_BARS, description="Rows checked by great-expectations at a time "
+                                                                            "(bounds its memory on large files; the report is the same).")
 
 
 class FeatureConfig(_Section):

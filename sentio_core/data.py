@@ -141,34 +141,45 @@ class AlignmentReport:
 
 
 def align(bars: list[pl.DataFrame]) -> tuple[pl.DataFrame, AlignmentReport]:
-    """Inner-join symbols on timestamps; report every dropped row per symbol."""
-    common = bars[0].select("timestamp")
+    """Keep the timestamps every symbol has; report every dropped row per symbol.
+
+    Membership tests on the timestamps (no joins), and the symbols' frames, each in time order,
+    placed one after the other: the panel costs little more memory than its rows."""
+    common = bars[0]["timestamp"]
     for frame in bars[1:]:
-        common = common.join(frame.select("timestamp"), on="timestamp", how="inner")
-    common = common.sort("timestamp")
+        common = common.filter(common.is_in(frame["timestamp"].implode()))
+    common = common.unique().sort()
     report = AlignmentReport(
-        common_rows=common.height,
-        start=str(common["timestamp"].min()) if common.height else None,
-        end=str(common["timestamp"].max()) if common.height else None,
+        common_rows=common.len(),
+        start=str(common.min()) if common.len() else None,
+        end=str(common.max()) if common.len() else None,
     )
     kept: list[pl.DataFrame] = []
     for frame in bars:
         sym = frame["symbol"][0]
-        dropped = frame.join(common, on="timestamp", how="anti")["timestamp"]
+        present = frame["timestamp"].is_in(common.implode())
+        dropped = frame["timestamp"].filter(~present)
         report.per_symbol[sym] = {
             "rows": frame.height,
             "dropped": dropped.len(),
             "first_dropped": str(dropped.min()) if dropped.len() else None,
             "last_dropped": str(dropped.max()) if dropped.len() else None,
         }
-        kept.append(frame.join(common, on="timestamp", how="semi"))
+        kept.append(frame.filter(present))
+    symbols = [frame["symbol"][0] for frame in kept]
+    if len(set(symbols)) == len(symbols):  # each frame is one symbol in time order: place them by symbol
+        return pl.concat([kept[i] for i in sorted(range(len(kept)), key=symbols.__getitem__)]), report
     return pl.concat(kept).sort("symbol", "timestamp"), report
+
+
+def read_bars(sources: list[SourceFile], tz: str, symbols: list[str] | None = None) -> list[pl.DataFrame]:
+    """Typed bars of every source, one file at a time (each file's raw rows are dropped once typed)."""
+    return [to_bars(raw) for src in sources for raw in read_raw([src], tz, symbols)]
 
 
 def load_panel(path: str | Path, symbols: list[str], tz: str) -> tuple[pl.DataFrame, AlignmentReport]:
     """Discover, read, type and align the bars of ``symbols`` under ``path``."""
-    raws = read_raw(discover(path, symbols), tz, symbols)
-    return align([to_bars(r) for r in raws])
+    return align(read_bars(discover(path, symbols), tz, symbols))
 
 
 class SourceRecord(BaseModel):
@@ -213,8 +224,7 @@ def build_manifest(cfg: Config) -> Manifest:
 def build_panel(cfg: Config, manifest: Manifest) -> tuple[pl.DataFrame, AlignmentReport, BarFrequency]:
     """Typed bars of every symbol aligned on common timestamps (synthetic legs added when
     configured), the alignment report and the bar spacing of the underlying."""
-    raws = read_raw(manifest.sources(), cfg.data.timezone, manifest.symbols)
-    frame, report = align([to_bars(r) for r in raws])
+    frame, report = align(read_bars(manifest.sources(), cfg.data.timezone, manifest.symbols))
     frame = add_synthetic_legs(frame, cfg.universe)
     freq = bar_frequency(frame.filter(pl.col("symbol") == cfg.universe.underlying)["timestamp"])
     return frame, report, freq

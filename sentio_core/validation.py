@@ -30,6 +30,8 @@ from sentio_core.data import PRICE_COLUMNS, REQUIRED_COLUMNS, VALUE_COLUMNS, Man
 from sentio_core.files import DataError, SourceFile, discover, read_table
 
 GAP_SESSIONS = "_missing_sessions"
+REPEATED = "_repeated_timestamp"
+NOT_INCREASING = "_not_increasing"
 GAP_BARS = "_missing_bars"
 OHLC = list(PRICE_COLUMNS)
 LONE_JUMP = "no lone jump across symbols"
@@ -310,11 +312,21 @@ def _offset_columns(written: pd.Series, stamps: pd.Series) -> pd.DataFrame:
                          "_expected_offset": expected}, index=stamps.index)
 
 
+def _order_columns(stamps: pd.Series) -> pd.DataFrame:
+    """Per row: 1 where its timestamp occurs more than once in the file; 1 where it is not later
+    than the previous row's. Computed over the whole file, so checking them batch by batch finds
+    what a whole-file uniqueness or order check would."""
+    previous = stamps.shift(1)
+    return pd.DataFrame({REPEATED: stamps.duplicated(keep=False).astype(int),
+                         NOT_INCREASING: (previous.notna() & ~(stamps > previous)).astype(int)}, index=stamps.index)
+
+
 def _computed_columns(frame: pd.DataFrame, cfg: ValidationConfig, calendar: str, tz: str, label: str,
                       written: pd.Series | None) -> pd.DataFrame:
-    """Every computed column the :data:`LIMIT_RULES` check, for one file's rows."""
+    """Every computed column the :data:`LIMIT_RULES` and the timestamp rules check, for one file's rows."""
     parts = [_value_columns(frame), _jump_columns(frame, cfg, tz), _run_columns(frame)]
     if "timestamp" in frame.columns:
+        parts.append(_order_columns(frame["timestamp"]))
         parts.append(_gap_columns(frame["timestamp"], calendar, tz, label))
         if written is not None and len(written) == len(frame):
             parts.append(_offset_columns(written, frame["timestamp"]))
@@ -367,13 +379,12 @@ def _expectations(frame: pd.DataFrame, cfg: ValidationConfig, skip: list[str]) -
         if {a, b} <= cols:
             exps.append((rule, gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True),
                          ["open", "high", "low", "close"]))
-    if "timestamp" in cols:
-        exps.append(("timestamps unique", gxe.ExpectColumnValuesToBeUnique(column="timestamp"), []))
-        exps.append(("timestamps strictly increasing", gxe.ExpectColumnValuesToBeIncreasing(column="timestamp", strictly=True), []))
+    if "timestamp" in cols:  # over columns computed on the whole file (the check runs batch by batch)
+        exps.append(("timestamps unique", gxe.ExpectColumnValuesToBeBetween(column=REPEATED, max_value=0), []))
+        exps.append(("timestamps strictly increasing", gxe.ExpectColumnValuesToBeBetween(column=NOT_INCREASING, max_value=0), []))
     for lim in LIMIT_RULES:
         if lim.column in frame.columns:
             exps.append((lim.rule, gxe.ExpectColumnValuesToBeBetween(column=lim.column, max_value=lim.limit(cfg)), list(lim.shown)))
-    exps.append(("minimum length", gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows), []))
     return exps
 
 
@@ -393,7 +404,9 @@ def _numeric_failures(frame: pd.DataFrame, cfg: ValidationConfig) -> tuple[list[
     return failures, bad_cols
 
 
-def _gx_batch(frame: pd.DataFrame):
+def _gx_suite(exps: list[tuple[str, Any, list[str]]]):
+    """An ephemeral great-expectations context, the suite of ``exps`` and a whole-dataframe batch
+    definition to validate frames with (progress bars and info logs off)."""
     import logging
 
     import great_expectations as gx
@@ -403,58 +416,69 @@ def _gx_batch(frame: pd.DataFrame):
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = ctx.data_sources.add_pandas("bars").add_dataframe_asset("frame")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
-    return ctx, batch
+    definition = ctx.data_sources.add_pandas("bars").add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
+    suite = ctx.suites.add(gx.ExpectationSuite(name="bars", expectations=[e for _, e, _ in exps]))
+    return suite, definition
+
+
+def _checked_columns(exps: list[tuple[str, Any, list[str]]], frame: pd.DataFrame) -> list[str]:
+    """The frame's columns that the expectations read (what each batch needs)."""
+    named = {getattr(e, key, None) for _, e, _ in exps for key in ("column", "column_A", "column_B")}
+    return [c for c in frame.columns if c in named]
 
 
 def validate_frame(raw: RawFrame, cfg: ValidationConfig, calendar: str, tz: str,
                    written: pd.Series | None = None) -> FileReport:
     """Run every rule over one symbol's raw rows.
 
+    The computed columns (jumps, runs, gaps, offsets, repeated or out-of-order timestamps) are
+    computed over the whole file; great-expectations then checks ``cfg.batch_rows`` rows at a time,
+    holding only the columns it reads, and the offending rows of every batch are merged per rule.
+
     :param written: the timestamp column as written in the file (text), row for row; the offset
         rules need it, as parsing converts every offset away. None skips them.
     """
-    import great_expectations as gx
-
     frame = raw.frame.reset_index(drop=True).copy()
     report = FileReport(raw.label, len(frame))
     numeric_fails, bad_cols = _numeric_failures(frame, cfg)
     report.failures += numeric_fails
     frame = frame.join(_computed_columns(frame, cfg, calendar, tz, raw.label, written))
-    ctx, batch = _gx_batch(frame)
     exps = _expectations(frame, cfg, bad_cols)
-    suite = ctx.suites.add(gx.ExpectationSuite(name="bars", expectations=[e for _, e, _ in exps]))
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
-    by_id = {r.expectation_config.id: r for r in result.results}
+    suite, definition = _gx_suite(exps)
+    checked = _checked_columns(exps, frame)
     limits = {lim.rule: lim for lim in LIMIT_RULES}
-    seen: dict[str, Failure] = {}
-    offending: dict[str, set[int]] = {}
-    for rule, exp, cols in exps:
-        res = by_id[exp.id]
-        if res.success:
+    offending: dict[str, set[int]] = {}  # rule -> the file's offending row numbers, over every batch
+    failed: dict[str, list[str]] = {}  # rule -> the columns of its first failing expectation
+    for start in range(0, max(len(frame), 1), cfg.batch_rows):
+        batch = definition.get_batch(batch_parameters={"dataframe": frame.iloc[start: start + cfg.batch_rows][checked]})
+        by_id = {r.expectation_config.id: r for r in batch.validate(suite, result_format={"result_format": "COMPLETE"}).results}
+        for rule, exp, cols in exps:
+            res = by_id[exp.id]
+            if res.success:
+                continue
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                raise RuntimeError(f"{raw.label}: great-expectations could not evaluate '{rule}': {res.exception_info}")
+            # one rule may run as several expectations; index labels are the file's row numbers
+            offending.setdefault(rule, set()).update(int(i) for i in res.result.get("unexpected_index_list") or [])
+            failed.setdefault(rule, cols)
+    if "timestamp" in frame.columns and any(rule.startswith("timestamps") or "_prev_timestamp" in cols
+                                            for rule, cols in failed.items()):
+        frame["_prev_timestamp"] = frame["timestamp"].shift(1).map(_stamp)
+    for rule in dict.fromkeys(rule for rule, _, _ in exps):  # failures in the order of the rules
+        if rule not in failed:
             continue
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            raise RuntimeError(f"{raw.label}: great-expectations could not evaluate '{rule}': {res.exception_info}")
-        idx = res.result.get("unexpected_index_list") or []
+        cols = failed[rule]
         detail = ""
-        if rule == "minimum length":
-            detail = f"{res.result.get('observed_value')} rows, at least {cfg.min_rows} required (validation.min_rows)"
-        elif rule == "required column present":
+        if rule == "required column present":
             detail = f"column '{cols[0]}' is missing (columns: {', '.join(map(str, raw.frame.columns))})"
         elif rule in limits:
             detail = limits[rule].describe(cfg, tz)
         shown = cols + (["_prev_timestamp"] if rule.startswith("timestamps") else [])
-        if "_prev_timestamp" in shown and "timestamp" in frame.columns:
-            frame["_prev_timestamp"] = frame["timestamp"].shift(1).map(_stamp)
-        fail = seen.get(rule)
-        if fail is None:
-            fail = seen[rule] = Failure(rule, 0, [], detail)
-            offending[rule] = set()
-            report.failures.append(fail)
-        offending[rule] |= {int(i) for i in idx}  # one rule may run as several expectations
-        fail.count = len(offending[rule])
-        fail.rows = [_row(frame, i, shown) for i in sorted(offending[rule])[: cfg.report_rows]]
+        rows = [_row(frame, i, shown) for i in sorted(offending[rule])[: cfg.report_rows]]
+        report.failures.append(Failure(rule, len(offending[rule]), rows, detail))
+    if len(frame) < cfg.min_rows:
+        report.failures.append(Failure("minimum length", 0, [], f"{len(frame)} rows, at least {cfg.min_rows} required "
+                                                                 f"(validation.min_rows)"))
     return report
 
 
@@ -480,15 +504,18 @@ def _jump_table(raw: RawFrame, cfg: ValidationConfig, tz: str) -> pd.DataFrame |
     return table.drop_duplicates("timestamp", keep=False).set_index("timestamp")
 
 
-def lone_jumps(files: list[tuple[RawFrame, FileReport]], cfg: ValidationConfig, tz: str) -> None:
+def lone_jumps(files: list[tuple[str, str, FileReport, pd.DataFrame | None]], cfg: ValidationConfig) -> None:
     """The cross-symbol rule, over files validated together, aligned on their common timestamps.
 
     A bar fails when its jump, in its own trailing robust sigmas (see :func:`_jump_columns`), exceeds
     the largest jump at the same timestamp among the other symbols whose 1-bar returns rank-correlate
     with it (|Spearman| >= 0.5) by more than ``max_lone_jump_sigmas``: one symbol moved and its pair
     and underlying did not (an unadjusted split, a bad tick). The failure goes to that file's report.
+
+    :param files: (label, symbol, report, :func:`_jump_table`) of each file, the table kept instead
+        of the file's rows.
     """
-    tables = {raw.label: (raw.symbol, rep, t) for raw, rep in files if (t := _jump_table(raw, cfg, tz)) is not None}
+    tables = {label: (symbol, rep, t) for label, symbol, rep, t in files if t is not None}
     if len(tables) < 2:
         return
     sigmas = pd.concat({k: t["_jump_sigmas"] for k, (_, _, t) in tables.items()}, axis=1, join="inner").sort_index()
@@ -520,7 +547,7 @@ def validate_sources(sources: list[SourceFile], cfg: ValidationConfig, calendar:
     """Validate each file (each symbol of a multi-symbol file), then the files against each other
     (:func:`lone_jumps`); unreadable files are failures too."""
     report = ValidationReport()
-    checked: list[tuple[RawFrame, FileReport]] = []
+    checked: list[tuple[str, str, FileReport, pd.DataFrame | None]] = []
     for src in sources:
         try:
             raws = read_raw([src], tz, symbols if src.symbol is None else None)
@@ -528,13 +555,17 @@ def validate_sources(sources: list[SourceFile], cfg: ValidationConfig, calendar:
         except DataError as err:
             report.files.append(FileReport(err.file, 0, [Failure(err.rule, 0, [], err.detail)]))
             continue
-        for raw in raws:
+        while raws:  # one file's rows at a time: each is dropped once checked, its jump table kept
+            raw = raws.pop(0)
             try:
-                checked.append((raw, validate_frame(raw, cfg, calendar, tz, written.get(raw.label))))
-                report.files.append(checked[-1][1])
+                file_report = validate_frame(raw, cfg, calendar, tz, written.pop(raw.label, None))
             except DataError as err:
                 report.files.append(FileReport(err.file, len(raw.frame), [Failure(err.rule, 0, [], err.detail)]))
-    lone_jumps(checked, cfg, tz)
+                continue
+            report.files.append(file_report)
+            checked.append((raw.label, raw.symbol, file_report, _jump_table(raw, cfg, tz)))
+            del raw
+    lone_jumps(checked, cfg)
     return report
 
 
