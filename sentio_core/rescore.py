@@ -3,6 +3,8 @@ trained on, scored with its own config, features, normalisation and regime model
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,27 +63,36 @@ class RescoreResult:
         return out
 
 
-def row_of(feats: pl.DataFrame, iso: str) -> int:
-    """Feature-table row of an ISO timestamp as the folds stage writes them."""
-    iso_all = [t.isoformat() for t in feats["timestamp"].to_list()]
-    if iso not in iso_all:
+def row_of(stamps: pl.Series, iso: str) -> int:
+    """Row of an ISO timestamp (as the folds stage writes them) among the feature table's timestamps."""
+    try:
+        wanted = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        wanted = None
+    hits: list | pl.Series = []
+    if wanted is not None and wanted.tzinfo is not None and isinstance(stamps.dtype, pl.Datetime):
+        instant = pl.lit(wanted).dt.convert_time_zone(stamps.dtype.time_zone or "UTC")
+        hits = stamps.to_frame().with_row_index("_row").filter(pl.col("timestamp") == instant)["_row"]
+    if len(hits) == 0 or stamps[int(hits[0])].isoformat() != iso:
         raise ValueError(f"timestamp {iso} is not in the data (was history rewritten?)")
-    return iso_all.index(iso)
+    return int(hits[0])
 
 
 @reads(schema=MODEL_SECTIONS)  # no value of this run's config: the policy is scored with its own, validated by the schema
-def rescore(metadata: ExportMetadata, act: Policy, bars: pl.DataFrame, feats: pl.DataFrame,
+def rescore(metadata: ExportMetadata, act: Policy, bars: pl.DataFrame | pl.LazyFrame, feats: pl.DataFrame | pl.LazyFrame,
             freq: BarFrequency) -> RescoreResult:
     """Backtest an exported policy from the start of its test window to the newest bar.
 
     :param act: the policy's masked deterministic actions (``LoadedPolicy.act``).
+    :param bars: the panel, :param feats: the feature table, in memory or scanned lazily.
     """
     cfg = metadata.run_config()
     spec = metadata.policy
-    a, c = row_of(feats, spec.train_window[0]), row_of(feats, spec.test_window[0])
-    t_end = row_of(feats, spec.test_window[1])
+    stamps = feats.lazy().select("timestamp").collect()["timestamp"]
+    a, c = row_of(stamps, spec.train_window[0]), row_of(stamps, spec.test_window[0])
+    t_end = row_of(stamps, spec.test_window[1])
     model = RegimeModel.from_dict(metadata.regime_model)
-    frame = regime_frame(feats["timestamp"][a:], forward_filter(model, underlying_returns(cfg, bars)[a:]))
+    frame = regime_frame(stamps[a:], forward_filter(model, underlying_returns(cfg, bars)[a:]))
     norm = spec.observation.normalisation
     market = build_market(cfg, bars, feats, frame, (a, c), freq.periods_per_year,
                           fitted=(spec.observation.features, norm.mean, norm.std))

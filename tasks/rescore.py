@@ -70,8 +70,8 @@ def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: Feature
     try:
         policy = load_policy(pth)
         metadata = read_metadata(policy, pth)
-        result = rescore_policy(metadata, policy.act, files.read_parquet(panel.require()),
-                                files.read_parquet(features.require()), panel.frequency)
+        result = rescore_policy(metadata, policy.act, files.scan_parquet(panel.require()),
+                                files.scan_parquet(features.require()), panel.frequency)
     except (DataError, ValueError, KeyError, IndexError) as exc:  # the champion, not the run, is at fault
         reason = f"{type(exc).__name__}: {exc}"
         run_id = registry.log_run(cfg.registry, "champion-rescore", {},
