@@ -12,7 +12,7 @@ from sentio_core.config import Config
 from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
 from sentio_core.policies import reads_masks
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 from tasks.fold_inputs import fold_market_held
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def _policy(pth: str) -> tuple[Policy, bool]:
     return (lambda obs, m: loaded.act(obs, m if masked else None)), masked
 
 
+@releasing
 def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput,
               trained: list[TrainOutput], fold: int) -> BacktestOutput:
     """Write the fold's metrics, paths, trades and plot."""

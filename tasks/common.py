@@ -10,6 +10,7 @@ cache, and an edit re-runs exactly the stages whose code it touches.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -24,11 +25,27 @@ from pydantic import BaseModel, ConfigDict
 
 from sentio_core.codeversion import CodeVersion, code_version
 from sentio_core.config import Config, sections_of, stable_hash
+from sentio_core.memory import release
 
 RECORD_SERIALIZER = "sentio-record"
 STAGE_MODULES = ("tasks.ingest", "tasks.validate", "tasks.panel", "tasks.features", "tasks.folds", "tasks.regimes",
                  "tasks.train", "tasks.backtest", "tasks.rescore", "tasks.drift", "tasks.register")
 _LOG = logging.getLogger("sentio.cache")
+
+
+def releasing(body: Callable[..., Any]) -> Callable[..., Any]:
+    """A stage body that hands the memory it freed back to the operating system when it returns or
+    fails (:func:`sentio_core.memory.release`): the next stage, or the one running beside it in
+    another thread, then starts from what is really held, not from the allocators' leftovers."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*args, **kwargs)
+        finally:
+            release()
+
+    return run
 
 
 class StageOutput(BaseModel):

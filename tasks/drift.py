@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from sentio_core import files, registry
 from sentio_core.drift import drift_report
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.features import FeaturesOutput
@@ -28,6 +28,7 @@ class DriftOutput(StageOutput):
 
 
 @task(name="drift", cache_key_fn=KEY.cache_key_fn, **RESULTS, retries=2, retry_delay_seconds=5)
+@releasing
 def drift(cfg, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput) -> DriftOutput:
     """Write the drift table (JSON), publish it, and log its summary to MLflow (run ``drift-...``)."""
     span = folds.folds[-1]

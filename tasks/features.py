@@ -10,7 +10,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.features import feature_columns, first_complete_row, write_feature_table
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.panel import PanelOutput
@@ -29,6 +29,7 @@ class FeaturesOutput(StageOutput):
 
 
 @task(name="features", cache_key_fn=KEY.cache_key_fn, **RESULTS)
+@releasing
 def features(cfg: Config, panel: PanelOutput) -> FeaturesOutput:
     """Write one row per timestamp with one column per feature."""
     out = write_feature_table(cfg, files.scan_parquet(panel.require()), panel.frequency, KEY.output(cfg, "parquet", panel))

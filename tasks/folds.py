@@ -9,7 +9,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.folds import FoldSpan, fold_spans, with_fingerprints
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.features import FeaturesOutput
@@ -23,6 +23,7 @@ class FoldsOutput(StageOutput):
 
 
 @task(name="folds", cache_key_fn=KEY.cache_key_fn, **RESULTS)
+@releasing
 def folds(cfg: Config, panel: PanelOutput, features: FeaturesOutput) -> FoldsOutput:
     """Write the fold list (rows, ISO timestamps and each fold's data fingerprints)."""
     bars, feats = files.scan_parquet(panel.require()), files.scan_parquet(features.require())

@@ -10,7 +10,7 @@ from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.data import AlignmentReport, build_panel
 from sentio_core.frequency import BarFrequency
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.ingest import ManifestOutput
@@ -27,6 +27,7 @@ class PanelOutput(StageOutput):
 
 
 @task(name="panel", cache_key_fn=KEY.cache_key_fn, **RESULTS)
+@releasing
 def panel(cfg: Config, manifest: ManifestOutput, validated: ValidationOutput) -> PanelOutput:
     """Write the aligned long panel; the alignment report and bar spacing travel in the record."""
     bars, report, freq = build_panel(cfg, manifest.manifest)

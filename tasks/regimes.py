@@ -9,7 +9,7 @@ from prefect import task
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.regimes import RegimeModel, fold_regimes
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.folds import FoldsOutput
@@ -27,6 +27,7 @@ class RegimesOutput(StageOutput):
     test_shares: list[float]
 
 
+@releasing
 def _regimes(cfg: Config, panel: PanelOutput, folds: FoldsOutput, fold: int) -> RegimesOutput:
     """Fit the fold's regime model and write its filtered probabilities."""
     result = fold_regimes(cfg, files.scan_parquet(panel.require()), folds.folds[fold])

@@ -21,7 +21,7 @@ from sentio_core.export import export_paths, load_policy, publish
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
 from sentio_core.registration import plan_registration
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.backtest import BacktestOutput
@@ -54,6 +54,7 @@ def _key(context, parameters) -> str:
 
 
 @task(name="register", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
+@releasing
 def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained: list[TrainOutput],
              backtests: list[BacktestOutput], tracking_uri: str) -> RegisterOutput:
     """Gate, log, register and (champion only) export; returns the decision and the MLflow ids.

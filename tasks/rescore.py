@@ -12,7 +12,7 @@ from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
 from sentio_core.rescore import champion_path
 from sentio_core.rescore import rescore as rescore_policy
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,6 +56,7 @@ def _unscored(out: Path, status: str, line: str, run_id: str | None = None) -> R
 
 
 @task(name="rescore-champion", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
+@releasing
 def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: FeaturesOutput) -> RescoreOutput:
     """Score the exported champion, if any, from its test window to the newest bar; log to MLflow.
 

@@ -14,7 +14,7 @@ from sentio_core.export import policy_header, save_policy
 from sentio_core.market import policy_spec
 from sentio_core.metadata import TrainingSummary, build_metadata
 from sentio_core.train import Budget, fold_training, training_summary
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 from tasks.fold_inputs import fold_market_held
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class TrainOutput(StageOutput):
     training: TrainingSummary
 
 
+@releasing
 def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput,
            fold: int, algorithm: str) -> TrainOutput:
     """Train ``algorithm`` on the fold and write it as an export (no out-of-sample results yet)."""

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from sentio_core import files
 from sentio_core.config import Config
 from sentio_core.validation import DataValidationError, validate_manifest
-from tasks.common import RESULTS, StageKey, StageOutput
+from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.ingest import ManifestOutput
@@ -23,6 +23,7 @@ class ValidationOutput(StageOutput):
 
 
 @task(name="validate", cache_key_fn=KEY.cache_key_fn, **RESULTS)
+@releasing
 def validate(cfg: Config, manifest: ManifestOutput) -> ValidationOutput:
     """Run every rule over every source file; raise :class:`DataValidationError` with the report when any fails."""
     report = validate_manifest(cfg, manifest.manifest)
