@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from sentio_core.config import Config, reads
-from sentio_core.features import feature_columns
+from sentio_core.features import COLUMN_BLOCK, feature_columns
 from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
