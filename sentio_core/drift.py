@@ -32,8 +32,8 @@ import polars as pl
 from scipy import stats
 
 from sentio_core.config import Config, reads
-from sentio_core.features import feature_columns
-from sentio_core.market import COLUMN_BLOCK, Frame, select_features
+from sentio_core.features import COLUMN_BLOCK, feature_columns
+from sentio_core.market import Frame, select_features
 from sentio_core.regimes import RegimeModel, forward_filter, underlying_returns
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)

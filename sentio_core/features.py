@@ -263,6 +263,7 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
     return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
 
 
+COLUMN_BLOCK = 8  # columns of a scanned table read at a time: 2M bars x 8 floats, 128 MB
 EXPR_GROUP = 8  # per-symbol features computed at a time when streaming: 2M bars x 8 floats, 128 MB
 SLICE_ROWS = 262_144  # rows per written row group when streaming
 
@@ -296,7 +297,8 @@ def write_features(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
         closes: pl.DataFrame | None = None
         heights: list[int] = []
         for sym in universe.panel_symbols:
-            bars = panel.filter(pl.col("symbol") == sym).sort("timestamp")
+            # the symbol's bars read once (a few columns: 2M bars, about 100 MB), not once per group
+            bars = panel.filter(pl.col("symbol") == sym).sort("timestamp").collect().lazy()
             for group in groups:
                 # .over as in build_features: polars' rolling kernels differ in the last bits between
                 # grouped and plain evaluation, and the two paths must agree exactly
@@ -332,7 +334,7 @@ def feature_columns(features: pl.DataFrame | pl.LazyFrame | list[str]) -> list[s
     return [c for c in names if c != "timestamp"]
 
 
-def first_complete_row(features: pl.DataFrame | pl.LazyFrame, block: int = 8) -> int:
+def first_complete_row(features: pl.DataFrame | pl.LazyFrame, block: int = COLUMN_BLOCK) -> int:
     """Index of the first row where every feature is defined (the end of the warm-up).
 
     The table may be scanned lazily: it is read ``block`` columns at a time."""

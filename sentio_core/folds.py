@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sentio_core.config import Config, FoldConfig, reads
-from sentio_core.features import first_complete_row
+from sentio_core.features import COLUMN_BLOCK, first_complete_row
 
 
 class FoldError(ValueError):
@@ -199,7 +199,7 @@ def fold_fingerprint(bars: pl.DataFrame | pl.LazyFrame, feats: pl.DataFrame | pl
     None, the feature rows) up to the end of its test window, and the window itself. Features are
     causal, so bars appended later leave it unchanged and the fold's work stays cached.
 
-    The tables may be scanned lazily: one column is read at a time."""
+    The tables may be scanned lazily: :data:`~sentio_core.features.COLUMN_BLOCK` columns are read at a time."""
     bars = bars.lazy()
     end = span.test_rows[1]
     last = bars.select(pl.col("timestamp").unique().sort()).collect()["timestamp"][end - 1]
@@ -207,19 +207,27 @@ def fold_fingerprint(bars: pl.DataFrame | pl.LazyFrame, feats: pl.DataFrame | pl
     # the panel's rows up to the fold's last bar, by symbol then time: their row numbers, once
     order = (bars.with_row_index("_row").filter(pl.col("timestamp") <= last).sort("symbol", "timestamp")
              .select("_row").collect()["_row"])
-    columns: list[tuple[str, Callable[[], pl.Series]]] = [
-        (name, lambda name=name: bars.select(name).collect()[name].gather(order)) for name in bars.collect_schema().names()]
+    names = bars.collect_schema().names()
+    blocks: list[Callable[[], pl.DataFrame]] = [
+        lambda part=names[i: i + COLUMN_BLOCK]: bars.select(part).collect().select(pl.all().gather(order))
+        for i in range(0, len(names), COLUMN_BLOCK)]
     if feats is not None:
         feats = feats.lazy()
-        columns += [(name, lambda name=name: feats.select(name).slice(0, end).collect()[name])
-                    for name in feats.collect_schema().names()]
-    for name, read in columns:
-        col = read()
-        digest.update(name.encode())
-        if col.dtype == pl.String:
-            for i in range(0, col.len(), STRING_CHUNK):  # the same bytes as one "\x00".join of the column
-                digest.update((("\x00" if i else "") + "\x00".join(col.slice(i, STRING_CHUNK).to_list())).encode())
-        else:
-            values = col.dt.epoch("us") if col.dtype.is_temporal() else col
-            digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())
+        names = feats.collect_schema().names()
+        blocks += [lambda part=names[i: i + COLUMN_BLOCK]: feats.select(part).slice(0, end).collect()
+                   for i in range(0, len(names), COLUMN_BLOCK)]
+    for read in blocks:
+        for col in read().get_columns():
+            _digest_column(digest, col)
     return digest.hexdigest()[:16]
+
+
+def _digest_column(digest, col: pl.Series) -> None:
+    """Feed one column to the digest: its name, then its values (strings joined by NUL, in chunks)."""
+    digest.update(col.name.encode())
+    if col.dtype == pl.String:
+        for i in range(0, col.len(), STRING_CHUNK):  # the same bytes as one "\x00".join of the column
+            digest.update((("\x00" if i else "") + "\x00".join(col.slice(i, STRING_CHUNK).to_list())).encode())
+    else:
+        values = col.dt.epoch("us") if col.dtype.is_temporal() else col
+        digest.update(values.cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes())

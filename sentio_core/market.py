@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from sentio_core.config import Config, MaskConfig, reads
-from sentio_core.features import feature_columns
+from sentio_core.features import COLUMN_BLOCK, feature_columns
 from sentio_core.masks import level_risk
 from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
 

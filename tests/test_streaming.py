@@ -19,9 +19,9 @@ from sentio_core import files, folds
 from sentio_core.config import REPO_ROOT, ValidationConfig, load_config
 from sentio_core.data import align, build_manifest, build_panel
 from sentio_core.drift import DriftTable, feature_drift
-from sentio_core.features import build_features, first_complete_row, write_features
+from sentio_core.features import COLUMN_BLOCK, build_features, first_complete_row, write_features
 from sentio_core.folds import fold_fingerprint, fold_spans
-from sentio_core.market import COLUMN_BLOCK, build_market, normalise
+from sentio_core.market import build_market, normalise
 from sentio_core.validation import validate_paths
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
