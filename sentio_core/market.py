@@ -87,7 +87,6 @@ class Market:
 
 
 Frame = pl.DataFrame | pl.LazyFrame  # a table in memory, or a Parquet file scanned lazily (pl.scan_parquet)
-COLUMN_BLOCK = 8  # feature columns read and normalised at a time: (T, 8) float64, 128 MB at 2M rows
 
 
 class Stamps(Sequence[str]):
