@@ -18,9 +18,9 @@ import polars as pl
 
 from sentio_core.config import Config, reads
 from sentio_core.costs import trade_costs
-from sentio_core.env import Book, TradingEnv, mask_state, observation
+from sentio_core.env import Book, TradingEnv, drawdown_limit, mask_state, observation
 from sentio_core.market import Leg, Market
-from sentio_core.masks import action_mask, nearest_allowed
+from sentio_core.masks import advance_peak, counted_mask, nearest_allowed
 from sentio_core.metrics import drawdown, performance
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -57,10 +57,17 @@ class StrategyPath:
     levels: np.ndarray  # (T,) level held over each bar
     overrides: int = 0
     trades: list[dict] = field(default_factory=list)
+    forced_bars: int = 0  # decisions the masks left a single action
+    constrained: dict[str, int] = field(default_factory=dict)  # mask rule -> decisions it constrained
 
     def metrics(self, periods_per_year: float) -> dict[str, float]:
-        return performance(self.equity, periods_per_year=periods_per_year, exposure=self.exposure,
-                           turnover=self.turnover, costs=self.costs, overrides=self.overrides)
+        """:func:`performance` of the path, the bars forced to one action and, per mask rule, the
+        decisions it constrained (``mask_RULE``: it removed an action the rules above it allowed)."""
+        out = performance(self.equity, periods_per_year=periods_per_year, exposure=self.exposure,
+                          turnover=self.turnover, costs=self.costs, overrides=self.overrides)
+        out["forced_bars"] = float(self.forced_bars)
+        out.update({f"mask_{rule}": float(n) for rule, n in self.constrained.items()})
+        return out
 
 
 @dataclass
@@ -71,10 +78,12 @@ class _State:
     peak: np.ndarray  # (B,)
     level: np.ndarray  # (B,) int
     held: np.ndarray  # (B,) int
+    cooldown: np.ndarray  # (B,) int, bars of a stop-out's cool-down still to run
 
     def book(self, i: int) -> Book:
         return Book(cash=float(self.cash[i]), shares=self.shares[i], level=int(self.level[i]),
-                    peak=float(self.peak[i]), equity=float(self.equity[i]), bars_held=int(self.held[i]))
+                    peak=float(self.peak[i]), equity=float(self.equity[i]), bars_held=int(self.held[i]),
+                    cooldown=int(self.cooldown[i]))
 
 
 # A decider gets (t, state) and returns (target weights (B, L), trade? (B,), new level (B,), overrides (B,)).
@@ -91,7 +100,8 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
     flat = int(np.flatnonzero(~weights.any(axis=1))[0])
     eq0 = cfg.env.initial_equity_usd
     s = _State(np.full(n, eq0), np.zeros((n, len(legs))), np.full(n, eq0), np.full(n, eq0),
-               np.full(n, flat), np.zeros(n, dtype=int))
+               np.full(n, flat), np.zeros(n, dtype=int), np.zeros(n, dtype=int))
+    limit = drawdown_limit(cfg.masks)
     T = last - first
     equity = np.empty((n, T + 1))
     equity[:, 0] = eq0
@@ -125,32 +135,46 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
         s.held = np.where(new_level == s.level, s.held + 1, 1)
         s.level = new_level
         s.equity = s.cash + (new * close_n).sum(axis=1)
-        s.peak = np.maximum(s.peak, s.equity)
+        s.peak, s.cooldown = advance_peak(s.peak, s.equity, s.cooldown, limit, cfg.masks.drawdown_cooldown_bars)
         equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, levels[new_level]
     ts = timestamps[first: last + 1]
     return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
 
 
-def policy_decider(market: Market, cfg: Config, policies: list[tuple[Policy, bool]]) -> Decider:
+class PolicyDecider:
     """Each portfolio follows one policy; ``masked`` policies are given the masks, the others are
-    overridden to the nearest allowed level when they pick a forbidden one."""
-    levels = market.levels
+    overridden to the nearest allowed level when they pick a forbidden one. It counts, per
+    portfolio, the decisions each mask rule constrained and those forced to a single action."""
 
-    def decide(t: int, s: _State):
-        n = len(policies)
+    def __init__(self, market: Market, cfg: Config, policies: list[tuple[Policy, bool]]):
+        self.market, self.cfg, self.policies = market, cfg, policies
+        self.constrained = np.zeros((len(policies), len(cfg.masks.rules)), dtype=int)
+        self.forced = np.zeros(len(policies), dtype=int)
+
+    def __call__(self, t: int, s: _State):
+        market, cfg, levels = self.market, self.cfg, self.market.levels
+        n = len(self.policies)
         books = [s.book(i) for i in range(n)]
         obs = np.stack([observation(market, t, cfg.env.lookback_bars, b) for b in books])
-        masks = np.stack([action_mask(levels, mask_state(market, t, b), cfg.masks) for b in books])
+        counted = [counted_mask(levels, mask_state(market, t, b, cfg.masks), cfg.masks) for b in books]
+        masks = np.stack([m for m, _ in counted])
+        for i, (_, removed) in enumerate(counted):
+            self.constrained[i, : len(removed)] += removed > 0
+        self.forced += masks.sum(axis=1) == 1
         actions = np.empty(n, dtype=int)
         over = np.zeros(n, dtype=int)
-        for i, (policy, masked) in enumerate(policies):
+        for i, (policy, masked) in enumerate(self.policies):
             a = int(policy(obs[i: i + 1], masks[i: i + 1])[0])
             if not masks[i, a]:
                 a, over[i] = nearest_allowed(levels, masks[i], a), 1
             actions[i] = a
         trade = actions != s.level
         return market.weights[actions], trade, actions, over
-    return decide
+
+
+def policy_decider(market: Market, cfg: Config, policies: list[tuple[Policy, bool]]) -> PolicyDecider:
+    """A :class:`PolicyDecider` for ``policies``."""
+    return PolicyDecider(market, cfg, policies)
 
 
 def hold_decider(weights: np.ndarray, level: int) -> Decider:
@@ -170,9 +194,12 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
     names = list(policies)
     out = {}
     if names:
-        paths = simulate(market.legs, market.weights, market.levels, cfg, first, last, len(names),
-                         policy_decider(market, cfg, [policies[k] for k in names]), market.timestamps)
-        out.update({k: p for k, p in zip(names, paths)})
+        decider = policy_decider(market, cfg, [policies[k] for k in names])
+        paths = simulate(market.legs, market.weights, market.levels, cfg, first, last, len(names), decider, market.timestamps)
+        for i, (k, p) in enumerate(zip(names, paths)):
+            p.forced_bars = int(decider.forced[i])
+            p.constrained = dict(zip(cfg.masks.rules, decider.constrained[i].tolist()))
+            out[k] = p
     long_w = np.zeros((2, len(market.legs)))
     long_w[1, 0] = 1.0  # all equity in the long leg
     hold = np.array([0.0, 1.0])
@@ -183,6 +210,7 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
                                           market.timestamps)[0]
     for name, path in out.items():
         path.name = name
+        path.constrained = path.constrained or dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
     return out
 
 
@@ -202,8 +230,10 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
         levels.append(info["level"])
         done = term or trunc
     T = len(costs)
+    constrained = env.book.constrained if env.book.constrained is not None else np.zeros(len(cfg.masks.rules), dtype=int)
     return StrategyPath("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
-                np.array(costs), np.array(levels), env.book.overrides)
+                        np.array(costs), np.array(levels), env.book.overrides, forced_bars=env.book.forced_bars,
+                        constrained=dict(zip(cfg.masks.rules, constrained.tolist())))
 
 
 @reads("universe", "env", "masks", "costs")

@@ -311,8 +311,17 @@ class MaskConfig(_Section):
     )
     max_abs_exposure: float = Field(1.0, gt=0, description="Exposure cap, fraction of equity.")
     vol_target_ann: float = Field(1.2, gt=0, description="No level whose |exposure| x annualised volatility of its leg exceeds this.")
-    drawdown_limit: float = Field(0.35, gt=0, lt=1, description="At this drawdown only flat is allowed.")
-    drawdown_reduce_frac: float = Field(0.7, gt=0, le=1, description="From this fraction of the limit on, reduce-only.")
+    drawdown_limit: float = Field(0.35, gt=0, lt=1, description="Drawdown budget, fraction of the peak since the last re-base: no "
+                                                                "level whose plausible one-bar loss would carry the drawdown past it; "
+                                                                "reaching it stops the policy out (flat for the cool-down).")
+    drawdown_cooldown_bars: int = Field(20, ge=1, le=MAX_WINDOW_BARS, description="Bars held flat after a stop-out; then the peak "
+                                                                                "re-bases to the equity of that bar and the "
+                                                                                "budget is whole again (never a permanent lock).")
+    gap_move: Literal["sigma", "worst_bar"] = Field("sigma", description="A level's plausible one-bar adverse move: gap_sigmas x "
+                                                                         "its legs' trailing volatility, or their worst bar in "
+                                                                         "the fold's training window.")
+    gap_sigmas: float = Field(4.0, gt=0, le=100, description="Multiple of the leg's trailing per-bar volatility (env.vol_bars) "
+                                                             "taken as its plausible one-bar adverse move (gap_move 'sigma').")
     regime_high_vol_prob: float = Field(0.6, gt=0, le=1, description="Filtered probability of the highest-variance regime above which no new or larger long is opened.")
     session_close_minutes: float = Field(0.0, ge=0, le=390, description="Intraday: reduce-only this many minutes before the close "
                                                                        "(0 = off; a regular session lasts 390).")
@@ -360,8 +369,12 @@ class PromotionConfig(_Section):
 
     min_sharpe_margin_vs_ppo: float = Field(0.0, description="Mean Sharpe must exceed PPO's by more than this.")
     min_sharpe_margin_vs_flat: float = Field(0.0, description="Mean Sharpe must exceed flat's (0) by more than this.")
-    max_drawdown: float = Field(0.35, gt=0, le=1, description="Worst fold max drawdown allowed.")
-    require_zero_overrides: bool = True
+    max_drawdown: float = Field(1.0, gt=0, le=1, description="Worst fold max drawdown allowed, absolute (1 = no absolute "
+                                                           "cap; the masks already hold masks.drawdown_limit).")
+    max_drawdown_vs_underlying: float | None = Field(
+        1.0, gt=0, le=10, description="Worst fold max drawdown at most this multiple of buy-and-hold of the underlying's "
+                                      "worst fold (same folds): a leveraged policy may not lose deeper than holding the "
+                                      "index itself. null = off.")
 
 
 class RegistryConfig(_Section):

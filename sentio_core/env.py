@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from sentio_core.config import Config
+from sentio_core.config import Config, MaskConfig
 from sentio_core.costs import trade_costs
 from sentio_core.market import Market
-from sentio_core.masks import MaskState, action_mask, nearest_allowed
+from sentio_core.masks import MaskState, advance_peak, counted_mask, nearest_allowed
 
 N_STATE = 4  # exposure, drawdown, time in position, current level
 
@@ -41,6 +41,9 @@ class Book:
     equity: float
     bars_held: int = 0
     overrides: int = 0
+    cooldown: int = 0  # bars of a stop-out's cool-down still to run
+    forced_bars: int = 0  # decisions the masks left a single action
+    constrained: np.ndarray | None = None  # (R,) decisions each mask rule constrained (masks.rules order)
     trades: list = field(default_factory=list)
 
     @property
@@ -80,7 +83,7 @@ def observation(market: Market, t: int, lookback: int, book: Book) -> np.ndarray
     return np.concatenate([window.ravel(), state])
 
 
-def mask_state(market: Market, t: int, book: Book) -> MaskState:
+def mask_state(market: Market, t: int, book: Book, masks: MaskConfig) -> MaskState:
     """The state the mask rules read at the decision after the close of ``t``."""
     participation = np.zeros(len(market.levels))
     for a in range(len(market.levels)):
@@ -94,7 +97,13 @@ def mask_state(market: Market, t: int, book: Book) -> MaskState:
         current=book.level, drawdown=book.drawdown, bars_held=book.bars_held, leg_vol_ann=market.leg_vol_ann(t),
         high_vol_prob=float(market.high_vol_prob[t]), minutes_to_close=mtc,
         trade_participation=participation, stale=bool(market.stale[t]),
+        cooldown=book.cooldown, level_risk=market.level_risk(t, masks),
     )
+
+
+def drawdown_limit(masks: MaskConfig) -> float | None:
+    """The limit that stops a policy out, or None when the drawdown rule is off."""
+    return masks.drawdown_limit if "drawdown" in masks.rules else None
 
 
 class TradingEnv(gym.Env):
@@ -139,11 +148,16 @@ class TradingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """(A,) bool: the composed mask for the decision after the close of the current bar."""
-        return action_mask(self.market.levels, mask_state(self.market, self.t, self.book), self.cfg.masks)
+        return self._counted_masks()[0]
+
+    def _counted_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return counted_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)
 
     def step(self, action):
         action = int(action)
-        mask = self.action_masks()
+        mask, removed = self._counted_masks()
+        self.book.forced_bars += int(mask.sum() == 1)
+        self.book.constrained = (removed > 0).astype(int) + (0 if self.book.constrained is None else self.book.constrained)
         if not mask[action]:
             action = nearest_allowed(self.market.levels, mask, action)
             self.book.overrides += 1
@@ -175,7 +189,9 @@ class TradingEnv(gym.Env):
         b.bars_held = b.bars_held + 1 if action == b.level else 1
         b.level = action
         b.equity = b.cash + float(sum(n * leg.close[t + 1] for leg, n in zip(m.legs, new)))
-        b.peak = max(b.peak, b.equity)
+        peak, cooldown = advance_peak(b.peak, b.equity, b.cooldown, drawdown_limit(self.cfg.masks),
+                                      self.cfg.masks.drawdown_cooldown_bars)
+        b.peak, b.cooldown = float(peak), int(cooldown)
         return cost
 
     def _obs(self) -> np.ndarray:
@@ -183,4 +199,5 @@ class TradingEnv(gym.Env):
 
     def _info(self, costs: float) -> dict:
         return {"equity": self.book.equity, "costs": costs, "level": float(self.market.levels[self.book.level]),
-                "overrides": self.book.overrides, "drawdown": self.book.drawdown, "t": self.t}
+                "overrides": self.book.overrides, "drawdown": self.book.drawdown, "t": self.t,
+                "forced_bars": self.book.forced_bars, "cooldown": self.book.cooldown}

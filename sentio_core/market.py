@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from sentio_core.config import Config, reads
+from sentio_core.config import Config, MaskConfig, reads
 from sentio_core.features import COLUMN_BLOCK, feature_columns
+from sentio_core.masks import level_risk
 from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -34,6 +35,8 @@ class Leg:
     mean_dollar_volume: np.ndarray  # (T,) trailing mean up to and including the bar
     sigma: np.ndarray  # (T,) trailing per-bar std of log returns, up to and including the bar
     direction: int
+    worst_drop: float = 0.0  # largest one-bar fall, close to close, in the fold's training rows (fraction)
+    worst_rise: float = 0.0  # largest one-bar rise, likewise
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,18 @@ class Market:
     def n_rows(self) -> int:
         return len(self.timestamps)
 
+    def level_risk(self, t: int, masks: MaskConfig) -> np.ndarray:
+        """(A,) each level's plausible one-bar loss at the decision after the close of ``t``, fraction
+        of equity (``masks.gap_move``: ``gap_sigmas`` x each leg's trailing volatility, or its worst
+        bar of the training rows)."""
+        if masks.gap_move == "sigma":
+            move = masks.gap_sigmas * np.array([leg.sigma[t] for leg in self.legs])
+            drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
+        else:
+            drop = np.array([leg.worst_drop for leg in self.legs])
+            rise = np.array([leg.worst_rise for leg in self.legs])
+        return level_risk(self.weights, drop, rise)
+
     def leg_vol_ann(self, t: int) -> np.ndarray:
         """(A,) annualised volatility of the leg each level trades (weighted, 0 for flat)."""
         sig = np.array([leg.sigma[t] for leg in self.legs])
@@ -72,7 +87,6 @@ class Market:
 
 
 Frame = pl.DataFrame | pl.LazyFrame  # a table in memory, or a Parquet file scanned lazily (pl.scan_parquet)
-COLUMN_BLOCK = 8  # feature columns read and normalised at a time: (T, 8) float64, 128 MB at 2M rows
 
 
 class Stamps(Sequence[str]):
@@ -104,14 +118,20 @@ def _symbol(bars: Frame, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
     return bars.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
 
 
-def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int) -> Leg:
+def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
+         train_rows: tuple[int, int]) -> Leg:
     s = _symbol(bars, symbol, ("open", "close", "volume"))
     close = s["close"].to_numpy().astype(float)
     dv = close * s["volume"].to_numpy().astype(float)
     logret = np.concatenate([[np.nan], np.diff(np.log(close))])
     sigma = pl.Series(logret).rolling_std(vol_bars, min_samples=2).to_numpy()
     mean_dv = pl.Series(dv).rolling_mean(liquidity_bars, min_samples=1).to_numpy()
-    return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction)
+    a, b = train_rows
+    moves = close[a + 1: b] / close[a: b - 1] - 1.0  # one-bar moves inside the training rows
+    worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
+    worst_rise = float(max(0.0, moves.max())) if moves.size else 0.0
+    return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction,
+               worst_drop, worst_rise)
 
 
 def _stale(bars: Frame, symbols: list[str]) -> np.ndarray:
@@ -231,14 +251,14 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     if fitted is None:
         mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
-    legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars) for sym, d in leg_specs]
+    legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
     mtc = (feats.select("minutes_to_close").collect()["minutes_to_close"].to_numpy().astype(float)
            if "minutes_to_close" in columns else None)
     return Market(
         timestamps=Stamps(timestamps), features=z, feature_names=names,
         levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
         stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
-        underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars),
+        underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
         norm_mean=mean, norm_std=std,
     )
 

@@ -6,6 +6,12 @@ current level valid. :func:`compose` AND-s the rules in priority order and lets 
 when it would leave nothing valid, so at least one action is always valid and the higher-priority
 rule wins a conflict (a stale bar holds even at the drawdown limit; the drawdown limit beats the
 minimum holding period).
+
+The drawdown rule is a budget, not a switch: a level is allowed only when its plausible one-bar
+loss fits in what is left of the budget (:func:`drawdown_budget`), so a small budget leaves a
+small position. Reaching the limit stops the policy out for ``drawdown_cooldown_bars`` bars,
+after which the peak re-bases (:func:`advance_peak`): the budget holds from peak to trough
+within each stretch between re-bases, and a policy is never locked out for good.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ class MaskState:
     :param trade_participation: for each level, the largest fraction of a leg's recent mean dollar
         volume that moving to it would trade, shape (A,) (0 for the current level).
     :param stale: the bar is stale or missing (no volume, or no price change in any field).
+    :param cooldown: bars of a stop-out's cool-down still to run (0: none).
+    :param level_risk: for each level, its plausible one-bar loss as a fraction of equity, shape (A,)
+        (0 for flat; see :func:`level_risk`).
     """
 
     current: int
@@ -44,6 +53,8 @@ class MaskState:
     minutes_to_close: float | None
     trade_participation: np.ndarray
     stale: bool
+    cooldown: int = 0
+    level_risk: np.ndarray | None = None
 
 
 def _only(n: int, index: int) -> np.ndarray:
@@ -64,13 +75,53 @@ def stale_bar(levels: np.ndarray, current: int, stale: bool) -> np.ndarray:
     return _only(len(levels), current) if stale else np.ones(len(levels), dtype=bool)
 
 
-def drawdown_budget(levels: np.ndarray, current: int, drawdown: float, limit: float, reduce_frac: float) -> np.ndarray:
-    """Flat only at the drawdown limit; reduce-only from ``reduce_frac x limit`` on."""
-    if drawdown >= limit:
+def budget_left(drawdown: float, limit: float) -> float:
+    """The fraction of today's equity that may still be lost before the drawdown reaches ``limit``:
+    equity E, peak P, floor (1 - limit) P, so (E - floor) / E = 1 - (1 - limit) / (1 - drawdown)."""
+    return 1.0 - (1.0 - limit) / (1.0 - drawdown) if drawdown < 1.0 else -1.0
+
+
+def drawdown_budget(levels: np.ndarray, drawdown: float, limit: float, cooldown: int,
+                    level_risk: np.ndarray | None) -> np.ndarray:
+    """Flat during a stop-out's cool-down; otherwise no level whose plausible one-bar loss
+    (``level_risk``) exceeds the budget left (:func:`budget_left`). At or past the limit that
+    leaves flat only; the stop-out and the re-base are :func:`advance_peak`'s."""
+    if cooldown > 0:
         return levels == 0
-    if drawdown >= reduce_frac * limit:
-        return reduce_only(levels, current)
-    return np.ones(len(levels), dtype=bool)
+    room = budget_left(drawdown, limit)
+    if level_risk is None:  # no estimate of a bar's move: the budget binds only at the limit
+        return (levels == 0) | (room > 0)
+    return (levels == 0) | (level_risk <= room + _EPS)
+
+
+def advance_peak(peak, equity, cooldown, limit: float | None, cooldown_bars: int):
+    """The running peak and the cool-down bars left after marking ``equity`` at a bar's close
+    (scalars or arrays of portfolios; the environment and the backtest share this one rule).
+
+    Outside a cool-down the peak follows the equity up; a drawdown at or past ``limit`` stops the
+    policy out: ``cooldown_bars`` bars flat. The bar the cool-down ends, the peak re-bases to that
+    bar's equity, so the whole budget is available again: a loss is booked, the policy trades on.
+    ``limit`` None (the drawdown rule off) only tracks the peak.
+    """
+    peak, equity, cooldown = np.asarray(peak, float), np.asarray(equity, float), np.asarray(cooldown, int)
+    cooling = cooldown > 0
+    left = np.where(cooling, cooldown - 1, 0)
+    peak = np.where(cooling, np.where(left == 0, equity, peak), np.maximum(peak, equity))
+    if limit is not None:
+        stopped = ~cooling & (equity <= (1.0 - limit) * peak)
+        left = np.where(stopped, cooldown_bars, left)
+    return peak, left
+
+
+def level_risk(weights: np.ndarray, drop: np.ndarray, rise: np.ndarray) -> np.ndarray:
+    """Each level's plausible one-bar loss, fraction of equity: its legs' weights times the adverse
+    move of each leg (a ``drop`` for shares held, a ``rise`` for shares sold short), shape (A,).
+
+    :param weights: (A, L) signed fraction of equity in each leg.
+    :param drop: (L,) plausible one-bar fall of each leg, fraction (>= 0).
+    :param rise: (L,) plausible one-bar rise of each leg, fraction (>= 0).
+    """
+    return np.where(weights > 0, weights * drop, -weights * rise).sum(axis=1)
 
 
 def exposure_cap(levels: np.ndarray, cap: float) -> np.ndarray:
@@ -112,7 +163,7 @@ def min_hold(levels: np.ndarray, current: int, bars_held: int, min_bars: int) ->
 # each rule name (config.MASK_RULES) -> its mask from (levels, state, config); a test holds the two equal
 RULE_FUNCTIONS: dict[str, Callable[[np.ndarray, MaskState, MaskConfig], np.ndarray]] = {
     "stale": lambda lv, s, c: stale_bar(lv, s.current, s.stale),
-    "drawdown": lambda lv, s, c: drawdown_budget(lv, s.current, s.drawdown, c.drawdown_limit, c.drawdown_reduce_frac),
+    "drawdown": lambda lv, s, c: drawdown_budget(lv, s.drawdown, c.drawdown_limit, s.cooldown, s.level_risk),
     "exposure_cap": lambda lv, s, c: exposure_cap(lv, c.max_abs_exposure),
     "vol_target": lambda lv, s, c: vol_target(lv, s.leg_vol_ann, c.vol_target_ann),
     "regime": lambda lv, s, c: regime_gate(lv, s.current, s.high_vol_prob, c.regime_high_vol_prob),
@@ -129,18 +180,33 @@ def rule_masks(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> dict[st
 
 def compose(masks: list[np.ndarray]) -> np.ndarray:
     """AND the masks in priority order; a mask that would leave no action valid yields."""
+    return compose_counted(masks)[0]
+
+
+def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compose`, and for each mask the number of actions it removed beyond those the masks
+    ranked above it had removed (0 when it removed none or yielded), shape (R,)."""
     out = np.ones(len(masks[0]), dtype=bool) if masks else np.ones(1, dtype=bool)
-    for mask in masks:
+    removed = np.zeros(len(masks), dtype=int)
+    for r, mask in enumerate(masks):
         combined = out & mask
         if combined.any():
+            removed[r] = int(out.sum() - combined.sum())
             out = combined
-    return out
+    return out, removed
 
 
 def action_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> np.ndarray:
     """The composed mask, shape (A,): True where the level may be chosen."""
+    return counted_mask(levels, state, cfg)[0]
+
+
+def counted_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The composed mask and the actions each enabled rule removed (``cfg.rules`` order, (R,))."""
     masks = list(rule_masks(levels, state, cfg).values())
-    return compose(masks) if masks else np.ones(len(levels), dtype=bool)
+    if not masks:
+        return np.ones(len(levels), dtype=bool), np.zeros(0, dtype=int)
+    return compose_counted(masks)
 
 
 def nearest_allowed(levels: np.ndarray, mask: np.ndarray, action: int) -> int:

@@ -47,7 +47,8 @@ def promotion_gate(folds: list[dict[str, dict[str, float]]], cfg: PromotionConfi
     if not folds:
         raise ValueError("promotion_gate needs at least one fold")
     s = summarise(folds)
-    missing = [k for k in (PRIMARY, BASELINE, "flat") if k not in s]
+    needed = [PRIMARY, BASELINE, "flat"] + (["buy_hold_underlying"] if cfg.max_drawdown_vs_underlying is not None else [])
+    missing = [k for k in needed if k not in s]
     if missing:
         raise ValueError(f"promotion_gate: no out-of-sample metrics for {missing}")
     m, p, f = s[PRIMARY], s[BASELINE], s["flat"]
@@ -56,11 +57,15 @@ def promotion_gate(folds: list[dict[str, dict[str, float]]], cfg: PromotionConfi
          f"mean Sharpe {m['mean_sharpe']:.3f} vs PPO {p['mean_sharpe']:.3f} + {cfg.min_sharpe_margin_vs_ppo}"),
         (m["mean_sharpe"] > f["mean_sharpe"] + cfg.min_sharpe_margin_vs_flat,
          f"mean Sharpe {m['mean_sharpe']:.3f} vs flat {f['mean_sharpe']:.3f} + {cfg.min_sharpe_margin_vs_flat}"),
-        (m["worst_max_drawdown"] <= cfg.max_drawdown,
-         f"worst fold max drawdown {m['worst_max_drawdown']:.3f} <= {cfg.max_drawdown}"),
     ]
-    if cfg.require_zero_overrides:
-        checks.append((m["overrides"] == 0, f"mask overrides {m['overrides']:.0f} == 0"))
+    if cfg.max_drawdown < 1.0:
+        checks.append((m["worst_max_drawdown"] <= cfg.max_drawdown,
+                       f"worst fold max drawdown {m['worst_max_drawdown']:.3f} <= {cfg.max_drawdown}"))
+    if cfg.max_drawdown_vs_underlying is not None:
+        cap = cfg.max_drawdown_vs_underlying * s["buy_hold_underlying"]["worst_max_drawdown"]
+        checks.append((m["worst_max_drawdown"] <= cap,
+                       f"worst fold max drawdown {m['worst_max_drawdown']:.3f} <= {cfg.max_drawdown_vs_underlying} x "
+                       f"buy-and-hold underlying's {s['buy_hold_underlying']['worst_max_drawdown']:.3f}"))
     passed = all(ok for ok, _ in checks)
     reasons = [("pass: " if ok else "FAIL: ") + text for ok, text in checks]
     return GateResult(passed, "champion" if passed else "challenger", reasons, s)

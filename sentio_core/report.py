@@ -18,8 +18,9 @@ if TYPE_CHECKING:  # records handed in by the stages (data only)
 
 STRATEGIES = (*ALGORITHM_NAMES, "buy_hold_underlying", "buy_hold_long", "flat")
 SHORT = {"maskable_ppo": "mppo", "ppo": "ppo", "buy_hold_underlying": "bh_u", "buy_hold_long": "bh_l", "flat": "flat"}
-METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides")
-MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their mask overrides are reported
+METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides", "forced_bars")
+MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their overrides and mask counts are reported
+COUNTS = ("overrides", "forced_bars")  # integer metrics, reported for the learned policies only
 
 
 def day(ts: str) -> str:
@@ -46,10 +47,14 @@ def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[floa
         tests = fold_metrics[i] if i < len(fold_metrics) else {}
         for m in METRICS:
             for name in STRATEGIES:
-                if name not in tests or (m == "overrides" and name not in MASKED_OR_OVERRIDDEN):
+                if name not in tests or m not in tests[name] or (m in COUNTS and name not in MASKED_OR_OVERRIDDEN):
                     continue
                 value = tests[name][m]
-                row[f"{name}_{m}"] = round(value, 4) if m != "overrides" else int(value)
+                row[f"{name}_{m}"] = round(value, 4) if m not in COUNTS else int(value)
+        for name in MASKED_OR_OVERRIDDEN:  # decisions each mask rule constrained
+            for key, value in tests.get(name, {}).items():
+                if key.startswith("mask_"):
+                    row[f"{name}_{key}"] = int(value)
         row.update({"train_start": day(span.train_start), "train_end": day(span.train_end),
                     "train_bars": span.train_bars, "test_bars": span.test_bars, "purge_bars": span.purge_bars,
                     "embargo_bars": span.embargo_bars})
@@ -71,8 +76,9 @@ def summary_rows(rows: list[dict]) -> list[dict]:
                 row[f"{SHORT[name]}_sharpe"] = f"{r[f'{name}_sharpe']:.2f}"
                 row[f"{SHORT[name]}_mdd"] = f"{r[f'{name}_max_drawdown']:.1%}"
         for name in MASKED_OR_OVERRIDDEN:
-            if f"{name}_overrides" in r:
-                row[f"{SHORT[name]}_overrides"] = r[f"{name}_overrides"]
+            for m, short in (("overrides", "overrides"), ("forced_bars", "forced")):
+                if f"{name}_{m}" in r:
+                    row[f"{SHORT[name]}_{short}"] = r[f"{name}_{m}"]
         out.append(row)
     return out
 

@@ -38,7 +38,7 @@ GOLDEN = {
                           "metrics", "plots", "policies"},
     "rescore": COMMON | {"backtest", "costs", "env", "export", "features", "frequency", "market", "masks", "metadata",
                          "metrics", "policies", "regimes", "registry", "rescore"},
-    "drift": COMMON | {"drift", "export", "features", "frequency", "market", "metadata", "policies", "regimes",
+    "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
                        "registry"},
     "register": COMMON | {"export", "metadata", "policies", "promotion", "registration", "registry"},
 }

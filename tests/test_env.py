@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import sentio_core.env as env_module
+from sentio_core.backtest import backtest_fold, reference_path
 from sentio_core.costs import TradeCosts, trade_costs
 from sentio_core.env import TradingEnv
-from sentio_core.market import action_weights
+from sentio_core.market import Market, action_weights
 from sentio_core.masks import nearest_allowed
 from tests.fixtures_market import leg, real_fold, single_blas_thread, smoke_cfg, synthetic_cfg, toy_market, with_cfg
 
@@ -453,3 +454,53 @@ def test_an_order_into_a_zero_volume_bar_does_not_crash():
     step_checked(env, 2)  # decided after the close of bar 1, fills at the open of bar 2 (no volume)
     np.testing.assert_array_equal(env.book.shares, shares)  # the order did not fill: nothing traded
     assert env.book.level == 1
+
+
+# --------------------------------------------------------------------------- drawdown budget: stop-out, cool-down, re-base
+
+def _crash_market(n: int = 40, crash_bar: int = 5) -> Market:
+    """A long leg that drifts up 0.1 % a bar and falls 25 % in one bar (open and close) at ``crash_bar``."""
+    close = 100.0 * np.cumprod(np.r_[1.0, np.full(n - 1, 1.001)])
+    close[crash_bar:] *= 0.75
+    open_ = np.r_[close[0], close[:-1]]
+    open_[crash_bar] = close[crash_bar]  # the fall is an overnight gap: it fills at the bottom
+    return toy_market(leg("TQQQ", open_, close, sigma=0.001), levels=(0.0, 1.0))
+
+
+def test_a_policy_stopped_out_trades_again_after_the_cool_down_and_not_before():
+    """Limit 20 %, cool-down 5 bars: an always-long policy gaps 25 % down (the rule could not see it
+    coming: its sigma is 0.1 %), is stopped out, held flat for exactly 5 decisions, and is long again
+    from the first decision after the re-base."""
+    cfg = synthetic_cfg(masks={"rules": ["drawdown"], "drawdown_limit": 0.2, "drawdown_cooldown_bars": 5,
+                               "gap_move": "sigma", "gap_sigmas": 4.0})
+    market = _crash_market()
+    env = TradingEnv(market, cfg, 0, market.n_rows - 1)
+    env.reset(seed=0)
+    held, allowed = [], []
+    done = False
+    while not done:
+        mask = env.action_masks()
+        allowed.append(mask.tolist())
+        _, _, term, trunc, info = env.step(1)  # always asks for 100 % long
+        held.append(info["level"])
+        done = term or trunc
+    # decisions 0..3 long; the close of bar 5 (decision 4's P&L bar) is 25 % down: stopped out
+    assert held[:5] == [1.0] * 5
+    assert held[5:10] == [0.0] * 5 and all(a == [True, False] for a in allowed[5:10])  # the cool-down: flat only
+    assert held[10] == 1.0 and allowed[10] == [True, True]  # re-based: long again at once, and not before
+    assert env.book.overrides == 5 and env.book.forced_bars == 5
+    assert env.book.constrained.tolist() == [5]
+
+
+def test_the_backtest_holds_the_same_cool_down_as_the_environment():
+    cfg = synthetic_cfg(masks={"rules": ["drawdown"], "drawdown_limit": 0.2, "drawdown_cooldown_bars": 5})
+    market = _crash_market()
+    always_long = lambda obs, masks: np.ones(len(obs), dtype=int)  # noqa: E731
+    fast = backtest_fold(market, cfg, (1, market.n_rows), {"long": (always_long, False)})["long"]
+    slow = reference_path(market, cfg, (1, market.n_rows), always_long, False)
+    np.testing.assert_allclose(fast.equity, slow.equity, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(fast.levels, slow.levels)
+    assert fast.overrides == slow.overrides == 5
+    assert fast.forced_bars == slow.forced_bars == 5 and fast.constrained == slow.constrained == {"drawdown": 5}
+    m = fast.metrics(252.0)
+    assert m["forced_bars"] == 5.0 and m["mask_drawdown"] == 5.0

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from sentio_core.config import MaskConfig
 from sentio_core.masks import (
-    RULES, MaskState, action_mask, compose, drawdown_budget, exposure_cap, liquidity, min_hold, nearest_allowed,
-    reduce_only, regime_gate, rule_masks, session_window, stale_bar, vol_target,
+    RULES, MaskState, action_mask, advance_peak, budget_left, compose, compose_counted, counted_mask, drawdown_budget,
+    exposure_cap, level_risk, liquidity, min_hold, nearest_allowed, reduce_only, regime_gate, rule_masks,
+    session_window, stale_bar, vol_target,
 )
 
 LV = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
@@ -47,20 +48,71 @@ def test_vol_target_forbids_exposure_times_vol_above_budget():
     eq(vol_target(LV, np.full(5, 50.0), 0.01), idx(LV, 0))
 
 
-def test_drawdown_budget_three_zones():
-    limit, frac = 0.2, 0.5  # reduce-only from 10 % on, flat only from 20 %
-    for cur in range(5):
-        eq(drawdown_budget(LV, cur, 0.0999, limit, frac), np.ones(5, bool))
-    # between: flat or the same side no larger
-    eq(drawdown_budget(LV, 4, 0.10, limit, frac), idx(LV, 0, 0.5, 1.0))
-    eq(drawdown_budget(LV, 3, 0.15, limit, frac), idx(LV, 0, 0.5))
-    eq(drawdown_budget(LV, 1, 0.15, limit, frac), idx(LV, -0.5, 0))
-    eq(drawdown_budget(LV, 0, 0.19, limit, frac), idx(LV, -1, -0.5, 0))
-    eq(drawdown_budget(LV, FLAT, 0.15, limit, frac), idx(LV, 0))
-    # at and above the limit: flat only, whatever is held
-    for cur in range(5):
-        eq(drawdown_budget(LV, cur, 0.20, limit, frac), idx(LV, 0))
-        eq(drawdown_budget(LV, cur, 0.9, limit, frac), idx(LV, 0))
+def test_budget_left_by_hand():
+    # limit 20 %: at the peak 20 % of equity may be lost; at 10 % down, 1 - 0.8 / 0.9 = 1/9 of today's equity
+    assert budget_left(0.0, 0.2) == pytest.approx(0.2)
+    assert budget_left(0.1, 0.2) == pytest.approx(1 / 9)
+    assert budget_left(0.2, 0.2) == pytest.approx(0.0)
+    assert budget_left(0.3, 0.2) < 0
+
+
+def test_drawdown_budget_sizes_each_level_to_the_budget_left():
+    limit = 0.2
+    # one-bar plausible loss of each level (flat 0): 1 x 12 %, 0.5 x 12 %, 0, 0.5 x 8 %, 1 x 8 %
+    risk = np.array([0.12, 0.06, 0.0, 0.04, 0.08])
+    eq(drawdown_budget(LV, 0.0, limit, 0, risk), np.ones(5, bool))  # 20 % left: everything fits
+    eq(drawdown_budget(LV, 0.1, limit, 0, risk), idx(LV, -0.5, 0, 0.5, 1))  # 11.1 % left: -1 (12 %) does not
+    eq(drawdown_budget(LV, 0.15, limit, 0, risk), idx(LV, 0, 0.5))  # 5.9 % left: only 4 % fits
+    eq(drawdown_budget(LV, 0.2, limit, 0, risk), idx(LV, 0))  # at the limit: flat
+    eq(drawdown_budget(LV, 0.5, limit, 0, risk), idx(LV, 0))
+    # a cool-down is flat whatever is left
+    eq(drawdown_budget(LV, 0.0, limit, 3, risk), idx(LV, 0))
+    # finer levels leave a small position where coarse ones leave none
+    fine = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    fine_risk = fine * 0.08
+    eq(drawdown_budget(fine, 0.18, limit, 0, fine_risk), np.isin(fine, [0.0, 0.25]))  # 2.4 % left: 0.25 x 8 % = 2 %
+
+
+def test_level_risk_takes_each_legs_adverse_side():
+    weights = np.array([[0.0, 1.0], [0.0, 0.5], [0.0, 0.0], [0.5, 0.0], [1.0, 0.0]])  # (A, L): long leg, short leg
+    eq_risk = level_risk(weights, drop=np.array([0.1, 0.2]), rise=np.array([0.3, 0.4]))
+    np.testing.assert_allclose(eq_risk, [0.2, 0.1, 0.0, 0.05, 0.1])  # shares held: their drop
+    short_underlying = np.array([[-1.0], [0.0], [1.0]])  # negative shares: the rise is adverse
+    np.testing.assert_allclose(level_risk(short_underlying, drop=np.array([0.1]), rise=np.array([0.3])), [0.3, 0.0, 0.1])
+
+
+def test_advance_peak_stops_out_cools_down_and_rebases():
+    """Limit 20 %, cool-down 3 bars, walked bar by bar."""
+    peak, cool = 100.0, 0
+    steps = []
+    for equity in [110, 95, 88, 87, 86, 85, 90]:
+        peak, cool = advance_peak(peak, equity, cool, 0.2, 3)
+        steps.append((float(peak), int(cool)))
+    assert steps == [
+        (110, 0),  # new peak
+        (110, 0),  # 13.6 % down
+        (110, 3),  # 20 % down: stopped out, 3 bars flat
+        (110, 2),
+        (110, 1),
+        (85, 0),  # the cool-down ends: the peak re-bases to this bar's equity
+        (90, 0),  # and follows the equity up again
+    ]
+    # arrays of portfolios follow the same rule; no limit (rule off) only tracks the peak
+    p, c = advance_peak(np.array([100.0, 100.0]), np.array([79.0, 81.0]), np.array([0, 0]), 0.2, 5)
+    assert p.tolist() == [100.0, 100.0] and c.tolist() == [5, 0]
+    p, c = advance_peak(100.0, 50.0, 0, None, 5)
+    assert float(p) == 100.0 and int(c) == 0
+
+
+def test_compose_counted_reports_what_each_rule_removed_beyond_those_above():
+    a, b, c = idx(LV, -0.5, 0, 0.5, 1), idx(LV, 0, 0.5), idx(LV, -1)
+    mask, removed = compose_counted([a, b, c])
+    eq(mask, idx(LV, 0, 0.5))
+    assert removed.tolist() == [1, 2, 0]  # c would empty the mask: it yields and removes nothing
+    cfg = MaskConfig(rules=["exposure_cap", "drawdown"], max_abs_exposure=0.5, drawdown_limit=0.2)
+    mask, removed = counted_mask(LV, state(drawdown=0.2, level_risk=np.array([0.1, 0.05, 0, 0.05, 0.1])), cfg)
+    eq(mask, idx(LV, 0))
+    assert removed.tolist() == [2, 2]  # the cap removes +-1, the drawdown then removes +-0.5 (not +-1 again)
 
 
 def test_reduce_only_never_flips_side():
@@ -120,14 +172,14 @@ def state(**kw) -> MaskState:
 
 
 def test_rule_masks_wires_config_to_the_rules():
-    cfg = MaskConfig(max_abs_exposure=0.5, vol_target_ann=0.5, drawdown_limit=0.2, drawdown_reduce_frac=0.5,
+    cfg = MaskConfig(max_abs_exposure=0.5, vol_target_ann=0.5, drawdown_limit=0.2,
                      regime_high_vol_prob=0.6, session_close_minutes=30, max_participation=0.05, min_hold_bars=3)
     s = state(current=4, drawdown=0.12, bars_held=5, high_vol_prob=0.7, minutes_to_close=10.0,
-              trade_participation=np.array([0.2, 0.1, 0.04, 0.02, 0.0]))
+              trade_participation=np.array([0.2, 0.1, 0.04, 0.02, 0.0]), level_risk=np.array([0.2, 0.1, 0, 0.05, 0.1]))
     m = rule_masks(LV, s, cfg)
     assert list(m) == list(RULES)
     eq(m["stale"], np.ones(5, bool))
-    eq(m["drawdown"], idx(LV, 0, 0.5, 1))
+    eq(m["drawdown"], idx(LV, 0, 0.5))  # 1 - 0.8 / 0.88 = 9.1 % left: 0.5 long (5 %) fits, 1.0 (10 %) does not
     eq(m["exposure_cap"], idx(LV, -0.5, 0, 0.5))
     eq(m["vol_target"], idx(LV, -0.5, 0, 0.5))
     eq(m["regime"], np.ones(5, bool))
@@ -187,13 +239,14 @@ def reachable(draw):
         bars_held=draw(st.integers(0 if levels[cur] == 0 else 1, 10)),  # a new position has been held 1 bar
         leg_vol_ann=vols, high_vol_prob=draw(st.floats(0.0, 1.0)),
         minutes_to_close=draw(st.one_of(st.none(), st.floats(0.0, 390.0))),
-        trade_participation=part, stale=draw(st.booleans()),
+        trade_participation=part, stale=draw(st.booleans()), cooldown=draw(st.integers(0, 5)),
+        level_risk=np.array([draw(st.floats(0.0, 1.0)) for _ in range(n)]) * np.abs(levels),
     )
     rules = draw(st.permutations(list(RULES)))
     rules = rules[: draw(st.integers(0, len(rules)))]
     cfg = MaskConfig(
         rules=rules, max_abs_exposure=draw(st.floats(0.05, 2.5)), vol_target_ann=draw(st.floats(0.05, 3.0)),
-        drawdown_limit=draw(st.floats(0.01, 0.99)), drawdown_reduce_frac=draw(st.floats(0.01, 1.0)),
+        drawdown_limit=draw(st.floats(0.01, 0.99)), drawdown_cooldown_bars=draw(st.integers(1, 30)),
         regime_high_vol_prob=draw(st.floats(0.01, 1.0)), session_close_minutes=draw(st.floats(0.0, 120.0)),
         max_participation=draw(st.floats(0.001, 0.3)), min_hold_bars=draw(st.integers(1, 6)),
     )

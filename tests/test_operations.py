@@ -114,7 +114,7 @@ def test_two_runs_at_once_keep_the_registry_and_exports_intact(tmp_path):
 
     from sentio_core.export import load_policy
 
-    gate = ["promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
+    gate = ["promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
             "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-concurrent"]
     procs = []
     for name, seed in (("a", 7), ("b", 8)):

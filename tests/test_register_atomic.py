@@ -19,7 +19,7 @@ from .conftest import REPO, SMOKE
 
 pytestmark = pytest.mark.slow  # trains the smoke folds once, then registers many times
 
-RELAXED = ["promotion.max_drawdown=1.0", "promotion.min_sharpe_margin_vs_ppo=-100",
+RELAXED = ["promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
            "promotion.min_sharpe_margin_vs_flat=-100", "train.timesteps=256", "train.n_steps=64", "train.batch_size=64"]
 
 
