@@ -25,7 +25,7 @@ import numpy as np
 from sentio_core.config import Config, MaskConfig
 from sentio_core.costs import trade_costs
 from sentio_core.market import Market
-from sentio_core.masks import MaskState, advance_peak, counted_mask, nearest_allowed
+from sentio_core.masks import MaskState, action_mask, advance_peak, counted_mask, nearest_allowed
 
 N_STATE = 4  # exposure, drawdown, time in position, current level
 
@@ -148,7 +148,7 @@ class TradingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """(A,) bool: the composed mask for the decision after the close of the current bar."""
-        return self._counted_masks()[0]
+        return action_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)
 
     def _counted_masks(self) -> tuple[np.ndarray, np.ndarray]:
         return counted_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)

@@ -62,6 +62,7 @@ class Market:
     underlying: Leg  # for the buy-and-hold baseline
     norm_mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     norm_std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    _risk: dict = field(repr=False, compare=False, default_factory=dict)  # level_risk tables by setting
 
     @property
     def n_rows(self) -> int:
@@ -70,14 +71,18 @@ class Market:
     def level_risk(self, t: int, masks: MaskConfig) -> np.ndarray:
         """(A,) each level's plausible one-bar loss at the decision after the close of ``t``, fraction
         of equity (``masks.gap_move``: ``gap_sigmas`` x each leg's trailing volatility, or its worst
-        bar of the training rows)."""
-        if masks.gap_move == "sigma":
-            move = masks.gap_sigmas * np.array([leg.sigma[t] for leg in self.legs])
-            drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
-        else:
-            drop = np.array([leg.worst_drop for leg in self.legs])
-            rise = np.array([leg.worst_rise for leg in self.legs])
-        return level_risk(self.weights, drop, rise)
+        bar of the training rows). Computed for every row at once on first use, per setting."""
+        key = (masks.gap_move, masks.gap_sigmas)
+        table = self._risk.get(key)
+        if table is None:
+            if masks.gap_move == "sigma":
+                move = masks.gap_sigmas * np.stack([leg.sigma for leg in self.legs], axis=1)  # (T, L)
+                drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
+            else:
+                drop = np.tile([leg.worst_drop for leg in self.legs], (self.n_rows, 1))
+                rise = np.tile([leg.worst_rise for leg in self.legs], (self.n_rows, 1))
+            table = self._risk[key] = level_risk(self.weights, drop, rise)  # (T, A)
+        return table[t]
 
     def leg_vol_ann(self, t: int) -> np.ndarray:
         """(A,) annualised volatility of the leg each level trades (weighted, 0 for flat)."""

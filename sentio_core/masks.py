@@ -103,6 +103,8 @@ def advance_peak(peak, equity, cooldown, limit: float | None, cooldown_bars: int
     bar's equity, so the whole budget is available again: a loss is booked, the policy trades on.
     ``limit`` None (the drawdown rule off) only tracks the peak.
     """
+    if np.ndim(peak) == 0 and np.ndim(equity) == 0 and np.ndim(cooldown) == 0:  # one portfolio: plain floats
+        return _advance_one(float(peak), float(equity), int(cooldown), limit, cooldown_bars)
     peak, equity, cooldown = np.asarray(peak, float), np.asarray(equity, float), np.asarray(cooldown, int)
     cooling = cooldown > 0
     left = np.where(cooling, cooldown - 1, 0)
@@ -113,15 +115,28 @@ def advance_peak(peak, equity, cooldown, limit: float | None, cooldown_bars: int
     return peak, left
 
 
+def _advance_one(peak: float, equity: float, cooldown: int, limit: float | None, cooldown_bars: int) -> tuple[float, int]:
+    """:func:`advance_peak` for one portfolio in plain Python (the environment's per-step path;
+    a test holds it equal to the array form)."""
+    if cooldown > 0:
+        left = cooldown - 1
+        return (equity if left == 0 else peak), left
+    peak = max(peak, equity)
+    if limit is not None and equity <= (1.0 - limit) * peak:
+        return peak, cooldown_bars
+    return peak, 0
+
+
 def level_risk(weights: np.ndarray, drop: np.ndarray, rise: np.ndarray) -> np.ndarray:
     """Each level's plausible one-bar loss, fraction of equity: its legs' weights times the adverse
     move of each leg (a ``drop`` for shares held, a ``rise`` for shares sold short), shape (A,).
 
     :param weights: (A, L) signed fraction of equity in each leg.
-    :param drop: (L,) plausible one-bar fall of each leg, fraction (>= 0).
-    :param rise: (L,) plausible one-bar rise of each leg, fraction (>= 0).
+    :param drop: (L,) plausible one-bar fall of each leg, fraction (>= 0); or (T, L), one row per bar.
+    :param rise: (L,) plausible one-bar rise of each leg, fraction (>= 0); or (T, L).
+    :returns: (A,), or (T, A) for rows of moves.
     """
-    return np.where(weights > 0, weights * drop, -weights * rise).sum(axis=1)
+    return np.asarray(drop) @ np.maximum(weights, 0.0).T + np.asarray(rise) @ np.maximum(-weights, 0.0).T
 
 
 def exposure_cap(levels: np.ndarray, cap: float) -> np.ndarray:
@@ -180,7 +195,12 @@ def rule_masks(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> dict[st
 
 def compose(masks: list[np.ndarray]) -> np.ndarray:
     """AND the masks in priority order; a mask that would leave no action valid yields."""
-    return compose_counted(masks)[0]
+    out = np.ones(len(masks[0]), dtype=bool) if masks else np.ones(1, dtype=bool)
+    for mask in masks:
+        combined = out & mask
+        if combined.any():
+            out = combined
+    return out
 
 
 def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -188,17 +208,20 @@ def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     ranked above it had removed (0 when it removed none or yielded), shape (R,)."""
     out = np.ones(len(masks[0]), dtype=bool) if masks else np.ones(1, dtype=bool)
     removed = np.zeros(len(masks), dtype=int)
+    valid = len(out)
     for r, mask in enumerate(masks):
         combined = out & mask
-        if combined.any():
-            removed[r] = int(out.sum() - combined.sum())
-            out = combined
+        left = np.count_nonzero(combined)
+        if left:
+            removed[r] = valid - left
+            out, valid = combined, left
     return out, removed
 
 
 def action_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> np.ndarray:
     """The composed mask, shape (A,): True where the level may be chosen."""
-    return counted_mask(levels, state, cfg)[0]
+    masks = list(rule_masks(levels, state, cfg).values())
+    return compose(masks) if masks else np.ones(len(levels), dtype=bool)
 
 
 def counted_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -333,3 +333,24 @@ def test_every_rule_name_has_its_function_and_no_other():
 
     assert set(RULE_FUNCTIONS) == set(MASK_RULES) and RULES is MASK_RULES
     assert MaskConfig().rules == list(MASK_RULES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(peak=st.floats(1.0, 1e6), ratio=st.floats(0.0, 2.0), cooldown=st.integers(0, 5),
+       limit=st.one_of(st.none(), st.floats(0.01, 0.99)), bars=st.integers(1, 30))
+def test_one_portfolio_path_of_advance_peak_equals_the_array_form(peak, ratio, cooldown, limit, bars):
+    equity = peak * ratio
+    one = advance_peak(peak, equity, cooldown, limit, bars)
+    arrays = advance_peak(np.array([peak, peak]), np.array([equity, equity]), np.array([cooldown, cooldown]), limit, bars)
+    assert isinstance(one[0], float) and isinstance(one[1], int)
+    assert one == (float(arrays[0][0]), int(arrays[1][0]))
+
+
+def test_level_risk_of_rows_equals_each_row():
+    weights = np.array([[0.0, 1.0], [0.0, 0.0], [0.5, 0.0], [-1.0, 0.0]])
+    rng = np.random.default_rng(0)
+    drop, rise = rng.random((7, 2)), rng.random((7, 2))
+    rows = level_risk(weights, drop, rise)
+    assert rows.shape == (7, 4)
+    for t in range(7):
+        np.testing.assert_array_equal(rows[t], level_risk(weights, drop[t], rise[t]))
