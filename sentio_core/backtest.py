@@ -18,7 +18,7 @@ import polars as pl
 
 from sentio_core.config import Config, reads
 from sentio_core.costs import trade_costs
-from sentio_core.env import Book, TradingEnv, drawdown_limit, mask_state, observation
+from sentio_core.env import Book, TradingEnv, arm_stop, drawdown_limit, mask_state, observation
 from sentio_core.market import Leg, Market
 from sentio_core.masks import advance_peak, counted_mask, nearest_allowed
 from sentio_core.metrics import drawdown, performance
@@ -155,6 +155,9 @@ class PolicyDecider:
         market, cfg, levels = self.market, self.cfg, self.market.levels
         n = len(self.policies)
         books = [s.book(i) for i in range(n)]
+        for i, book in enumerate(books):  # the same stop-out rule as the environment's
+            arm_stop(market, t, book, cfg.masks)
+            s.cooldown[i] = book.cooldown
         obs = np.stack([observation(market, t, cfg.env.lookback_bars, b) for b in books])
         counted = [counted_mask(levels, mask_state(market, t, b, cfg.masks), cfg.masks) for b in books]
         masks = np.stack([m for m, _ in counted])

@@ -25,7 +25,7 @@ import numpy as np
 from sentio_core.config import Config, MaskConfig
 from sentio_core.costs import trade_costs
 from sentio_core.market import Market
-from sentio_core.masks import MaskState, action_mask, advance_peak, counted_mask, nearest_allowed
+from sentio_core.masks import MaskState, action_mask, advance_peak, counted_mask, nearest_allowed, stop_out
 
 N_STATE = 4  # exposure, drawdown, time in position, current level
 
@@ -101,6 +101,14 @@ def mask_state(market: Market, t: int, book: Book, masks: MaskConfig) -> MaskSta
     )
 
 
+def arm_stop(market: Market, t: int, book: Book, masks: MaskConfig) -> None:
+    """Before the decision after the close of ``t``: start the cool-down when the drawdown budget
+    fits no level but flat (:func:`sentio_core.masks.stop_out`). Idempotent for a given state."""
+    if book.cooldown == 0 and "drawdown" in masks.rules and stop_out(
+            market.levels, book.drawdown, masks.drawdown_limit, market.level_risk(t, masks)):
+        book.cooldown = masks.drawdown_cooldown_bars
+
+
 def drawdown_limit(masks: MaskConfig) -> float | None:
     """The limit that stops a policy out, or None when the drawdown rule is off."""
     return masks.drawdown_limit if "drawdown" in masks.rules else None
@@ -148,9 +156,11 @@ class TradingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """(A,) bool: the composed mask for the decision after the close of the current bar."""
+        arm_stop(self.market, self.t, self.book, self.cfg.masks)
         return action_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)
 
     def _counted_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        arm_stop(self.market, self.t, self.book, self.cfg.masks)
         return counted_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)
 
     def step(self, action):

@@ -9,9 +9,10 @@ minimum holding period).
 
 The drawdown rule is a budget, not a switch: a level is allowed only when its plausible one-bar
 loss fits in what is left of the budget (:func:`drawdown_budget`), so a small budget leaves a
-small position. Reaching the limit stops the policy out for ``drawdown_cooldown_bars`` bars,
-after which the peak re-bases (:func:`advance_peak`): the budget holds from peak to trough
-within each stretch between re-bases, and a policy is never locked out for good.
+small position. Reaching the limit, or a budget that fits no level but flat (:func:`stop_out`),
+stops the policy out for ``drawdown_cooldown_bars`` bars, after which the peak re-bases
+(:func:`advance_peak`): the budget holds from peak to trough within each stretch between
+re-bases, and a policy is never locked out for good.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def drawdown_budget(levels: np.ndarray, drawdown: float, limit: float, cooldown:
     if level_risk is None:  # no estimate of a bar's move: the budget binds only at the limit
         return (levels == 0) | (room > 0)
     return (levels == 0) | (level_risk <= room + _EPS)
+
+
+def stop_out(levels: np.ndarray, drawdown: float, limit: float, level_risk: np.ndarray) -> bool:
+    """True when what is left of the budget fits no level but flat. The policy is then stopped out
+    (flat for the cool-down, then the peak re-bases), as at the limit itself: without this, a
+    budget too small for any position would keep the policy flat, and flat equity never makes the
+    new peak that would free it."""
+    room = budget_left(drawdown, limit)
+    return not bool(np.any((levels != 0) & (level_risk <= room + _EPS)))
 
 
 def advance_peak(peak, equity, cooldown, limit: float | None, cooldown_bars: int):

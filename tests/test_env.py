@@ -504,3 +504,31 @@ def test_the_backtest_holds_the_same_cool_down_as_the_environment():
     assert fast.forced_bars == slow.forced_bars == 5 and fast.constrained == slow.constrained == {"drawdown": 5}
     m = fast.metrics(252.0)
     assert m["forced_bars"] == 5.0 and m["mask_drawdown"] == 5.0
+
+
+def test_a_budget_too_small_for_any_position_stops_out_and_rearms_instead_of_locking():
+    """Limit 20 %: a 15 % gap leaves 1 - 0.8 / 0.85 = 5.9 % of the budget, and the leg's trailing
+    volatility jumps to 2 % a bar (4 sigma: 7.7 %), so no long level fits. Without a stop-out the
+    policy would sit flat for good (flat equity makes no new peak); instead it is held flat for the
+    5-bar cool-down, the peak re-bases, and it is long again."""
+    n, crash = 40, 5
+    close = 100.0 * np.cumprod(np.r_[1.0, np.full(n - 1, 1.001)])
+    close[crash:] *= 0.85
+    open_ = np.r_[close[0], close[:-1]]
+    open_[crash] = close[crash]
+    sigma = np.where(np.arange(n) >= crash, 0.02, 0.001)
+    sigma[crash + 8:] = 0.001  # the market calms down again during the cool-down
+    market = toy_market(leg("TQQQ", open_, close, sigma=sigma), levels=(0.0, 1.0))
+    cfg = synthetic_cfg(masks={"rules": ["drawdown"], "drawdown_limit": 0.2, "drawdown_cooldown_bars": 5})
+    env = TradingEnv(market, cfg, 0, n - 1)
+    env.reset(seed=0)
+    held = []
+    done = False
+    while not done:
+        _, _, term, trunc, info = env.step(1)
+        held.append(info["level"])
+        done = term or trunc
+    assert held[:5] == [1.0] * 5  # long into the gap (decision 4's P&L bar is the 15 % fall)
+    assert held[5:10] == [0.0] * 5  # sized out: stopped out, flat for the cool-down
+    assert held[10] == 1.0  # re-based: trading again, never locked
+    assert env.book.forced_bars == 5
