@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,21 +87,28 @@ def test_appended_bar_reuses_every_fold_stage(tmp_path):
     print(f"nightly run with one appended bar: {elapsed:.1f}s")
 
 
+def _persisted(prefect_home: Path, stage: str) -> int:
+    """How many records of ``stage`` Prefect has persisted under ``prefect_home`` (storage keys
+    are ``STAGE-<hash>``)."""
+    return len(list((prefect_home / "storage").glob(f"{stage}-*")))
+
+
 def test_a_killed_run_resumes_from_its_finished_stages(tmp_path):
     env = _env(tmp_path)
     proc = subprocess.Popen(_args(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.time() + 300
-        while len(list((tmp_path / "work" / "train").glob("*.pth"))) < 2:
+        # kill once two trainings are finished *and* Prefect has persisted their records (a stage
+        # ends by handing its freed memory back, after writing its files, so files alone are early)
+        while _persisted(tmp_path / "prefect", "train") < 2:
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline, "no training finished in time"
             time.sleep(0.2)
-        time.sleep(0.5)  # let Prefect persist the finished tasks' results
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finished = len(list((tmp_path / "work" / "train").glob("*.pth")))
+    finished = _persisted(tmp_path / "prefect", "train")
     again = _run(tmp_path, env=env)
     counts = _stage_counts(again.stdout)
     # ingest .. folds, the champion re-score, both regime fits and every finished training are re-used
