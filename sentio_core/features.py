@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sentio_core import files
 from sentio_core.config import Config, FeatureConfig, UniverseConfig, reads
 from sentio_core.frequency import BarFrequency
 
@@ -278,8 +279,6 @@ def write_features(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
     then the parts are read back :data:`SLICE_ROWS` rows at a time and written side by side. The
     panel may be scanned lazily. Peak memory: one group of one symbol, or one slice of every column.
     """
-    from sentio_core import files
-
     panel = panel.lazy()
     out = Path(out)
     period = htf_period(cfg, freq)
