@@ -58,14 +58,16 @@ class StrategyPath:
     overrides: int = 0
     trades: list[dict] = field(default_factory=list)
     forced_bars: int = 0  # decisions the masks left a single action
+    forced_flat: int = 0  # of those, decisions whose single action was flat
     constrained: dict[str, int] = field(default_factory=dict)  # mask rule -> decisions it constrained
 
     def metrics(self, periods_per_year: float) -> dict[str, float]:
-        """:func:`performance` of the path, the bars forced to one action and, per mask rule, the
+        """:func:`performance` of the path, the bars forced to one action (and to flat) and, per mask rule, the
         decisions it constrained (``mask_RULE``: it removed an action the rules above it allowed)."""
         out = performance(self.equity, periods_per_year=periods_per_year, exposure=self.exposure,
                           turnover=self.turnover, costs=self.costs, overrides=self.overrides)
         out["forced_bars"] = float(self.forced_bars)
+        out["forced_flat"] = float(self.forced_flat)
         out.update({f"mask_{rule}": float(n) for rule, n in self.constrained.items()})
         return out
 
@@ -144,12 +146,15 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
 class PolicyDecider:
     """Each portfolio follows one policy; ``masked`` policies are given the masks, the others are
     overridden to the nearest allowed level when they pick a forbidden one. It counts, per
-    portfolio, the decisions each mask rule constrained and those forced to a single action."""
+    portfolio, the decisions each mask rule constrained and those forced to a single action (and
+    of those, to flat)."""
 
     def __init__(self, market: Market, cfg: Config, policies: list[tuple[Policy, bool]]):
         self.market, self.cfg, self.policies = market, cfg, policies
         self.constrained = np.zeros((len(policies), len(cfg.masks.rules)), dtype=int)
         self.forced = np.zeros(len(policies), dtype=int)
+        self.forced_flat = np.zeros(len(policies), dtype=int)
+        self._flat = int(np.flatnonzero(market.levels == 0)[0])
 
     def __call__(self, t: int, s: _State):
         market, cfg, levels = self.market, self.cfg, self.market.levels
@@ -163,7 +168,9 @@ class PolicyDecider:
         masks = np.stack([m for m, _ in counted])
         for i, (_, removed) in enumerate(counted):
             self.constrained[i, : len(removed)] += removed > 0
-        self.forced += masks.sum(axis=1) == 1
+        one = masks.sum(axis=1) == 1
+        self.forced += one
+        self.forced_flat += one & masks[:, self._flat]
         actions = np.empty(n, dtype=int)
         over = np.zeros(n, dtype=int)
         for i, (policy, masked) in enumerate(self.policies):
@@ -201,6 +208,7 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
         paths = simulate(market.legs, market.weights, market.levels, cfg, first, last, len(names), decider, market.timestamps)
         for i, (k, p) in enumerate(zip(names, paths)):
             p.forced_bars = int(decider.forced[i])
+            p.forced_flat = int(decider.forced_flat[i])
             p.constrained = dict(zip(cfg.masks.rules, decider.constrained[i].tolist()))
             out[k] = p
     long_w = np.zeros((2, len(market.legs)))
@@ -236,6 +244,7 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
     constrained = env.book.constrained if env.book.constrained is not None else np.zeros(len(cfg.masks.rules), dtype=int)
     return StrategyPath("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
                         np.array(costs), np.array(levels), env.book.overrides, forced_bars=env.book.forced_bars,
+                        forced_flat=env.book.forced_flat,
                         constrained=dict(zip(cfg.masks.rules, constrained.tolist())))
 
 

@@ -43,6 +43,7 @@ class Book:
     overrides: int = 0
     cooldown: int = 0  # bars of a stop-out's cool-down still to run
     forced_bars: int = 0  # decisions the masks left a single action
+    forced_flat: int = 0  # of those, decisions whose single action was flat
     constrained: np.ndarray | None = None  # (R,) decisions each mask rule constrained (masks.rules order)
     trades: list = field(default_factory=list)
 
@@ -166,7 +167,9 @@ class TradingEnv(gym.Env):
     def step(self, action):
         action = int(action)
         mask, removed = self._counted_masks()
-        self.book.forced_bars += int(mask.sum() == 1)
+        forced = bool(mask.sum() == 1)
+        self.book.forced_bars += forced
+        self.book.forced_flat += forced and self.market.levels[mask][0] == 0
         self.book.constrained = (removed > 0).astype(int) + (0 if self.book.constrained is None else self.book.constrained)
         if not mask[action]:
             action = nearest_allowed(self.market.levels, mask, action)
@@ -210,4 +213,4 @@ class TradingEnv(gym.Env):
     def _info(self, costs: float) -> dict:
         return {"equity": self.book.equity, "costs": costs, "level": float(self.market.levels[self.book.level]),
                 "overrides": self.book.overrides, "drawdown": self.book.drawdown, "t": self.t,
-                "forced_bars": self.book.forced_bars, "cooldown": self.book.cooldown}
+                "forced_bars": self.book.forced_bars, "forced_flat": self.book.forced_flat, "cooldown": self.book.cooldown}

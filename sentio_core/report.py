@@ -18,9 +18,9 @@ if TYPE_CHECKING:  # records handed in by the stages (data only)
 
 STRATEGIES = (*ALGORITHM_NAMES, "buy_hold_underlying", "buy_hold_long", "flat")
 SHORT = {"maskable_ppo": "mppo", "ppo": "ppo", "buy_hold_underlying": "bh_u", "buy_hold_long": "bh_l", "flat": "flat"}
-METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides", "forced_bars")
+METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides", "forced_bars", "forced_flat")
 MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their overrides and mask counts are reported
-COUNTS = ("overrides", "forced_bars")  # integer metrics, reported for the learned policies only
+COUNTS = ("overrides", "forced_bars", "forced_flat")  # integer metrics, reported for the learned policies only
 
 
 def day(ts: str) -> str:
@@ -76,7 +76,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
                 row[f"{SHORT[name]}_sharpe"] = f"{r[f'{name}_sharpe']:.2f}"
                 row[f"{SHORT[name]}_mdd"] = f"{r[f'{name}_max_drawdown']:.1%}"
         for name in MASKED_OR_OVERRIDDEN:
-            for m, short in (("overrides", "overrides"), ("forced_bars", "forced")):
+            for m, short in (("overrides", "overrides"), ("forced_bars", "forced"), ("forced_flat", "flat")):
                 if f"{name}_{m}" in r:
                     row[f"{SHORT[name]}_{short}"] = r[f"{name}_{m}"]
         out.append(row)

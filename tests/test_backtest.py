@@ -141,10 +141,10 @@ def test_metrics_are_finite(case):
     name, market, cfg, rows, pols, paths = case
     for key, p in paths.items():
         m = p.metrics(market.periods_per_year)
-        assert list(m) == [*METRIC_KEYS, "forced_bars", *(f"mask_{rule}" for rule in cfg.masks.rules)]
+        assert list(m) == [*METRIC_KEYS, "forced_bars", "forced_flat", *(f"mask_{rule}" for rule in cfg.masks.rules)]
         assert all(np.isfinite(v) for v in m.values()), (key, m)
         if key not in pols:  # baselines read no masks
-            assert m["forced_bars"] == 0 and all(m[f"mask_{rule}"] == 0 for rule in cfg.masks.rules)
+            assert m["forced_bars"] == m["forced_flat"] == 0 and all(m[f"mask_{rule}"] == 0 for rule in cfg.masks.rules)
         assert m["n_bars"] == rows[1] - rows[0]
         if key in pols and pols[key][1]:
             assert m["overrides"] == 0

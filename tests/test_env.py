@@ -488,7 +488,7 @@ def test_a_policy_stopped_out_trades_again_after_the_cool_down_and_not_before():
     assert held[:5] == [1.0] * 5
     assert held[5:10] == [0.0] * 5 and all(a == [True, False] for a in allowed[5:10])  # the cool-down: flat only
     assert held[10] == 1.0 and allowed[10] == [True, True]  # re-based: long again at once, and not before
-    assert env.book.overrides == 5 and env.book.forced_bars == 5
+    assert env.book.overrides == 5 and env.book.forced_bars == env.book.forced_flat == 5
     assert env.book.constrained.tolist() == [5]
 
 
@@ -501,9 +501,9 @@ def test_the_backtest_holds_the_same_cool_down_as_the_environment():
     np.testing.assert_allclose(fast.equity, slow.equity, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(fast.levels, slow.levels)
     assert fast.overrides == slow.overrides == 5
-    assert fast.forced_bars == slow.forced_bars == 5 and fast.constrained == slow.constrained == {"drawdown": 5}
+    assert fast.forced_bars == slow.forced_bars == fast.forced_flat == slow.forced_flat == 5 and fast.constrained == slow.constrained == {"drawdown": 5}
     m = fast.metrics(252.0)
-    assert m["forced_bars"] == 5.0 and m["mask_drawdown"] == 5.0
+    assert m["forced_bars"] == m["forced_flat"] == 5.0 and m["mask_drawdown"] == 5.0
 
 
 def test_a_budget_too_small_for_any_position_stops_out_and_rearms_instead_of_locking():
