@@ -31,11 +31,9 @@ from threadpoolctl import threadpool_limits
 from sentio_core.backtest import StrategyPath, backtest_fold, sb3_policy
 from sentio_core.config import Config, load_config
 from sentio_core.data import build_manifest, build_panel
-from sentio_core.env import drawdown_limit
 from sentio_core.features import feature_table
 from sentio_core.folds import fold_spans
 from sentio_core.market import Market, fold_market
-from sentio_core.masks import advance_peak
 from sentio_core.regimes import fold_regimes
 from sentio_core.train import Budget, fold_training
 
@@ -58,17 +56,10 @@ class Overshoot:
 
 
 def overshoot(path: StrategyPath, cfg: Config) -> Overshoot:
-    """Replay the rule's peak over the path's equity (:func:`sentio_core.masks.advance_peak`)."""
-    limit = drawdown_limit(cfg.masks)
-    peak, cool = path.equity[0], 0
-    worst, when = 0.0, ""
-    for t, equity in enumerate(path.equity[1:], start=1):
-        excess = 1.0 - equity / peak - cfg.masks.drawdown_limit
-        if excess > worst:
-            worst, when = float(excess), path.timestamps[t]
-        peak, cool = advance_peak(peak, equity, cool, limit, cfg.masks.drawdown_cooldown_bars)
-        peak, cool = float(peak), int(cool)
-    return Overshoot(worst, when)
+    """The largest drawdown past the limit, from the rule's own peak (``StrategyPath.rule_drawdown``)."""
+    excess = path.rule_drawdown() - cfg.masks.drawdown_limit
+    t = int(np.argmax(excess))
+    return Overshoot(float(excess[t]), path.timestamps[t]) if excess[t] > 0 else Overshoot(0.0, "")
 
 
 def with_limit(cfg: Config, limit: float) -> Config:

@@ -60,6 +60,11 @@ class StrategyPath:
     forced_bars: int = 0  # decisions the masks left a single action
     forced_flat: int = 0  # of those, decisions whose single action was flat
     constrained: dict[str, int] = field(default_factory=dict)  # mask rule -> decisions it constrained
+    rule_peak: np.ndarray | None = None  # (T+1,) the drawdown rule's peak after each close (re-based after a stop-out)
+
+    def rule_drawdown(self) -> np.ndarray:
+        """(T+1,) drawdown from the rule's peak: what ``masks.drawdown_limit`` promises to bound."""
+        return 1.0 - self.equity / self.rule_peak
 
     def metrics(self, periods_per_year: float) -> dict[str, float]:
         """:func:`performance` of the path, the bars forced to one action (and to flat) and, per mask rule, the
@@ -107,6 +112,8 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
     T = last - first
     equity = np.empty((n, T + 1))
     equity[:, 0] = eq0
+    peaks = np.empty((n, T + 1))
+    peaks[:, 0] = eq0
     expo, turn, cost, lvl = (np.zeros((n, T)) for _ in range(4))
     overrides = np.zeros(n, dtype=int)
     trades: list[list[dict]] = [[] for _ in range(n)]
@@ -138,9 +145,10 @@ def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Conf
         s.level = new_level
         s.equity = s.cash + (new * close_n).sum(axis=1)
         s.peak, s.cooldown = advance_peak(s.peak, s.equity, s.cooldown, limit, cfg.masks.drawdown_cooldown_bars)
-        equity[:, k + 1], cost[:, k], lvl[:, k] = s.equity, c, levels[new_level]
+        equity[:, k + 1], peaks[:, k + 1], cost[:, k], lvl[:, k] = s.equity, s.peak, c, levels[new_level]
     ts = timestamps[first: last + 1]
-    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i]) for i in range(n)]
+    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i], rule_peak=peaks[i])
+            for i in range(n)]
 
 
 class PolicyDecider:
@@ -230,13 +238,14 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
     first, last = test_rows[0] - 1, test_rows[1] - 1
     env = TradingEnv(market, cfg, first, last)
     obs, _ = env.reset(seed=0)
-    equity, costs, levels = [env.book.equity], [], []
+    equity, costs, levels, peaks = [env.book.equity], [], [], [env.book.peak]
     done = False
     while not done:
         mask = env.action_masks()
         action = int(policy(obs[None, :], mask[None, :])[0])
         obs, _, term, trunc, info = env.step(action)
         equity.append(info["equity"])
+        peaks.append(env.book.peak)
         costs.append(info["costs"])
         levels.append(info["level"])
         done = term or trunc
@@ -244,7 +253,7 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
     constrained = env.book.constrained if env.book.constrained is not None else np.zeros(len(cfg.masks.rules), dtype=int)
     return StrategyPath("reference", market.timestamps[first: last + 1], np.array(equity), np.zeros(T), np.zeros(T),
                         np.array(costs), np.array(levels), env.book.overrides, forced_bars=env.book.forced_bars,
-                        forced_flat=env.book.forced_flat,
+                        forced_flat=env.book.forced_flat, rule_peak=np.array(peaks),
                         constrained=dict(zip(cfg.masks.rules, constrained.tolist())))
 
 

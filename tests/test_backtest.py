@@ -52,7 +52,10 @@ def policies(market, cfg):
 TIGHT = {"vol_target_ann": 0.9, "regime_high_vol_prob": 0.4, "min_hold_bars": 3, "max_abs_exposure": 0.75}
 
 
-CASE_NAMES = ["default", "tight_masks", "short_underlying", "toy"]
+CASE_NAMES = ["default", "tight_masks", "tight_budget", "short_underlying", "toy"]
+# an 8 % budget on quarter-step levels, 5-bar cool-down: the real fold stops out and re-bases
+TIGHT_BUDGET = ("masks.drawdown_limit=0.08", "masks.drawdown_cooldown_bars=5",
+                "env.exposure_levels=[-1.0,-0.75,-0.5,-0.25,0.0,0.25,0.5,0.75,1.0]")
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,6 +67,9 @@ def build_case(name: str):
     if name == "tight_masks":
         f = real_fold()
         return f.market, with_cfg(f.cfg, masks=TIGHT), f.test_rows
+    if name == "tight_budget":
+        f = real_fold(TIGHT_BUDGET)
+        return f.market, f.cfg, f.test_rows
     if name == "short_underlying":  # negative shares of QQQ for negative levels
         s = real_fold(ALLOW_SHORT)
         return s.market, with_cfg(s.cfg, masks=TIGHT), s.test_rows
@@ -89,7 +95,9 @@ def test_batch_engine_equals_reference(case):
         np.testing.assert_allclose(fast.equity, ref.equity, rtol=1e-9, err_msg=f"{name}/{key}")
         np.testing.assert_allclose(fast.costs, ref.costs, rtol=1e-9, atol=1e-9, err_msg=f"{name}/{key}")
         np.testing.assert_array_equal(fast.levels, ref.levels, err_msg=f"{name}/{key}")
+        np.testing.assert_allclose(fast.rule_peak, ref.rule_peak, rtol=1e-9, err_msg=f"{name}/{key}")
         assert fast.overrides == ref.overrides, key
+        assert (fast.forced_bars, fast.forced_flat, fast.constrained) == (ref.forced_bars, ref.forced_flat, ref.constrained), key
         if masked:
             assert fast.overrides == 0, key
     # the policies did trade, and not all alike
@@ -190,3 +198,12 @@ def test_buy_hold_underlying_trades_the_underlying(case):
     np.testing.assert_allclose(np.diff(p.equity[1:]), shares * np.diff(u.close[c:d]), rtol=1e-9, atol=1e-6)
     if name != "toy":
         assert u.symbol == "QQQ" != market.legs[0].symbol
+
+
+def test_tight_budget_case_stops_out_and_rebases_on_the_real_fold():
+    """Non-vacuous: under the 8 % budget the real fold's policies are stopped out (forced flat) and
+    the rule's peak re-bases below an earlier peak, so the equality above covers both paths."""
+    market, cfg, rows = build_case("tight_budget")
+    paths = backtest_fold(market, cfg, rows, policies(market, cfg))
+    assert any(p.forced_flat > 0 for k, p in paths.items() if k in ("lin_masked", "max_long_masked"))
+    assert any((np.diff(paths[k].rule_peak) < 0).any() for k in ("lin_masked", "max_long_masked", "max_long"))
