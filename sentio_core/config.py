@@ -311,7 +311,7 @@ class MaskConfig(_Section):
     )
     max_abs_exposure: float = Field(1.0, gt=0, description="Exposure cap, fraction of equity.")
     vol_target_ann: float = Field(1.2, gt=0, description="No level whose |exposure| x annualised volatility of its leg exceeds this.")
-    drawdown_limit: float = Field(0.35, gt=0, lt=1, description="Drawdown budget, fraction of the peak since the last re-base: no "
+    drawdown_limit: float = Field(0.20, gt=0, lt=1, description="Drawdown budget, fraction of the peak since the last re-base: no "
                                                                 "level whose plausible one-bar loss would carry the drawdown past it; "
                                                                 "reaching it stops the policy out (flat for the cool-down).")
     drawdown_cooldown_bars: int = Field(20, ge=1, le=MAX_WINDOW_BARS, description="Bars held flat after a stop-out; then the peak "
@@ -320,7 +320,7 @@ class MaskConfig(_Section):
     gap_move: Literal["sigma", "worst_bar"] = Field("sigma", description="A level's plausible one-bar adverse move: gap_sigmas x "
                                                                          "its legs' trailing volatility, or their worst bar in "
                                                                          "the fold's training window.")
-    gap_sigmas: float = Field(4.0, gt=0, le=100, description="Multiple of the leg's trailing per-bar volatility (env.vol_bars) "
+    gap_sigmas: float = Field(8.0, gt=0, le=100, description="Multiple of the leg's trailing per-bar volatility (env.vol_bars) "
                                                              "taken as its plausible one-bar adverse move (gap_move 'sigma').")
     regime_high_vol_prob: float = Field(0.6, gt=0, le=1, description="Filtered probability of the highest-variance regime above which no new or larger long is opened.")
     session_close_minutes: float = Field(0.0, ge=0, le=390, description="Intraday: reduce-only this many minutes before the close "
