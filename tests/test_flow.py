@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from sentio_core.config import MASK_RULES
+
 from .conftest import DAILY, SMOKE
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
@@ -91,6 +93,9 @@ def test_fold_metrics_cover_both_algorithms_and_the_baselines(first_run):
                 assert isinstance(row[f"{name}_{metric}"], float)
         assert row["maskable_ppo_overrides"] == 0  # the masked policy never picks a forbidden action
         assert row["flat_total_return"] == 0.0
+        for name in ("maskable_ppo", "ppo"):  # the sentio-folds table: what each mask rule constrained, bars forced
+            assert {f"{name}_forced_bars", f"{name}_forced_flat", *(f"{name}_mask_{r}" for r in MASK_RULES)} <= set(row)
+            assert 0 <= row[f"{name}_forced_flat"] <= row[f"{name}_forced_bars"] <= row["test_bars"]
 
 
 def test_registration_logs_runs_and_sets_an_alias(first_run):
@@ -106,6 +111,8 @@ def test_registration_logs_runs_and_sets_an_alias(first_run):
     assert sorted(reg.child_run_ids) == ["maskable_ppo-fold-0", "maskable_ppo-fold-1", "ppo-fold-0", "ppo-fold-1"]
     child = client.get_run(reg.child_run_ids["ppo-fold-1"])
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "sharpe" in child.data.metrics
+    # every mask rule reports itself in the child runs, with the bars forced to one action and to flat
+    assert {"forced_bars", "forced_flat", *(f"mask_{rule}" for rule in MASK_RULES)} <= set(child.data.metrics)
     names = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert any(n.endswith(".png") for n in names) and any("trades" in n for n in names)
     version = client.get_model_version("sentio-maskable-ppo", reg.version)
