@@ -74,7 +74,7 @@ def build_case(name: str):
         s = real_fold(ALLOW_SHORT)
         return s.market, with_cfg(s.cfg, masks=TIGHT), s.test_rows
     m = random_walk_market(120, seed=3)
-    cfg = synthetic_cfg(masks={"rules": ["drawdown", "exposure_cap", "min_hold"], "drawdown_limit": 0.1,
+    cfg = synthetic_cfg(masks={"rules": ["drawdown", "exposure_cap", "min_hold"], "drawdown_limit": 0.1, "gap_sigmas": 4.0,
                                "max_abs_exposure": 0.75, "min_hold_bars": 2})
     return m, cfg, (5, 110)
 
