@@ -1,0 +1,269 @@
+"""One vectorised trading engine: N portfolios stepped together as arrays.
+
+Each portfolio has its own decision row ``t`` (training draws random episode starts; a backtest
+steps every portfolio through the same rows). One :meth:`Engine.step` does, for all N at once,
+what :class:`sentio_core.env.TradingEnv` does for one: the stop-out check, every mask rule as an
+(N, A) array composed in priority order with the per-rule counts, the override of a forbidden
+action to the nearest allowed level, sizing at the close of t, the fill at the open of t+1 (no
+fill where the fill bar has no volume), costs through :func:`sentio_core.costs.trade_costs` on
+whole columns, marking at the close of t+1, the drawdown rule's peak and cool-down, holding
+times and the reward. Observations are gathered from the fold's normalised feature matrix (with
+``lookback - 1`` zero rows in front) by index into a preallocated buffer.
+
+The single-portfolio environment stays the readable reference; the tests drive both with the
+same actions and hold them equal to 1e-9 at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sentio_core.config import Config
+from sentio_core.costs import trade_costs
+from sentio_core.env import N_STATE
+from sentio_core.market import Market
+from sentio_core.masks import advance_peak
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Tables:
+    """A fold market's arrays laid out for the engine: one (T, L) array per leg field, (T, A)
+    tables of each level's risk and volatility, and the features padded for the window gather."""
+
+    open: np.ndarray  # (T, L)
+    close: np.ndarray  # (T, L)
+    dollar_volume: np.ndarray  # (T, L)
+    mean_dollar_volume: np.ndarray  # (T, L), floored at 1e-9 (the liquidity rule divides by it)
+    sigma: np.ndarray  # (T, L)
+    direction: np.ndarray  # (L,)
+    symbols: tuple[str, ...]
+    levels: np.ndarray  # (A,)
+    weights: np.ndarray  # (A, L)
+    flat: int
+    risk: np.ndarray  # (T, A) plausible one-bar loss of each level (masks.gap_move)
+    vol_ann: np.ndarray  # (T, A) annualised volatility of each level's leg
+    stale: np.ndarray  # (T,) bool
+    high_vol_prob: np.ndarray  # (T,)
+    minutes_to_close: np.ndarray | None  # (T,), None for daily bars
+    padded: np.ndarray  # (lookback - 1 + T, F) float32: zeros, then the features
+
+    @classmethod
+    def of(cls, market: Market, cfg: Config) -> Tables:
+        lookback = cfg.env.lookback_bars
+        feats = market.features
+        padded = np.zeros((lookback - 1 + len(feats), feats.shape[1]), dtype=np.float32)
+        padded[lookback - 1:] = feats
+        stack = lambda name: np.stack([getattr(leg, name) for leg in market.legs], axis=1).astype(float)  # noqa: E731
+        return cls(
+            open=stack("open"), close=stack("close"), dollar_volume=stack("dollar_volume"),
+            mean_dollar_volume=np.maximum(stack("mean_dollar_volume"), 1e-9), sigma=stack("sigma"),
+            direction=np.array([leg.direction for leg in market.legs], dtype=float),
+            symbols=tuple(leg.symbol for leg in market.legs), levels=market.levels, weights=market.weights,
+            flat=int(np.flatnonzero(market.levels == 0)[0]), risk=market.level_risk_table(cfg.masks),
+            vol_ann=market.vol_ann_table(), stale=np.asarray(market.stale, dtype=bool),
+            high_vol_prob=np.asarray(market.high_vol_prob, dtype=float),
+            minutes_to_close=None if market.minutes_to_close is None else np.asarray(market.minutes_to_close, float),
+            padded=padded,
+        )
+
+
+class Engine:
+    """N portfolios over one fold market. Arrays are public: ``cash (N,)``, ``shares (N, L)``,
+    ``equity``, ``peak``, ``level`` (action index), ``held`` (bars the level has been held),
+    ``cooldown``, ``t`` (the decision row) and ``end`` (the last decision row + 1 of the episode);
+    the counters ``overrides``, ``forced_bars``, ``forced_flat`` and ``constrained (N, R)``."""
+
+    def __init__(self, market: Market, cfg: Config, n: int, tables: Tables | None = None):
+        self.cfg, self.n = cfg, n
+        self.tab = tables if tables is not None else Tables.of(market, cfg)
+        self.rules = list(cfg.masks.rules)
+        self.limit = cfg.masks.drawdown_limit if "drawdown" in self.rules else None
+        self.lookback = cfg.env.lookback_bars
+        n_feat = self.tab.padded.shape[1]
+        self.obs_dim = self.lookback * n_feat + N_STATE
+        self._offsets = np.arange(self.lookback)
+        self.reset_all(np.zeros(n, dtype=int), np.ones(n, dtype=int))
+
+    # --- state -------------------------------------------------------------------------
+    def reset_all(self, start: np.ndarray, end: np.ndarray) -> None:
+        n, n_legs, eq0 = self.n, len(self.tab.symbols), self.cfg.env.initial_equity_usd
+        self.cash, self.shares = np.full(n, eq0), np.zeros((n, n_legs))
+        self.equity, self.peak = np.full(n, eq0), np.full(n, eq0)
+        self.level = np.full(n, self.tab.flat)
+        self.held, self.cooldown = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+        self.t, self.end = np.asarray(start, dtype=int).copy(), np.asarray(end, dtype=int).copy()
+        self.overrides, self.forced_bars, self.forced_flat = (np.zeros(n, dtype=int) for _ in range(3))
+        self.constrained = np.zeros((n, len(self.rules)), dtype=int)
+
+    def reset(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        """Start portfolios ``rows`` afresh (initial equity, flat) at decision rows ``start``."""
+        eq0 = self.cfg.env.initial_equity_usd
+        self.cash[rows], self.shares[rows] = eq0, 0.0
+        self.equity[rows], self.peak[rows] = eq0, eq0
+        self.level[rows], self.held[rows], self.cooldown[rows] = self.tab.flat, 0, 0
+        self.t[rows], self.end[rows] = start, end
+        self.overrides[rows] = self.forced_bars[rows] = self.forced_flat[rows] = 0
+        self.constrained[rows] = 0
+
+    @property
+    def drawdown(self) -> np.ndarray:
+        return np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
+
+    # --- masks -------------------------------------------------------------------------
+    def arm_stop(self) -> None:
+        """Start the cool-down where the budget fits no level but flat (:func:`masks.stop_out`)."""
+        if self.limit is None:
+            return
+        room = self._room()
+        fits = ((self.tab.levels != 0)[None, :] & (self.tab.risk[self.t] <= room[:, None] + _EPS)).any(axis=1)
+        self.cooldown = np.where((self.cooldown == 0) & ~fits, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
+
+    def _room(self) -> np.ndarray:
+        dd = self.drawdown
+        safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
+        return np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
+
+    def rule_masks(self) -> list[np.ndarray]:
+        """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`, vectorised)."""
+        tab, m, t = self.tab, self.cfg.masks, self.t
+        lv, n = tab.levels, self.n
+        cur_lv = lv[self.level]  # (N,)
+        current = np.arange(len(lv))[None, :] == self.level[:, None]  # (N, A)
+        everything = np.ones((n, len(lv)), dtype=bool)
+        out = []
+        for rule in self.rules:
+            if rule == "stale":
+                out.append(np.where(tab.stale[t][:, None], current, everything))
+            elif rule == "drawdown":
+                budget = (lv == 0)[None, :] | (tab.risk[t] <= self._room()[:, None] + _EPS)
+                out.append(np.where((self.cooldown > 0)[:, None], (lv == 0)[None, :], budget))
+            elif rule == "exposure_cap":
+                out.append(np.broadcast_to(np.abs(lv) <= m.max_abs_exposure + _EPS, (n, len(lv))))
+            elif rule == "vol_target":
+                out.append((lv == 0)[None, :] | (np.abs(lv)[None, :] * tab.vol_ann[t] <= m.vol_target_ann + _EPS))
+            elif rule == "regime":
+                gate = lv[None, :] <= np.maximum(cur_lv, 0.0)[:, None] + _EPS
+                out.append(np.where((tab.high_vol_prob[t] >= m.regime_high_vol_prob)[:, None], gate, everything))
+            elif rule == "session":
+                if tab.minutes_to_close is None or m.session_close_minutes <= 0:
+                    out.append(everything)
+                else:
+                    near = ~(tab.minutes_to_close[t] > m.session_close_minutes)  # as the rule reads it (NaN included)
+                    out.append(np.where(near[:, None], self._reduce_only(cur_lv), everything))
+            elif rule == "liquidity":
+                out.append(self._participation() <= m.max_participation + _EPS)
+            elif rule == "min_hold":
+                hold = (cur_lv != 0) & (self.held < m.min_hold_bars)
+                out.append(np.where(hold[:, None], current, everything))
+            else:  # the schema admits only the names above
+                raise ValueError(f"unknown mask rule {rule!r}")
+        return out
+
+    def _reduce_only(self, cur_lv: np.ndarray) -> np.ndarray:
+        lv = self.tab.levels[None, :]
+        same_side = np.sign(lv) == np.sign(cur_lv)[:, None]
+        return (lv == 0) | (same_side & (np.abs(lv) <= np.abs(cur_lv)[:, None] + _EPS))
+
+    def _participation(self) -> np.ndarray:
+        """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades."""
+        tab, t = self.tab, self.t
+        close = tab.close[t]  # (N, L)
+        target = tab.weights[None, :, :] * self.equity[:, None, None] / close[:, None, :]  # (N, A, L)
+        delta = np.abs(target - self.shares[:, None, :])
+        part = (delta * close[:, None, :] / tab.mean_dollar_volume[t][:, None, :]).max(axis=2)
+        part[np.arange(self.n), self.level] = 0.0
+        return part
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The composed (N, A) mask after the stop-out check, and the actions each rule removed
+        beyond those the rules above it removed, (N, R) (0 where it yielded)."""
+        self.arm_stop()
+        rules = self.rule_masks()
+        out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
+        removed = np.zeros((self.n, len(rules)), dtype=int)
+        valid = np.full(self.n, len(self.tab.levels))
+        for r, mask in enumerate(rules):
+            combined = out & mask
+            left = combined.sum(axis=1)
+            ok = left > 0
+            removed[:, r] = np.where(ok, valid - left, 0)
+            out = np.where(ok[:, None], combined, out)
+            valid = np.where(ok, left, valid)
+        return out, removed
+
+    def nearest_allowed(self, mask: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Per row, the allowed level closest to the chosen one; ties go to the smaller absolute
+        exposure, then the lower index (:func:`masks.nearest_allowed`)."""
+        lv = self.tab.levels
+        dist = np.where(mask, np.abs(lv[None, :] - lv[actions][:, None]), np.inf)
+        closest = dist == dist.min(axis=1, keepdims=True)
+        return np.argmin(np.where(closest, np.abs(lv)[None, :], np.inf), axis=1)
+
+    # --- stepping ------------------------------------------------------------------------
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Act for every portfolio: masks, overrides, fill, costs, mark. Returns the reward, the
+        costs paid (dollars), terminated and truncated, each (N,)."""
+        actions = np.asarray(actions, dtype=int)
+        mask, removed = self.masks()
+        one = mask.sum(axis=1) == 1
+        self.forced_bars += one
+        self.forced_flat += one & mask[:, self.tab.flat]
+        self.constrained += removed > 0
+        forbidden = ~mask[np.arange(self.n), actions]
+        if forbidden.any():
+            actions = np.where(forbidden, self.nearest_allowed(mask, actions), actions)
+            self.overrides += forbidden
+        before, dd_before = self.equity, self.drawdown
+        costs = self._settle(actions)
+        self.t = self.t + 1
+        penalty = self.cfg.env.drawdown_penalty * np.maximum(0.0, self.drawdown - dd_before)
+        reward = np.log(self.equity / before) - penalty
+        terminated = self.equity <= 0
+        truncated = (self.t >= self.end) & ~terminated
+        return reward, costs, terminated, truncated
+
+    def _settle(self, actions: np.ndarray) -> np.ndarray:
+        tab, t = self.tab, self.t
+        keep = actions == self.level
+        target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
+        new = np.where(keep[:, None], self.shares, target)
+        dead = tab.dollar_volume[t + 1] <= 0
+        no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
+        new = np.where(no_fill[:, None], self.shares, new)
+        actions = np.where(no_fill, self.level, actions)
+        delta = new - self.shares
+        fill = tab.open[t + 1]
+        cost = np.zeros(self.n)
+        for j, symbol in enumerate(tab.symbols):
+            cost = cost + trade_costs(self.cfg.costs, symbol, delta[:, j], fill[:, j], tab.dollar_volume[t + 1, j],
+                                      tab.sigma[t, j]).total
+        self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
+        self.shares = new
+        self.held = np.where(actions == self.level, self.held + 1, 1)
+        self.level = actions
+        self.equity = self.cash + (new * tab.close[t + 1]).sum(axis=1)
+        self.peak, self.cooldown = advance_peak(self.peak, self.equity, self.cooldown, self.limit,
+                                                self.cfg.masks.drawdown_cooldown_bars)
+        return cost
+
+    # --- observations --------------------------------------------------------------------
+    def observe(self, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, obs_dim) float32: the feature window of rows ``t - lookback + 1 .. t`` (zeros before
+        the first row) and the state, gathered into ``out`` (allocated when None)."""
+        if out is None:
+            out = np.empty((self.n, self.obs_dim), dtype=np.float32)
+        tab, width = self.tab, self.obs_dim - N_STATE
+        rows = self.t[:, None] + self._offsets[None, :]  # padded rows of each window
+        window = out[:, :width]
+        window.shape = (self.n, self.lookback, tab.padded.shape[1])  # a view, never a copy (numpy raises otherwise)
+        np.take(tab.padded, rows, axis=0, out=window)
+        value = (tab.direction[None, :] * self.shares * tab.close[self.t]).sum(axis=1)
+        out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
+        out[:, width + 1] = self.drawdown
+        out[:, width + 2] = self.held / (self.held + 20.0)
+        out[:, width + 3] = tab.levels[self.level]
+        return out
