@@ -204,11 +204,15 @@ class Engine:
         return np.argmin(np.where(closest, np.abs(lv)[None, :], np.inf), axis=1)
 
     # --- stepping ------------------------------------------------------------------------
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: np.ndarray, masks: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Act for every portfolio: masks, overrides, fill, costs, mark. Returns the reward, the
-        costs paid (dollars), terminated and truncated, each (N,)."""
+        costs paid (dollars), terminated and truncated, each (N,).
+
+        :param masks: what :meth:`masks` returned for this very state (saves computing them twice).
+        """
         actions = np.asarray(actions, dtype=int)
-        mask, removed = self.masks()
+        mask, removed = masks if masks is not None else self.masks()
         one = mask.sum(axis=1) == 1
         self.forced_bars += one
         self.forced_flat += one & mask[:, self.tab.flat]
