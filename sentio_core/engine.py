@@ -86,7 +86,23 @@ class Engine:
         n_feat = self.tab.padded.shape[1]
         self.obs_dim = self.lookback * n_feat + N_STATE
         self._offsets = np.arange(self.lookback)
+        self._static_rules()
         self.reset_all(np.zeros(n, dtype=int), np.ones(n, dtype=int))
+
+    def _static_rules(self) -> None:
+        """What the rules read that does not depend on the portfolio's money: tables by current
+        level (A, A) and by row (T, A), so a decision gathers rows instead of recomputing them."""
+        m, lv = self.cfg.masks, self.tab.levels
+        cur = lv[:, None]  # row: the current level; column: the candidate
+        self._only_current = np.eye(len(lv), dtype=bool)
+        self._regime_gate = lv[None, :] <= np.maximum(cur, 0.0) + _EPS
+        same_side = np.sign(lv)[None, :] == np.sign(cur)
+        self._reduce_only = (lv == 0)[None, :] | (same_side & (np.abs(lv)[None, :] <= np.abs(cur) + _EPS))
+        self._cap = np.abs(lv) <= m.max_abs_exposure + _EPS
+        self._vol_ok = (lv == 0)[None, :] | (np.abs(lv)[None, :] * self.tab.vol_ann <= m.vol_target_ann + _EPS)
+        self._flat_only = lv == 0
+        self._nonflat = lv != 0
+        self._hold_nonflat = lv != 0  # min_hold binds only on a non-flat current level
 
     # --- state -------------------------------------------------------------------------
     def reset_all(self, start: np.ndarray, end: np.ndarray) -> None:
@@ -119,7 +135,7 @@ class Engine:
         if self.limit is None:
             return
         room = self._room()
-        fits = ((self.tab.levels != 0)[None, :] & (self.tab.risk[self.t] <= room[:, None] + _EPS)).any(axis=1)
+        fits = (self._nonflat & (self.tab.risk[self.t] <= room[:, None] + _EPS)).any(axis=1)
         self.cooldown = np.where((self.cooldown == 0) & ~fits, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
 
     def _room(self) -> np.ndarray:
@@ -129,44 +145,34 @@ class Engine:
 
     def rule_masks(self) -> list[np.ndarray]:
         """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`, vectorised)."""
-        tab, m, t = self.tab, self.cfg.masks, self.t
-        lv, n = tab.levels, self.n
-        cur_lv = lv[self.level]  # (N,)
-        current = np.arange(len(lv))[None, :] == self.level[:, None]  # (N, A)
-        everything = np.ones((n, len(lv)), dtype=bool)
+        tab, m, t, level = self.tab, self.cfg.masks, self.t, self.level
         out = []
         for rule in self.rules:
             if rule == "stale":
-                out.append(np.where(tab.stale[t][:, None], current, everything))
+                out.append(np.where(tab.stale[t][:, None], self._only_current[level], True))
             elif rule == "drawdown":
-                budget = (lv == 0)[None, :] | (tab.risk[t] <= self._room()[:, None] + _EPS)
-                out.append(np.where((self.cooldown > 0)[:, None], (lv == 0)[None, :], budget))
+                budget = self._flat_only | (tab.risk[t] <= self._room()[:, None] + _EPS)
+                out.append(np.where((self.cooldown > 0)[:, None], self._flat_only, budget))
             elif rule == "exposure_cap":
-                out.append(np.broadcast_to(np.abs(lv) <= m.max_abs_exposure + _EPS, (n, len(lv))))
+                out.append(np.broadcast_to(self._cap, (self.n, len(self._cap))))
             elif rule == "vol_target":
-                out.append((lv == 0)[None, :] | (np.abs(lv)[None, :] * tab.vol_ann[t] <= m.vol_target_ann + _EPS))
+                out.append(self._vol_ok[t])
             elif rule == "regime":
-                gate = lv[None, :] <= np.maximum(cur_lv, 0.0)[:, None] + _EPS
-                out.append(np.where((tab.high_vol_prob[t] >= m.regime_high_vol_prob)[:, None], gate, everything))
+                out.append(np.where((tab.high_vol_prob[t] >= m.regime_high_vol_prob)[:, None], self._regime_gate[level], True))
             elif rule == "session":
                 if tab.minutes_to_close is None or m.session_close_minutes <= 0:
-                    out.append(everything)
+                    out.append(np.ones((self.n, len(self._cap)), dtype=bool))
                 else:
                     near = ~(tab.minutes_to_close[t] > m.session_close_minutes)  # as the rule reads it (NaN included)
-                    out.append(np.where(near[:, None], self._reduce_only(cur_lv), everything))
+                    out.append(np.where(near[:, None], self._reduce_only[level], True))
             elif rule == "liquidity":
                 out.append(self._participation() <= m.max_participation + _EPS)
             elif rule == "min_hold":
-                hold = (cur_lv != 0) & (self.held < m.min_hold_bars)
-                out.append(np.where(hold[:, None], current, everything))
+                hold = self._hold_nonflat[level] & (self.held < m.min_hold_bars)
+                out.append(np.where(hold[:, None], self._only_current[level], True))
             else:  # the schema admits only the names above
                 raise ValueError(f"unknown mask rule {rule!r}")
         return out
-
-    def _reduce_only(self, cur_lv: np.ndarray) -> np.ndarray:
-        lv = self.tab.levels[None, :]
-        same_side = np.sign(lv) == np.sign(cur_lv)[:, None]
-        return (lv == 0) | (same_side & (np.abs(lv) <= np.abs(cur_lv)[:, None] + _EPS))
 
     def _participation(self) -> np.ndarray:
         """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades."""
