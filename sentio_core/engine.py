@@ -7,8 +7,8 @@ what :class:`sentio_core.env.TradingEnv` does for one: the stop-out check, every
 action to the nearest allowed level, sizing at the close of t, the fill at the open of t+1 (no
 fill where the fill bar has no volume), costs through :func:`sentio_core.costs.trade_costs` on
 whole columns, marking at the close of t+1, the drawdown rule's peak and cool-down, holding
-times and the reward. Observations are gathered from the fold's normalised feature matrix (with
-``lookback - 1`` zero rows in front) by index into a preallocated buffer.
+times and the reward. Observations are gathered from the fold's normalised feature matrix by index
+into a preallocated buffer (rows before the first are zeros).
 
 The single-portfolio environment stays the readable reference; the tests drive both with the
 same actions and hold them equal to 1e-9 at every step.
@@ -32,7 +32,7 @@ _EPS = 1e-12
 @dataclass(frozen=True)
 class Tables:
     """A fold market's arrays laid out for the engine: one (T, L) array per leg field, (T, A)
-    tables of each level's risk and volatility, and the features padded for the window gather."""
+    tables of each level's risk and volatility, and the feature matrix the windows are gathered from."""
 
     open: np.ndarray  # (T, L)
     close: np.ndarray  # (T, L)
@@ -49,14 +49,10 @@ class Tables:
     stale: np.ndarray  # (T,) bool
     high_vol_prob: np.ndarray  # (T,)
     minutes_to_close: np.ndarray | None  # (T,), None for daily bars
-    padded: np.ndarray  # (lookback - 1 + T, F) float32: zeros, then the features
+    features: np.ndarray  # (T, F) float32, the market's own matrix (not copied: 0.8 GB at 2M bars)
 
     @classmethod
     def of(cls, market: Market, cfg: Config) -> Tables:
-        lookback = cfg.env.lookback_bars
-        feats = market.features
-        padded = np.zeros((lookback - 1 + len(feats), feats.shape[1]), dtype=np.float32)
-        padded[lookback - 1:] = feats
         stack = lambda name: np.stack([getattr(leg, name) for leg in market.legs], axis=1).astype(float)  # noqa: E731
         return cls(
             open=stack("open"), close=stack("close"), dollar_volume=stack("dollar_volume"),
@@ -67,7 +63,7 @@ class Tables:
             vol_ann=market.vol_ann_table(), stale=np.asarray(market.stale, dtype=bool),
             high_vol_prob=np.asarray(market.high_vol_prob, dtype=float),
             minutes_to_close=None if market.minutes_to_close is None else np.asarray(market.minutes_to_close, float),
-            padded=padded,
+            features=market.features,
         )
 
 
@@ -83,9 +79,9 @@ class Engine:
         self.rules = list(cfg.masks.rules)
         self.limit = cfg.masks.drawdown_limit if "drawdown" in self.rules else None
         self.lookback = cfg.env.lookback_bars
-        n_feat = self.tab.padded.shape[1]
+        n_feat = self.tab.features.shape[1]
         self.obs_dim = self.lookback * n_feat + N_STATE
-        self._offsets = np.arange(self.lookback)
+        self._offsets = np.arange(self.lookback) - (self.lookback - 1)  # a window's rows relative to t
         self._static_rules()
         self.reset_all(np.zeros(n, dtype=int), np.ones(n, dtype=int))
 
@@ -114,6 +110,7 @@ class Engine:
         self.t, self.end = np.asarray(start, dtype=int).copy(), np.asarray(end, dtype=int).copy()
         self.overrides, self.forced_bars, self.forced_flat = (np.zeros(n, dtype=int) for _ in range(3))
         self.constrained = np.zeros((n, len(self.rules)), dtype=int)
+        self.last_delta, self.last_fill = np.zeros((n, n_legs)), np.zeros((n, n_legs))
 
     def reset(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """Start portfolios ``rows`` afresh (initial equity, flat) at decision rows ``start``."""
@@ -247,6 +244,7 @@ class Engine:
         actions = np.where(no_fill, self.level, actions)
         delta = new - self.shares
         fill = tab.open[t + 1]
+        self.last_delta, self.last_fill = delta, fill  # what the backtest records of this step
         cost = np.zeros(self.n)
         for j, symbol in enumerate(tab.symbols):
             cost = cost + trade_costs(self.cfg.costs, symbol, delta[:, j], fill[:, j], tab.dollar_volume[t + 1, j],
@@ -267,10 +265,12 @@ class Engine:
         if out is None:
             out = np.empty((self.n, self.obs_dim), dtype=np.float32)
         tab, width = self.tab, self.obs_dim - N_STATE
-        rows = self.t[:, None] + self._offsets[None, :]  # padded rows of each window
+        rows = self.t[:, None] + self._offsets[None, :]  # each window's rows; negative before the first row
         window = out[:, :width]
-        window.shape = (self.n, self.lookback, tab.padded.shape[1])  # a view, never a copy (numpy raises otherwise)
-        np.take(tab.padded, rows, axis=0, out=window)
+        window.shape = (self.n, self.lookback, tab.features.shape[1])  # a view, never a copy (numpy raises otherwise)
+        np.take(tab.features, rows, axis=0, out=window, mode="clip")
+        if rows[:, 0].min() < 0:  # rows before the first are zeros, as in the reference
+            window[rows < 0] = 0.0
         value = (tab.direction[None, :] * self.shares * tab.close[self.t]).sum(axis=1)
         out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
         out[:, width + 1] = self.drawdown

@@ -34,9 +34,9 @@ GOLDEN = {
     "regimes": COMMON | {"regimes"},
     "train": COMMON | {"costs", "env", "export", "features", "frequency", "market", "masks", "metadata", "policies",
                        "train"},
-    "backtest": COMMON | {"backtest", "costs", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "backtest": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                           "metrics", "plots", "policies"},
-    "rescore": COMMON | {"backtest", "costs", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "rescore": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                          "metrics", "policies", "regimes", "registry", "rescore"},
     "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
                        "registry"},
@@ -57,8 +57,9 @@ def test_golden_table_of_stage_modules():
 def test_every_library_module_is_run_by_some_stage_or_is_known_not_to_be():
     library = {p.stem for p in (REPO / "sentio_core").glob("*.py")} - {"__init__"}
     used = set().union(*GOLDEN.values())
-    # the report formatting runs in the flow and the CLI, not in a cached stage
-    assert library - used == {"report"}
+    # the report formatting runs in the flow and the CLI, not in a cached stage; the engine's VecEnv
+    # is not yet what training uses (issue 11 in progress)
+    assert library - used == {"report", "vec_env"}
 
 
 @pytest.fixture(scope="module")
