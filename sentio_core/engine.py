@@ -127,11 +127,11 @@ class Engine:
         return np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
 
     # --- masks -------------------------------------------------------------------------
-    def arm_stop(self) -> None:
+    def arm_stop(self, room: np.ndarray | None = None) -> None:
         """Start the cool-down where the budget fits no level but flat (:func:`masks.stop_out`)."""
         if self.limit is None:
             return
-        room = self._room()
+        room = self._room() if room is None else room
         fits = (self._nonflat & (self.tab.risk[self.t] <= room[:, None] + _EPS)).any(axis=1)
         self.cooldown = np.where((self.cooldown == 0) & ~fits, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
 
@@ -140,62 +140,87 @@ class Engine:
         safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
         return np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
 
-    def rule_masks(self) -> list[np.ndarray]:
-        """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`, vectorised)."""
+    def rule_masks(self, room: np.ndarray | None = None) -> list[np.ndarray | None]:
+        """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`,
+        vectorised); None where the rule allows every action of every portfolio at this step (a
+        daily bar's session rule, no stale row, no high-volatility row, a one-bar holding period).
+
+        :param room: the drawdown budget left, (N,) (computed when None).
+        """
         tab, m, t, level = self.tab, self.cfg.masks, self.t, self.level
-        out = []
+        out: list[np.ndarray | None] = []
         for rule in self.rules:
+            mask = None
             if rule == "stale":
-                out.append(np.where(tab.stale[t][:, None], self._only_current[level], True))
+                stale = tab.stale[t]
+                if stale.any():
+                    mask = np.where(stale[:, None], self._only_current[level], True)
             elif rule == "drawdown":
-                budget = self._flat_only | (tab.risk[t] <= self._room()[:, None] + _EPS)
-                out.append(np.where((self.cooldown > 0)[:, None], self._flat_only, budget))
+                room = self._room() if room is None else room
+                mask = self._flat_only | (tab.risk[t] <= room[:, None] + _EPS)
+                cooling = self.cooldown > 0
+                if cooling.any():
+                    mask = np.where(cooling[:, None], self._flat_only, mask)
             elif rule == "exposure_cap":
-                out.append(np.broadcast_to(self._cap, (self.n, len(self._cap))))
+                if not self._cap.all():
+                    mask = np.broadcast_to(self._cap, (self.n, len(self._cap)))
             elif rule == "vol_target":
-                out.append(self._vol_ok[t])
+                mask = self._vol_ok[t]
             elif rule == "regime":
-                out.append(np.where((tab.high_vol_prob[t] >= m.regime_high_vol_prob)[:, None], self._regime_gate[level], True))
+                high = tab.high_vol_prob[t] >= m.regime_high_vol_prob
+                if high.any():
+                    mask = np.where(high[:, None], self._regime_gate[level], True)
             elif rule == "session":
-                if tab.minutes_to_close is None or m.session_close_minutes <= 0:
-                    out.append(np.ones((self.n, len(self._cap)), dtype=bool))
-                else:
+                if tab.minutes_to_close is not None and m.session_close_minutes > 0:
                     near = ~(tab.minutes_to_close[t] > m.session_close_minutes)  # as the rule reads it (NaN included)
-                    out.append(np.where(near[:, None], self._reduce_only[level], True))
+                    if near.any():
+                        mask = np.where(near[:, None], self._reduce_only[level], True)
             elif rule == "liquidity":
-                out.append(self._participation() <= m.max_participation + _EPS)
+                mask = self._participation() <= m.max_participation + _EPS
             elif rule == "min_hold":
-                hold = self._hold_nonflat[level] & (self.held < m.min_hold_bars)
-                out.append(np.where(hold[:, None], self._only_current[level], True))
+                if m.min_hold_bars > 1:  # a non-flat level has been held at least one bar
+                    hold = self._hold_nonflat[level] & (self.held < m.min_hold_bars)
+                    if hold.any():
+                        mask = np.where(hold[:, None], self._only_current[level], True)
             else:  # the schema admits only the names above
                 raise ValueError(f"unknown mask rule {rule!r}")
+            out.append(mask)
         return out
 
     def _participation(self) -> np.ndarray:
-        """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades."""
+        """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
+        (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
         tab, t = self.tab, self.t
-        close = tab.close[t]  # (N, L)
-        target = tab.weights[None, :, :] * self.equity[:, None, None] / close[:, None, :]  # (N, A, L)
-        delta = np.abs(target - self.shares[:, None, :])
-        part = (delta * close[:, None, :] / tab.mean_dollar_volume[t][:, None, :]).max(axis=2)
+        close, mdv = tab.close[t], tab.mean_dollar_volume[t]  # (N, L)
+        part = None
+        for j in range(close.shape[1]):
+            target = tab.weights[:, j][None, :] * self.equity[:, None] / close[:, j, None]
+            leg = np.abs(target - self.shares[:, j, None]) * close[:, j, None] / mdv[:, j, None]
+            part = leg if part is None else np.maximum(part, leg)
         part[np.arange(self.n), self.level] = 0.0
         return part
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """The composed (N, A) mask after the stop-out check, and the actions each rule removed
         beyond those the rules above it removed, (N, R) (0 where it yielded)."""
-        self.arm_stop()
-        rules = self.rule_masks()
+        room = self._room() if self.limit is not None else None
+        self.arm_stop(room)
         out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
-        removed = np.zeros((self.n, len(rules)), dtype=int)
+        removed = np.zeros((self.n, len(self.rules)), dtype=int)
         valid = np.full(self.n, len(self.tab.levels))
-        for r, mask in enumerate(rules):
+        for r, mask in enumerate(self.rule_masks(room)):
+            if mask is None:  # allows everything: removes nothing
+                continue
             combined = out & mask
             left = combined.sum(axis=1)
             ok = left > 0
-            removed[:, r] = np.where(ok, valid - left, 0)
-            out = np.where(ok[:, None], combined, out)
-            valid = np.where(ok, left, valid)
+            if ok.all():
+                removed[:, r] = valid - left
+                out, valid = combined, left
+            else:
+                removed[:, r] = np.where(ok, valid - left, 0)
+                out = np.where(ok[:, None], combined, out)
+                valid = np.where(ok, left, valid)
         return out, removed
 
     def nearest_allowed(self, mask: np.ndarray, actions: np.ndarray) -> np.ndarray:
