@@ -18,13 +18,14 @@ import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sentio_core.config import Config, TrainConfig, reads
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import TrainingSummary
 from sentio_core.policies import Algorithm, build_model
+from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
     from sentio_core.folds import FoldSpan
@@ -120,8 +121,16 @@ class TrainResult:
     device: str
 
 
-def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
-    """``train.n_envs`` environments over the training rows, random episode starts."""
+def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> VecEnv:
+    """``train.n_envs`` environments over the training rows, random episode starts: portfolios of
+    the vectorised engine (:class:`EngineVecEnv`)."""
+    first, last = rows[0], rows[1] - 1
+    return EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
+
+
+def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
+    """The same environments as gymnasium ``TradingEnv`` objects in a ``DummyVecEnv`` (the slow,
+    readable reference the benchmark and the tests compare with)."""
     first, last = rows[0], rows[1] - 1
     return DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * cfg.train.n_envs)
 
