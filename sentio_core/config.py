@@ -15,6 +15,8 @@ from typing import Annotated, Any, Callable, Literal, Sequence, TypeVar, get_arg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sentio_core import algorithms
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
@@ -329,8 +331,8 @@ class MaskConfig(_Section):
     min_hold_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="Bars a non-flat position is held before it may change (1 = no constraint).")
 
 
-# the learning algorithms of sentio_core/policies.py, named once; the first is the primary one
-AlgorithmName = Literal["maskable_ppo", "ppo"]
+# the learning algorithms, named once in sentio_core/algorithms.py; the first is the primary one
+AlgorithmName = Literal[algorithms.NAMES]  # type: ignore[valid-type]
 ALGORITHM_NAMES: tuple[str, ...] = get_args(AlgorithmName)
 
 

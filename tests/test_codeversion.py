@@ -24,7 +24,7 @@ from tasks.common import STAGE_MODULES as _TASK_MODULES  # noqa: E402
 STAGE_MODULES = tuple(m.removeprefix("tasks.") for m in _TASK_MODULES)
 # every stage runs config.py (section by section), codeversion.py (its key), files.py (its outputs)
 # and memory.py (it hands freed memory back when it ends)
-COMMON = {"codeversion", "config", "files", "memory"}
+COMMON = {"algorithms", "codeversion", "config", "files", "memory"}
 GOLDEN = {
     "ingest": COMMON | {"data", "frequency", "universe"},
     "validate": COMMON | {"data", "frequency", "universe", "validation"},
