@@ -33,7 +33,7 @@ from sentio_core.config import Config, load_config
 from sentio_core.data import build_manifest, build_panel
 from sentio_core.features import feature_table
 from sentio_core.folds import fold_spans
-from sentio_core.market import Market, fold_market
+from sentio_core.market import fold_market
 from sentio_core.regimes import fold_regimes
 from sentio_core.train import Budget, fold_training
 
