@@ -33,7 +33,7 @@ from sentio_core.config import Config, load_config
 from sentio_core.data import build_manifest, build_panel
 from sentio_core.features import feature_table
 from sentio_core.folds import fold_spans
-from sentio_core.market import Market, fold_market
+from sentio_core.market import fold_market
 from sentio_core.regimes import fold_regimes
 from sentio_core.train import Budget, fold_training
 
@@ -127,8 +127,9 @@ def main() -> None:
             rows = span.test_rows if args.window == "test" else (span.train_rows[0] + 1, span.train_rows[1])
             for combo in sweep(args.sweep):
                 setting = " ".join(c.removeprefix("masks.") for c in combo) or "-"
+                swept = load_config(config, overrides + combo)
                 for limit in args.limits:
-                    cfg = with_limit(load_config(config, overrides + combo), limit)
+                    cfg = with_limit(swept, limit)
                     pols = {f"r{i}": (random_policy(1000 * span.fold + i), True) for i in range(args.random)}
                     paths = backtest_fold(market, cfg, rows, pols)
                     print(row(config, setting, limit, span, f"random x{args.random}", [paths[k] for k in pols], cfg, ppy),

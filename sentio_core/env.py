@@ -25,7 +25,7 @@ import numpy as np
 from sentio_core.config import Config, MaskConfig
 from sentio_core.costs import trade_costs
 from sentio_core.market import Market
-from sentio_core.masks import MaskState, action_mask, advance_peak, counted_mask, nearest_allowed, stop_out
+from sentio_core.masks import MaskState, advance_peak, counted_mask, nearest_allowed, stop_out
 
 N_STATE = 4  # exposure, drawdown, time in position, current level
 
@@ -157,8 +157,7 @@ class TradingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """(A,) bool: the composed mask for the decision after the close of the current bar."""
-        arm_stop(self.market, self.t, self.book, self.cfg.masks)
-        return action_mask(self.market.levels, mask_state(self.market, self.t, self.book, self.cfg.masks), self.cfg.masks)
+        return self._counted_masks()[0]
 
     def _counted_masks(self) -> tuple[np.ndarray, np.ndarray]:
         arm_stop(self.market, self.t, self.book, self.cfg.masks)

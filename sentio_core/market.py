@@ -79,8 +79,8 @@ class Market:
                 move = masks.gap_sigmas * np.stack([leg.sigma for leg in self.legs], axis=1)  # (T, L)
                 drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
             else:
-                drop = np.tile([leg.worst_drop for leg in self.legs], (self.n_rows, 1))
-                rise = np.tile([leg.worst_rise for leg in self.legs], (self.n_rows, 1))
+                drop = np.broadcast_to([leg.worst_drop for leg in self.legs], (self.n_rows, len(self.legs)))
+                rise = np.broadcast_to([leg.worst_rise for leg in self.legs], (self.n_rows, len(self.legs)))
             table = self._risk[key] = level_risk(self.weights, drop, rise)  # (T, A)
         return table[t]
 

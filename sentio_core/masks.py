@@ -205,12 +205,7 @@ def rule_masks(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> dict[st
 
 def compose(masks: list[np.ndarray]) -> np.ndarray:
     """AND the masks in priority order; a mask that would leave no action valid yields."""
-    out = np.ones(len(masks[0]), dtype=bool) if masks else np.ones(1, dtype=bool)
-    for mask in masks:
-        combined = out & mask
-        if combined.any():
-            out = combined
-    return out
+    return compose_counted(masks)[0]
 
 
 def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +225,7 @@ def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def action_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> np.ndarray:
     """The composed mask, shape (A,): True where the level may be chosen."""
-    masks = list(rule_masks(levels, state, cfg).values())
-    return compose(masks) if masks else np.ones(len(levels), dtype=bool)
+    return counted_mask(levels, state, cfg)[0]
 
 
 def counted_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
