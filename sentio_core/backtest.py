@@ -21,7 +21,7 @@ import polars as pl
 from sentio_core.config import Config, reads
 from sentio_core.engine import Engine
 from sentio_core.env import TradingEnv
-from sentio_core.market import Leg, Market
+from sentio_core.market import Market
 from sentio_core.metrics import drawdown, performance
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -87,21 +87,24 @@ def run_engine(engine: Engine, first: int, last: int, decide: Callable[[Engine, 
     T = last - first
     equity, peaks = np.empty((n, T + 1)), np.empty((n, T + 1))
     equity[:, 0], peaks[:, 0] = engine.equity, engine.peak
-    expo, turn, cost, lvl = (np.zeros((n, T)) for _ in range(4))
-    trades: list[list[dict]] = [[] for _ in range(n)]
-    for k, t in enumerate(range(first, last)):
+    cost, lvl = np.zeros((n, T)), np.zeros((n, T))
+    delta, shares = np.zeros((T, n, len(tab.symbols))), np.zeros((T, n, len(tab.symbols)))
+    fill = tab.open[first + 1: last + 1]  # (T, L) the fill bar of each step
+    for k in range(T):
         masks = engine.masks()
-        before = engine.equity
         _, cost[:, k], _, _ = engine.step(decide(engine, masks[0]), masks)
-        delta, fill = engine.last_delta, engine.last_fill
-        turn[:, k] = (np.abs(delta) * fill).sum(axis=1) / before
-        expo[:, k] = (tab.direction * engine.shares * fill).sum(axis=1) / before
-        for i in np.flatnonzero(delta.any(axis=1)):
-            for j in np.flatnonzero(delta[i]):
-                trades[i].append({"timestamp": timestamps[t + 1], "symbol": tab.symbols[j], "shares": float(delta[i, j]),
-                                  "price": float(fill[i, j])})
+        delta[k], shares[k] = engine.last_delta, engine.shares
         equity[:, k + 1], peaks[:, k + 1], lvl[:, k] = engine.equity, engine.peak, tab.levels[engine.level]
+    before = equity[:, :-1]  # (n, T) the equity each trade was sized on
+    turn = (np.abs(delta) * fill[:, None, :]).sum(axis=2).T / before
+    expo = (tab.direction * shares * fill[:, None, :]).sum(axis=2).T / before
     ts = timestamps[first: last + 1]
+    trades: list[list[dict]] = [[] for _ in range(n)]
+    stamp: dict[int, str] = {}  # each fill bar's timestamp, made once
+    for k, i, j in zip(*np.nonzero(delta)):  # in time order, then portfolio, then leg
+        when = stamp.get(k) or stamp.setdefault(k, timestamps[first + 1 + int(k)])
+        trades[i].append({"timestamp": when, "symbol": tab.symbols[j], "shares": float(delta[k, i, j]),
+                          "price": float(fill[k, j])})
     rules = engine.rules
     return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(engine.overrides[i]), trades[i],
                          forced_bars=int(engine.forced_bars[i]), forced_flat=int(engine.forced_flat[i]),
@@ -111,23 +114,45 @@ def run_engine(engine: Engine, first: int, last: int, decide: Callable[[Engine, 
 
 def policy_decisions(policies: list[tuple[Policy, bool]], obs_dim: int) -> Callable[[Engine, np.ndarray], np.ndarray]:
     """Each portfolio follows one policy, which sees its own observation and mask (a forbidden
-    choice of an unmasked policy is overridden by the engine to the nearest allowed level)."""
+    choice of an unmasked policy is overridden by the engine to the nearest allowed level).
+
+    Portfolios that share one policy object are decided in one call, their rows in the order
+    given (a trained network over several portfolios, or a population of policies acting row by
+    row): one call per distinct policy per bar, never one per portfolio.
+    """
     buf = np.empty((len(policies), obs_dim), dtype=np.float32)
+    groups: dict[int, list[int]] = {}
+    for i, (policy, _) in enumerate(policies):
+        groups.setdefault(id(policy), []).append(i)
+    calls = [(policies[rows[0]][0], np.array(rows)) for rows in groups.values()]
+    actions = np.zeros(len(policies), dtype=int)
 
     def decide(engine: Engine, mask: np.ndarray) -> np.ndarray:
         obs = engine.observe(buf)
-        return np.array([int(policy(obs[i: i + 1], mask[i: i + 1])[0]) for i, (policy, _) in enumerate(policies)])
+        for policy, rows in calls:
+            actions[rows] = np.asarray(policy(obs[rows], mask[rows]), dtype=int).reshape(-1)
+        return actions
     return decide
 
 
-def hold_path(market: Market, cfg: Config, leg: Leg, level: int, first: int, last: int) -> StrategyPath:
-    """A fixed-action portfolio with all equity in ``leg`` (level 1) or in cash (level 0), bought at
-    the first open and held, with the shared costs and no masks."""
+BASELINES = ("flat", "buy_hold_long", "buy_hold_underlying")
+
+
+def baseline_paths(market: Market, cfg: Config, first: int, last: int) -> dict[str, StrategyPath]:
+    """The baselines as three fixed-action portfolios of one engine over a market of two legs (the
+    long leg, the underlying): flat, all equity in the long leg, all equity in the underlying,
+    bought at the first open and held, with the shared costs and no masks."""
+    legs = [market.legs[0], market.underlying]
     held = dataclasses.replace(market, features=np.zeros((market.n_rows, 0), dtype=np.float32), feature_names=[],
-                               levels=np.array([0.0, 1.0]), weights=np.array([[0.0], [1.0]]), legs=[leg], _risk={})
+                               levels=np.array([0.0, 1.0, 1.0]), weights=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+                               legs=legs, _risk={})
     bare = cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"rules": []})})
-    engine = Engine(held, bare, 1)
-    return run_engine(engine, first, last, lambda e, m: np.array([level]), market.timestamps)[0]
+    fixed = np.arange(len(BASELINES))
+    paths = run_engine(Engine(held, bare, len(BASELINES)), first, last, lambda e, m: fixed, market.timestamps)
+    for name, path in zip(BASELINES, paths):
+        path.name = name
+        path.constrained = dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
+    return dict(zip(BASELINES, paths))
 
 
 def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
@@ -141,13 +166,9 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
         engine = Engine(market, cfg, len(names))
         chosen = [policies[k] for k in names]
         out.update(zip(names, run_engine(engine, first, last, policy_decisions(chosen, engine.obs_dim), market.timestamps)))
-    out["flat"] = hold_path(market, cfg, market.legs[0], 0, first, last)
-    out["buy_hold_long"] = hold_path(market, cfg, market.legs[0], 1, first, last)
-    out["buy_hold_underlying"] = hold_path(market, cfg, market.underlying, 1, first, last)
-    for name, path in out.items():
-        path.name = name
-        if name in ("flat", "buy_hold_long", "buy_hold_underlying"):
-            path.constrained = dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
+        for name, path in out.items():
+            path.name = name
+    out.update(baseline_paths(market, cfg, first, last))
     return out
 
 

@@ -53,7 +53,7 @@ class Tables:
 
     @classmethod
     def of(cls, market: Market, cfg: Config) -> Tables:
-        stack = lambda name: np.stack([getattr(leg, name) for leg in market.legs], axis=1).astype(float)  # noqa: E731
+        stack = lambda name: np.stack([getattr(leg, name) for leg in market.legs], axis=1).astype(float)
         return cls(
             open=stack("open"), close=stack("close"), dollar_volume=stack("dollar_volume"),
             mean_dollar_volume=np.maximum(stack("mean_dollar_volume"), 1e-9), sigma=stack("sigma"),
@@ -108,9 +108,11 @@ class Engine:
         self.level = np.full(n, self.tab.flat)
         self.held, self.cooldown = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
         self.t, self.end = np.asarray(start, dtype=int).copy(), np.asarray(end, dtype=int).copy()
+        self._lockstep = bool((self.t == self.t[0]).all())  # every portfolio on one row (a backtest): shared rows
         self.overrides, self.forced_bars, self.forced_flat = (np.zeros(n, dtype=int) for _ in range(3))
         self.constrained = np.zeros((n, len(self.rules)), dtype=int)
-        self.last_delta, self.last_fill = np.zeros((n, n_legs)), np.zeros((n, n_legs))
+        self.last_delta = np.zeros((n, n_legs))
+        self._mark()
 
     def reset(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """Start portfolios ``rows`` afresh (initial equity, flat) at decision rows ``start``."""
@@ -119,12 +121,24 @@ class Engine:
         self.equity[rows], self.peak[rows] = eq0, eq0
         self.level[rows], self.held[rows], self.cooldown[rows] = self.tab.flat, 0, 0
         self.t[rows], self.end[rows] = start, end
+        self._lockstep = False
         self.overrides[rows] = self.forced_bars[rows] = self.forced_flat[rows] = 0
         self.constrained[rows] = 0
+        self._mark()
+
+    @property
+    def _row(self) -> np.ndarray | int:
+        """The decision row(s) to index the tables with: one shared row (the tables' rows broadcast
+        over the portfolios) while the portfolios step in lockstep, else each portfolio's own."""
+        return int(self.t[0]) if self._lockstep else self.t
 
     @property
     def drawdown(self) -> np.ndarray:
-        return np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
+        """(N,) drawdown from the rule's peak (kept current by every change of equity or peak)."""
+        return self._dd
+
+    def _mark(self) -> None:
+        self._dd = np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
 
     # --- masks -------------------------------------------------------------------------
     def arm_stop(self, room: np.ndarray | None = None) -> None:
@@ -132,7 +146,7 @@ class Engine:
         if self.limit is None:
             return
         room = self._room() if room is None else room
-        fits = (self._nonflat & (self.tab.risk[self.t] <= room[:, None] + _EPS)).any(axis=1)
+        fits = (self._nonflat & (self.tab.risk[self._row] <= room[:, None] + _EPS)).any(axis=1)
         self.cooldown = np.where((self.cooldown == 0) & ~fits, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
 
     def _room(self) -> np.ndarray:
@@ -147,7 +161,7 @@ class Engine:
 
         :param room: the drawdown budget left, (N,) (computed when None).
         """
-        tab, m, t, level = self.tab, self.cfg.masks, self.t, self.level
+        tab, m, t, level, row = self.tab, self.cfg.masks, self.t, self.level, self._row
         out: list[np.ndarray | None] = []
         for rule in self.rules:
             mask = None
@@ -157,7 +171,7 @@ class Engine:
                     mask = np.where(stale[:, None], self._only_current[level], True)
             elif rule == "drawdown":
                 room = self._room() if room is None else room
-                mask = self._flat_only | (tab.risk[t] <= room[:, None] + _EPS)
+                mask = self._flat_only | (tab.risk[row] <= room[:, None] + _EPS)
                 cooling = self.cooldown > 0
                 if cooling.any():
                     mask = np.where(cooling[:, None], self._flat_only, mask)
@@ -165,7 +179,7 @@ class Engine:
                 if not self._cap.all():
                     mask = np.broadcast_to(self._cap, (self.n, len(self._cap)))
             elif rule == "vol_target":
-                mask = self._vol_ok[t]
+                mask = self._vol_ok[row]
             elif rule == "regime":
                 high = tab.high_vol_prob[t] >= m.regime_high_vol_prob
                 if high.any():
@@ -259,7 +273,7 @@ class Engine:
         return reward, costs, terminated, truncated
 
     def _settle(self, actions: np.ndarray) -> np.ndarray:
-        tab, t = self.tab, self.t
+        tab, t = self.tab, self._row
         keep = actions == self.level
         target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
         new = np.where(keep[:, None], self.shares, target)
@@ -269,11 +283,8 @@ class Engine:
         actions = np.where(no_fill, self.level, actions)
         delta = new - self.shares
         fill = tab.open[t + 1]
-        self.last_delta, self.last_fill = delta, fill  # what the backtest records of this step
-        cost = np.zeros(self.n)
-        for j, symbol in enumerate(tab.symbols):
-            cost = cost + trade_costs(self.cfg.costs, symbol, delta[:, j], fill[:, j], tab.dollar_volume[t + 1, j],
-                                      tab.sigma[t, j]).total
+        self.last_delta = delta  # what the backtest records of this step
+        cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
         self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
         self.shares = new
         self.held = np.where(actions == self.level, self.held + 1, 1)
@@ -281,6 +292,7 @@ class Engine:
         self.equity = self.cash + (new * tab.close[t + 1]).sum(axis=1)
         self.peak, self.cooldown = advance_peak(self.peak, self.equity, self.cooldown, self.limit,
                                                 self.cfg.masks.drawdown_cooldown_bars)
+        self._mark()
         return cost
 
     # --- observations --------------------------------------------------------------------
@@ -290,13 +302,20 @@ class Engine:
         if out is None:
             out = np.empty((self.n, self.obs_dim), dtype=np.float32)
         tab, width = self.tab, self.obs_dim - N_STATE
-        rows = self.t[:, None] + self._offsets[None, :]  # each window's rows; negative before the first row
         window = out[:, :width]
         window.shape = (self.n, self.lookback, tab.features.shape[1])  # a view, never a copy (numpy raises otherwise)
-        np.take(tab.features, rows, axis=0, out=window, mode="clip")
-        if rows[:, 0].min() < 0:  # rows before the first are zeros, as in the reference
-            window[rows < 0] = 0.0
-        value = (tab.direction[None, :] * self.shares * tab.close[self.t]).sum(axis=1)
+        if self._lockstep:  # one window, broadcast to every portfolio
+            rows = self.t[:1, None] + self._offsets[None, :]
+            np.take(tab.features, rows, axis=0, out=window[:1], mode="clip")
+            if rows[0, 0] < 0:
+                window[:1][rows < 0] = 0.0
+            window[1:] = window[:1]
+        else:
+            rows = self.t[:, None] + self._offsets[None, :]  # each window's rows; negative before the first row
+            np.take(tab.features, rows, axis=0, out=window, mode="clip")
+            if rows[:, 0].min() < 0:  # rows before the first are zeros, as in the reference
+                window[rows < 0] = 0.0
+        value = (tab.direction[None, :] * self.shares * tab.close[self._row]).sum(axis=1)
         out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
         out[:, width + 1] = self.drawdown
         out[:, width + 2] = self.held / (self.held + 20.0)
