@@ -28,10 +28,21 @@ ALL_RULES = {"rules": ["stale", "drawdown", "exposure_cap", "vol_target", "regim
 FINE = "env.exposure_levels=[-1.0,-0.75,-0.5,-0.25,0.0,0.25,0.5,0.75,1.0]"
 
 
+def _sessions(n: int) -> np.ndarray:
+    """Minutes to the close of 5-minute bars: full sessions (78 bars, 390 minutes) and, every third
+    day, an early close (42 bars, 13:00), as on the half days before holidays."""
+    days, k = [], 0
+    while sum(map(len, days)) < n:
+        bars = 42 if k % 3 == 2 else 78
+        days.append(np.arange(bars * 5, 0, -5, dtype=float) - 5.0)  # 0 at the last bar of the day
+        k += 1
+    return np.concatenate(days)[:n]
+
+
 def _toy_intraday():
     """A toy pair with what real data rarely shows together: zero-volume fill bars, stale bars,
-    session ends (minutes to close) and thin liquidity."""
-    n = 160
+    session ends and early closes (minutes to close) and thin liquidity."""
+    n = 260
     base = random_walk_market(n, seed=11)
     rng = np.random.default_rng(5)
     dead = rng.random(n) < 0.06
@@ -39,7 +50,7 @@ def _toy_intraday():
     for leg in base.legs:
         dv = np.where(dead, 0.0, leg.dollar_volume)
         legs.append(dataclasses.replace(leg, dollar_volume=dv, mean_dollar_volume=np.full(n, 2e6)))
-    minutes = np.tile(np.arange(390, 0, -5, dtype=float), n // 78 + 1)[:n]
+    minutes = _sessions(n)
     return dataclasses.replace(base, legs=legs, stale=rng.random(n) < 0.05, minutes_to_close=minutes,
                                high_vol_prob=rng.random(n))
 
@@ -64,10 +75,16 @@ def _episode(rng, first: int, last: int) -> tuple[int, int]:
     return start, int(min(last, start + rng.integers(5, 40)))
 
 
-def drive(market, cfg, n: int, steps: int, seed: int) -> None:
+def drive(market, cfg, n: int, steps: int, seed: int, lockstep: bool = False) -> None:
+    """``lockstep``: every portfolio starts on one row (0, where the window is padded, or another),
+    as in a backtest, until its first episode ends."""
     rng = np.random.default_rng(seed)
     first, last = cfg.env.lookback_bars, market.n_rows - 1
-    episodes = [_episode(rng, first, last) for _ in range(n)]
+    if lockstep:
+        start = int(rng.choice([0, int(rng.integers(first, last - 40))]))
+        episodes = [(start, start + 40)] * n
+    else:
+        episodes = [_episode(rng, first, last) for _ in range(n)]
     engine = Engine(market, cfg, n)
     engine.reset_all(np.array([s for s, _ in episodes]), np.array([e for _, e in episodes]))
     envs = []
@@ -107,10 +124,20 @@ def drive(market, cfg, n: int, steps: int, seed: int) -> None:
 
 @pytest.mark.parametrize("name", CASES)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**16))
-def test_engine_equals_the_reference_environment(name, seed):
+@given(seed=st.integers(0, 2**16), lockstep=st.booleans())
+def test_engine_equals_the_reference_environment(name, seed, lockstep):
     market, cfg = case(name)
-    drive(market, cfg, n=6, steps=60, seed=seed)
+    drive(market, cfg, n=6, steps=60, seed=seed, lockstep=lockstep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), lockstep=st.booleans())
+def test_engine_equals_the_reference_environment_at_scale(name, seed, lockstep):
+    """More portfolios, longer runs, many more resets."""
+    market, cfg = case(name)
+    drive(market, cfg, n=24, steps=120, seed=seed, lockstep=lockstep)
 
 
 def test_the_cases_exercise_every_path():
@@ -134,6 +161,8 @@ def test_the_cases_exercise_every_path():
     assert (seen > 0).all(), dict(zip(ALL_RULES["rules"], seen.tolist()))
     market, _ = case("toy_intraday")
     assert (np.stack([leg.dollar_volume for leg in market.legs]) <= 0).any()
+    closes = np.flatnonzero(market.minutes_to_close == 0)
+    assert 42 in np.diff(closes) and 78 in np.diff(closes)  # an early close and a full session
 
 
 def test_observations_are_gathered_into_the_buffer_given():
