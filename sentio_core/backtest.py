@@ -112,6 +112,13 @@ def run_engine(engine: Engine, first: int, last: int, decide: Callable[[Engine, 
             for i in range(n)]
 
 
+def _rows(rows: list[int]) -> slice | np.ndarray:
+    """Consecutive rows as a slice (a view of the observations, not a copy), others as an index."""
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return np.array(rows)
+
+
 def policy_decisions(policies: list[tuple[Policy, bool]], obs_dim: int) -> Callable[[Engine, np.ndarray], np.ndarray]:
     """Each portfolio follows one policy, which sees its own observation and mask (a forbidden
     choice of an unmasked policy is overridden by the engine to the nearest allowed level).
@@ -124,7 +131,7 @@ def policy_decisions(policies: list[tuple[Policy, bool]], obs_dim: int) -> Calla
     groups: dict[int, list[int]] = {}
     for i, (policy, _) in enumerate(policies):
         groups.setdefault(id(policy), []).append(i)
-    calls = [(policies[rows[0]][0], np.array(rows)) for rows in groups.values()]
+    calls = [(policies[rows[0]][0], _rows(rows)) for rows in groups.values()]
     actions = np.zeros(len(policies), dtype=int)
 
     def decide(engine: Engine, mask: np.ndarray) -> np.ndarray:

@@ -141,25 +141,30 @@ class Engine:
         self._dd = np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
 
     # --- masks -------------------------------------------------------------------------
-    def arm_stop(self, room: np.ndarray | None = None) -> None:
-        """Start the cool-down where the budget fits no level but flat (:func:`masks.stop_out`)."""
+    def arm_stop(self, fits: np.ndarray | None = None) -> None:
+        """Start the cool-down where the budget fits no level but flat (:func:`masks.stop_out`).
+
+        :param fits: :meth:`_fits` for this state (computed when None).
+        """
         if self.limit is None:
             return
-        room = self._room() if room is None else room
-        fits = (self._nonflat & (self.tab.risk[self._row] <= room[:, None] + _EPS)).any(axis=1)
-        self.cooldown = np.where((self.cooldown == 0) & ~fits, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
+        fits = self._fits() if fits is None else fits
+        some = (self._nonflat & fits).any(axis=1)
+        self.cooldown = np.where((self.cooldown == 0) & ~some, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
 
-    def _room(self) -> np.ndarray:
+    def _fits(self) -> np.ndarray:
+        """(N, A) whether each level's plausible one-bar loss fits the drawdown budget left."""
         dd = self.drawdown
         safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
-        return np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
+        room = np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
+        return self.tab.risk[self._row] <= room[:, None] + _EPS
 
-    def rule_masks(self, room: np.ndarray | None = None) -> list[np.ndarray | None]:
+    def rule_masks(self, fits: np.ndarray | None = None) -> list[np.ndarray | None]:
         """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`,
         vectorised); None where the rule allows every action of every portfolio at this step (a
         daily bar's session rule, no stale row, no high-volatility row, a one-bar holding period).
 
-        :param room: the drawdown budget left, (N,) (computed when None).
+        :param fits: :meth:`_fits` for this state (computed when None).
         """
         tab, m, t, level, row = self.tab, self.cfg.masks, self.t, self.level, self._row
         out: list[np.ndarray | None] = []
@@ -170,8 +175,7 @@ class Engine:
                 if stale.any():
                     mask = np.where(stale[:, None], self._only_current[level], True)
             elif rule == "drawdown":
-                room = self._room() if room is None else room
-                mask = self._flat_only | (tab.risk[row] <= room[:, None] + _EPS)
+                mask = self._flat_only | (self._fits() if fits is None else fits)
                 cooling = self.cooldown > 0
                 if cooling.any():
                     mask = np.where(cooling[:, None], self._flat_only, mask)
@@ -217,12 +221,12 @@ class Engine:
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """The composed (N, A) mask after the stop-out check, and the actions each rule removed
         beyond those the rules above it removed, (N, R) (0 where it yielded)."""
-        room = self._room() if self.limit is not None else None
-        self.arm_stop(room)
+        fits = self._fits() if self.limit is not None else None
+        self.arm_stop(fits)
         out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
         removed = np.zeros((self.n, len(self.rules)), dtype=int)
         valid = np.full(self.n, len(self.tab.levels))
-        for r, mask in enumerate(self.rule_masks(room)):
+        for r, mask in enumerate(self.rule_masks(fits)):
             if mask is None:  # allows everything: removes nothing
                 continue
             combined = out & mask
@@ -253,7 +257,7 @@ class Engine:
 
         :param masks: what :meth:`masks` returned for this very state (saves computing them twice).
         """
-        actions = np.asarray(actions, dtype=int)
+        actions = np.array(actions, dtype=int)  # a copy: the caller may reuse its array, the engine keeps the levels
         mask, removed = masks if masks is not None else self.masks()
         one = mask.sum(axis=1) == 1
         self.forced_bars += one
@@ -278,13 +282,17 @@ class Engine:
         target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
         new = np.where(keep[:, None], self.shares, target)
         dead = tab.dollar_volume[t + 1] <= 0
-        no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
-        new = np.where(no_fill[:, None], self.shares, new)
-        actions = np.where(no_fill, self.level, actions)
+        if dead.any():
+            no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
+            new = np.where(no_fill[:, None], self.shares, new)
+            actions = np.where(no_fill, self.level, actions)
         delta = new - self.shares
         fill = tab.open[t + 1]
         self.last_delta = delta  # what the backtest records of this step
-        cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
+        if delta.any():
+            cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
+        else:  # nothing trades: no commission, spread or impact
+            cost = np.zeros(self.n)
         self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
         self.shares = new
         self.held = np.where(actions == self.level, self.held + 1, 1)
