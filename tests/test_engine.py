@@ -132,12 +132,12 @@ def test_engine_equals_the_reference_environment(name, seed, lockstep):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), lockstep=st.booleans())
 def test_engine_equals_the_reference_environment_at_scale(name, seed, lockstep):
     """More portfolios, longer runs, many more resets."""
     market, cfg = case(name)
-    drive(market, cfg, n=24, steps=120, seed=seed, lockstep=lockstep)
+    drive(market, cfg, n=16, steps=100, seed=seed, lockstep=lockstep)
 
 
 def test_the_cases_exercise_every_path():
