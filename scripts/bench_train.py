@@ -205,9 +205,11 @@ def main() -> None:
     for threads in (1, 2, 4):
         torch.set_num_threads(threads)
         rates = [bench_inference(obs_dim, len(market.levels), cfg.train.net_arch, b) for b in (1, 64, 1024)]
-        engine = EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
-        engine.seed(cfg.seed)
-        train_rate, _, _ = bench_training(cfg, span, NAMES[0], engine, args.timesteps // 2)
+        train_rate = 0.0
+        for _ in range(args.repeats):
+            engine = EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
+            engine.seed(cfg.seed)
+            train_rate = max(train_rate, bench_training(cfg, span, NAMES[0], engine, args.timesteps)[0])
         print(f"   {threads} threads: inference batch 1 / 64 / 1,024: " + " / ".join(f"{r:,.0f}" for r in rates)
               + f" obs/s; {NAMES[0]} training {train_rate:,.0f} steps/s")
     torch.set_num_threads(cfg.train.torch_threads)
