@@ -202,16 +202,19 @@ def main() -> None:
 
     print("\n4. torch intra-op threads (this machine's cores:", len(os.sched_getaffinity(0)), ")")
     obs_dim = Engine(market, cfg, 1).obs_dim
-    for threads in (1, 2, 4):
-        torch.set_num_threads(threads)
-        rates = [bench_inference(obs_dim, len(market.levels), cfg.train.net_arch, b) for b in (1, 64, 1024)]
-        train_rate = 0.0
-        for _ in range(args.repeats):
+    thread_counts = (1, 2, 4)
+    training = dict.fromkeys(thread_counts, 0.0)
+    for _ in range(args.repeats):  # interleaved, the best of the repeats per count
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
             engine = EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
             engine.seed(cfg.seed)
-            train_rate = max(train_rate, bench_training(cfg, span, NAMES[0], engine, args.timesteps)[0])
+            training[threads] = max(training[threads], bench_training(cfg, span, NAMES[0], engine, args.timesteps)[0])
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        rates = [bench_inference(obs_dim, len(market.levels), cfg.train.net_arch, b) for b in (1, 64, 1024)]
         print(f"   {threads} threads: inference batch 1 / 64 / 1,024: " + " / ".join(f"{r:,.0f}" for r in rates)
-              + f" obs/s; {NAMES[0]} training {train_rate:,.0f} steps/s")
+              + f" obs/s; {NAMES[0]} training {training[threads]:,.0f} steps/s")
     torch.set_num_threads(cfg.train.torch_threads)
 
     print("\n5. backtest over the test window")

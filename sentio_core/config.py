@@ -357,8 +357,8 @@ class TrainConfig(_Section):
     net_arch: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64, 64], max_length=32,
                                                                    description="Hidden layer widths of the policy and value MLPs.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto (cuda when present), cpu, cuda or cuda:N.")
-    torch_threads: int = Field(2, ge=1, le=1024, description="torch intra-op threads on CPU: the cores one training may use "
-                               "(cores / run.training_slots); more than the cores oversubscribes them.")
+    torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads on CPU. 1 on 2 cores: the pipeline runs "
+                               "other stages beside a training; more threads than free cores oversubscribe them.")
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":

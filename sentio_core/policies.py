@@ -34,6 +34,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def pin_threads(cfg: TrainConfig) -> None:
+    """torch's intra-op threads for training and inference on CPU (``train.torch_threads``; the
+    setting is process-wide). On 2 cores 1 is best for the pipeline, which runs other stages beside
+    a training; more threads than free cores oversubscribe them (``scripts/bench_train.py``)."""
+    if torch.get_num_threads() != cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+
+
 def policy_kwargs(net_arch: list[int]) -> dict:
     """Network shape shared by both algorithms (and needed again to rebuild an exported policy)."""
     return {"net_arch": {"pi": list(net_arch), "vf": list(net_arch)}, "activation_fn": torch.nn.Tanh}

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -24,7 +23,7 @@ from sentio_core.config import Config, TrainConfig, reads
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import TrainingSummary
-from sentio_core.policies import Algorithm, build_model
+from sentio_core.policies import Algorithm, build_model, pin_threads
 from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -144,7 +143,7 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     :param on_progress: called as ``on_progress(timesteps, episodes)`` after each rollout.
     """
     budget = budget or Budget.from_config(cfg)
-    torch.set_num_threads(cfg.train.torch_threads)
+    pin_threads(cfg.train)
     env = vec_env(market, cfg, train_rows)
     model = build_model(algorithm, env, cfg.train, seed)
     callback = BudgetCallback(budget, on_progress)
