@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from sentio_core import algorithms
 from sentio_core.config import (
     ConfigError,
     check_feature_patterns,
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("train", help="train one policy on the latest fold; write PATH.pth and PATH-metadata.json")
-    p.add_argument("--model-type", choices=["maskable_ppo", "ppo"], default="maskable_ppo",
-                   help="MaskablePPO (default) or the PPO baseline")
+    p.add_argument("--model-type", choices=list(algorithms.NAMES), default=algorithms.PRIMARY,
+                   help=f"the algorithm (default {algorithms.PRIMARY}; {algorithms.BASELINE} is the baseline)")
     p.add_argument("--timesteps", type=int, default=None, help="budget in environment steps")
     p.add_argument("--episodes", type=int, default=None, help="budget in finished episodes")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (not reproducible when it binds)")

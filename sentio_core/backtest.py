@@ -1,26 +1,27 @@
-"""Out-of-sample backtest: many portfolios stepped together, with the environment's cost model.
+"""Out-of-sample backtest on the one trading engine (:mod:`sentio_core.engine`).
 
-The engine keeps ``B`` portfolios as arrays (cash, shares per leg, equity, peak, level) and
-advances them one bar at a time: target shares, trades, costs (:func:`sentio_core.costs.trade_costs`
-on whole columns) and marks are numpy operations over ``B``. Policies (MaskablePPO, PPO) and the
-baselines (flat, buy-and-hold of the long leg, buy-and-hold of the underlying) run through it in
-one pass. :func:`reference_path` is the slow, obvious version (the gymnasium environment stepped
-one action at a time); the tests hold the two to the same equity, bar by bar.
+The policies (MaskablePPO, PPO) are portfolios of one :class:`Engine`, stepped together over the
+test rows with the masks, costs, stop-outs and overrides training uses; the baselines (flat,
+buy-and-hold of the long leg, buy-and-hold of the underlying) are fixed-action portfolios of the
+same engine over their own instrument. :func:`reference_path` is the slow, obvious version (the
+gymnasium environment stepped one action at a time); the tests hold the two to the same equity,
+bar by bar.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import polars as pl
 
 from sentio_core.config import Config, reads
-from sentio_core.costs import trade_costs
-from sentio_core.env import Book, TradingEnv, arm_stop, drawdown_limit, mask_state, observation
-from sentio_core.market import Leg, Market
-from sentio_core.masks import advance_peak, counted_mask, nearest_allowed
+from sentio_core.engine import Engine
+from sentio_core.env import TradingEnv
+from sentio_core.market import Market
 from sentio_core.metrics import drawdown, performance
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -77,131 +78,88 @@ class StrategyPath:
         return out
 
 
-@dataclass
-class _State:
-    cash: np.ndarray  # (B,)
-    shares: np.ndarray  # (B, L)
-    equity: np.ndarray  # (B,)
-    peak: np.ndarray  # (B,)
-    level: np.ndarray  # (B,) int
-    held: np.ndarray  # (B,) int
-    cooldown: np.ndarray  # (B,) int, bars of a stop-out's cool-down still to run
-
-    def book(self, i: int) -> Book:
-        return Book(cash=float(self.cash[i]), shares=self.shares[i], level=int(self.level[i]),
-                    peak=float(self.peak[i]), equity=float(self.equity[i]), bars_held=int(self.held[i]),
-                    cooldown=int(self.cooldown[i]))
-
-
-# A decider gets (t, state) and returns (target weights (B, L), trade? (B,), new level (B,), overrides (B,)).
-Decider = Callable[[int, _State], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-
-
-def simulate(legs: list[Leg], weights: np.ndarray, levels: np.ndarray, cfg: Config, first: int, last: int, n: int,
-             decide: Decider, timestamps: list[str]) -> list[StrategyPath]:
-    """Step ``n`` portfolios from the close of ``first`` to the close of ``last``.
-
-    :param weights: (A, L) leg weights of each level (for the flat start level).
-    :param levels: (A,) net exposure of each level (recorded in the paths).
-    """
-    flat = int(np.flatnonzero(~weights.any(axis=1))[0])
-    eq0 = cfg.env.initial_equity_usd
-    s = _State(np.full(n, eq0), np.zeros((n, len(legs))), np.full(n, eq0), np.full(n, eq0),
-               np.full(n, flat), np.zeros(n, dtype=int), np.zeros(n, dtype=int))
-    limit = drawdown_limit(cfg.masks)
+def run_engine(engine: Engine, first: int, last: int, decide: Callable[[Engine, np.ndarray], np.ndarray],
+               timestamps: Sequence[str]) -> list[StrategyPath]:
+    """Step the engine's portfolios from the close of ``first`` to the close of ``last`` and record
+    each one's path. ``decide(engine, mask)`` returns the (N,) actions for the composed (N, A) masks."""
+    n, tab = engine.n, engine.tab
+    engine.reset_all(np.full(n, first), np.full(n, last))
     T = last - first
-    equity = np.empty((n, T + 1))
-    equity[:, 0] = eq0
-    peaks = np.empty((n, T + 1))
-    peaks[:, 0] = eq0
-    expo, turn, cost, lvl = (np.zeros((n, T)) for _ in range(4))
-    overrides = np.zeros(n, dtype=int)
-    trades: list[list[dict]] = [[] for _ in range(n)]
-    direction = np.array([leg.direction for leg in legs], dtype=float)
-    for k, t in enumerate(range(first, last)):
-        target_w, trade, new_level, over = decide(t, s)
-        overrides += over
-        close_t = np.array([leg.close[t] for leg in legs])
-        open_n = np.array([leg.open[t + 1] for leg in legs])
-        close_n = np.array([leg.close[t + 1] for leg in legs])
-        dead = np.array([leg.dollar_volume[t + 1] <= 0 for leg in legs])
-        target = target_w * s.equity[:, None] / close_t
-        trade = trade & ~((target != s.shares) & dead).any(axis=1)  # no volume in the fill bar: no fill
-        new_level = np.where(trade | (new_level == s.level), new_level, s.level)
-        new = np.where(trade[:, None], target, s.shares)
-        delta = new - s.shares
-        c = np.zeros(n)
-        for j, leg in enumerate(legs):
-            c += trade_costs(cfg.costs, leg.symbol, delta[:, j], open_n[j], leg.dollar_volume[t + 1], leg.sigma[t]).total
-        for i in np.flatnonzero((delta != 0).any(axis=1)):
-            for j in np.flatnonzero(delta[i]):
-                trades[i].append({"timestamp": timestamps[t + 1], "symbol": legs[j].symbol, "shares": float(delta[i, j]),
-                                  "price": float(open_n[j])})
-        turn[:, k] = (np.abs(delta) * open_n).sum(axis=1) / s.equity
-        expo[:, k] = (direction * new * open_n).sum(axis=1) / s.equity
-        s.cash = s.cash - (delta * open_n).sum(axis=1) - c
-        s.shares = new
-        s.held = np.where(new_level == s.level, s.held + 1, 1)
-        s.level = new_level
-        s.equity = s.cash + (new * close_n).sum(axis=1)
-        s.peak, s.cooldown = advance_peak(s.peak, s.equity, s.cooldown, limit, cfg.masks.drawdown_cooldown_bars)
-        equity[:, k + 1], peaks[:, k + 1], cost[:, k], lvl[:, k] = s.equity, s.peak, c, levels[new_level]
+    equity, peaks = np.empty((n, T + 1)), np.empty((n, T + 1))
+    equity[:, 0], peaks[:, 0] = engine.equity, engine.peak
+    cost, lvl = np.zeros((n, T)), np.zeros((n, T))
+    delta, shares = np.zeros((T, n, len(tab.symbols))), np.zeros((T, n, len(tab.symbols)))
+    fill = tab.open[first + 1: last + 1]  # (T, L) the fill bar of each step
+    for k in range(T):
+        masks = engine.masks()
+        _, cost[:, k], _, _ = engine.step(decide(engine, masks[0]), masks)
+        delta[k], shares[k] = engine.last_delta, engine.shares
+        equity[:, k + 1], peaks[:, k + 1], lvl[:, k] = engine.equity, engine.peak, tab.levels[engine.level]
+    before = equity[:, :-1]  # (n, T) the equity each trade was sized on
+    turn = (np.abs(delta) * fill[:, None, :]).sum(axis=2).T / before
+    expo = (tab.direction * shares * fill[:, None, :]).sum(axis=2).T / before
     ts = timestamps[first: last + 1]
-    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(overrides[i]), trades[i], rule_peak=peaks[i])
+    trades: list[list[dict]] = [[] for _ in range(n)]
+    stamp: dict[int, str] = {}  # each fill bar's timestamp, made once
+    for k, i, j in zip(*np.nonzero(delta)):  # in time order, then portfolio, then leg
+        when = stamp.get(k) or stamp.setdefault(k, timestamps[first + 1 + int(k)])
+        trades[i].append({"timestamp": when, "symbol": tab.symbols[j], "shares": float(delta[k, i, j]),
+                          "price": float(fill[k, j])})
+    rules = engine.rules
+    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(engine.overrides[i]), trades[i],
+                         forced_bars=int(engine.forced_bars[i]), forced_flat=int(engine.forced_flat[i]),
+                         constrained=dict(zip(rules, engine.constrained[i].tolist())), rule_peak=peaks[i])
             for i in range(n)]
 
 
-class PolicyDecider:
-    """Each portfolio follows one policy; ``masked`` policies are given the masks, the others are
-    overridden to the nearest allowed level when they pick a forbidden one. It counts, per
-    portfolio, the decisions each mask rule constrained and those forced to a single action (and
-    of those, to flat)."""
-
-    def __init__(self, market: Market, cfg: Config, policies: list[tuple[Policy, bool]]):
-        self.market, self.cfg, self.policies = market, cfg, policies
-        self.constrained = np.zeros((len(policies), len(cfg.masks.rules)), dtype=int)
-        self.forced = np.zeros(len(policies), dtype=int)
-        self.forced_flat = np.zeros(len(policies), dtype=int)
-        self._flat = int(np.flatnonzero(market.levels == 0)[0])
-
-    def __call__(self, t: int, s: _State):
-        market, cfg, levels = self.market, self.cfg, self.market.levels
-        n = len(self.policies)
-        books = [s.book(i) for i in range(n)]
-        for i, book in enumerate(books):  # the same stop-out rule as the environment's
-            arm_stop(market, t, book, cfg.masks)
-            s.cooldown[i] = book.cooldown
-        obs = np.stack([observation(market, t, cfg.env.lookback_bars, b) for b in books])
-        counted = [counted_mask(levels, mask_state(market, t, b, cfg.masks), cfg.masks) for b in books]
-        masks = np.stack([m for m, _ in counted])
-        for i, (_, removed) in enumerate(counted):
-            self.constrained[i, : len(removed)] += removed > 0
-        one = masks.sum(axis=1) == 1
-        self.forced += one
-        self.forced_flat += one & masks[:, self._flat]
-        actions = np.empty(n, dtype=int)
-        over = np.zeros(n, dtype=int)
-        for i, (policy, masked) in enumerate(self.policies):
-            a = int(policy(obs[i: i + 1], masks[i: i + 1])[0])
-            if not masks[i, a]:
-                a, over[i] = nearest_allowed(levels, masks[i], a), 1
-            actions[i] = a
-        trade = actions != s.level
-        return market.weights[actions], trade, actions, over
+def _rows(rows: list[int]) -> slice | np.ndarray:
+    """Consecutive rows as a slice (a view of the observations, not a copy), others as an index."""
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return np.array(rows)
 
 
-def policy_decider(market: Market, cfg: Config, policies: list[tuple[Policy, bool]]) -> PolicyDecider:
-    """A :class:`PolicyDecider` for ``policies``."""
-    return PolicyDecider(market, cfg, policies)
+def policy_decisions(policies: list[tuple[Policy, bool]], obs_dim: int) -> Callable[[Engine, np.ndarray], np.ndarray]:
+    """Each portfolio follows one policy, which sees its own observation and mask (a forbidden
+    choice of an unmasked policy is overridden by the engine to the nearest allowed level).
 
+    Portfolios that share one policy object are decided in one call, their rows in the order
+    given (a trained network over several portfolios, or a population of policies acting row by
+    row): one call per distinct policy per bar, never one per portfolio.
+    """
+    buf = np.empty((len(policies), obs_dim), dtype=np.float32)
+    groups: dict[int, list[int]] = {}
+    for i, (policy, _) in enumerate(policies):
+        groups.setdefault(id(policy), []).append(i)
+    calls = [(policies[rows[0]][0], _rows(rows)) for rows in groups.values()]
+    actions = np.zeros(len(policies), dtype=int)
 
-def hold_decider(weights: np.ndarray, level: int) -> Decider:
-    """Buy-and-hold: move to ``weights[level]`` at the first decision, then keep the shares."""
-    def decide(t: int, s: _State):
-        n = len(s.cash)
-        trade = s.level != level
-        return np.repeat(weights[level][None, :], n, axis=0), trade, np.full(n, level), np.zeros(n, dtype=int)
+    def decide(engine: Engine, mask: np.ndarray) -> np.ndarray:
+        obs = engine.observe(buf)
+        for policy, rows in calls:
+            actions[rows] = np.asarray(policy(obs[rows], mask[rows]), dtype=int).reshape(-1)
+        return actions
     return decide
+
+
+BASELINES = ("flat", "buy_hold_long", "buy_hold_underlying")
+
+
+def baseline_paths(market: Market, cfg: Config, first: int, last: int) -> dict[str, StrategyPath]:
+    """The baselines as three fixed-action portfolios of one engine over a market of two legs (the
+    long leg, the underlying): flat, all equity in the long leg, all equity in the underlying,
+    bought at the first open and held, with the shared costs and no masks."""
+    legs = [market.legs[0], market.underlying]
+    held = dataclasses.replace(market, features=np.zeros((market.n_rows, 0), dtype=np.float32), feature_names=[],
+                               levels=np.array([0.0, 1.0, 1.0]), weights=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+                               legs=legs, _risk={})
+    bare = cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"rules": []})})
+    fixed = np.arange(len(BASELINES))
+    paths = run_engine(Engine(held, bare, len(BASELINES)), first, last, lambda e, m: fixed, market.timestamps)
+    for name, path in zip(BASELINES, paths):
+        path.name = name
+        path.constrained = dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
+    return dict(zip(BASELINES, paths))
 
 
 def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
@@ -212,24 +170,12 @@ def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
     names = list(policies)
     out = {}
     if names:
-        decider = policy_decider(market, cfg, [policies[k] for k in names])
-        paths = simulate(market.legs, market.weights, market.levels, cfg, first, last, len(names), decider, market.timestamps)
-        for i, (k, p) in enumerate(zip(names, paths)):
-            p.forced_bars = int(decider.forced[i])
-            p.forced_flat = int(decider.forced_flat[i])
-            p.constrained = dict(zip(cfg.masks.rules, decider.constrained[i].tolist()))
-            out[k] = p
-    long_w = np.zeros((2, len(market.legs)))
-    long_w[1, 0] = 1.0  # all equity in the long leg
-    hold = np.array([0.0, 1.0])
-    out["flat"] = simulate(market.legs, long_w, hold, cfg, first, last, 1, hold_decider(long_w, 0), market.timestamps)[0]
-    out["buy_hold_long"] = simulate(market.legs, long_w, hold, cfg, first, last, 1, hold_decider(long_w, 1), market.timestamps)[0]
-    under_w = np.array([[0.0], [1.0]])
-    out["buy_hold_underlying"] = simulate([market.underlying], under_w, hold, cfg, first, last, 1, hold_decider(under_w, 1),
-                                          market.timestamps)[0]
-    for name, path in out.items():
-        path.name = name
-        path.constrained = path.constrained or dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
+        engine = Engine(market, cfg, len(names))
+        chosen = [policies[k] for k in names]
+        out.update(zip(names, run_engine(engine, first, last, policy_decisions(chosen, engine.obs_dim), market.timestamps)))
+        for name, path in out.items():
+            path.name = name
+    out.update(baseline_paths(market, cfg, first, last))
     return out
 
 

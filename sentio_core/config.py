@@ -15,6 +15,8 @@ from typing import Annotated, Any, Callable, Literal, Sequence, TypeVar, get_arg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sentio_core import algorithms
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "base.yaml"
 
@@ -329,8 +331,8 @@ class MaskConfig(_Section):
     min_hold_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="Bars a non-flat position is held before it may change (1 = no constraint).")
 
 
-# the learning algorithms of sentio_core/policies.py, named once; the first is the primary one
-AlgorithmName = Literal["maskable_ppo", "ppo"]
+# the learning algorithms, named once in sentio_core/algorithms.py; the first is the primary one
+AlgorithmName = Literal[algorithms.NAMES]  # type: ignore[valid-type]
 ALGORITHM_NAMES: tuple[str, ...] = get_args(AlgorithmName)
 
 
@@ -342,8 +344,8 @@ class TrainConfig(_Section):
     episodes: int | None = Field(None, ge=1, le=10**9, description="Budget in finished episodes (null = unlimited).")
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
     learning_rate: float = Field(3e-4, gt=0)
-    n_envs: int = Field(4, ge=1, le=1024)
-    n_steps: int = Field(256, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps.")
+    n_envs: int = Field(64, ge=1, le=4096, description="Environments (portfolios of the engine) stepped together.")
+    n_steps: int = Field(16, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps (n_envs x n_steps per update).")
     batch_size: int = Field(256, ge=8, le=MAX_SPAN_BARS)
     n_epochs: int = Field(5, ge=1, le=1000)
     gamma: float = Field(0.99, gt=0, le=1)
@@ -355,7 +357,8 @@ class TrainConfig(_Section):
     net_arch: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64, 64], max_length=32,
                                                                    description="Hidden layer widths of the policy and value MLPs.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto (cuda when present), cpu, cuda or cuda:N.")
-    torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads on CPU.")
+    torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads on CPU. 1 on 2 cores: the pipeline runs "
+                               "other stages beside a training; more threads than free cores oversubscribe them.")
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":

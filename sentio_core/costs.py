@@ -14,6 +14,7 @@ All three grow with the traded notional, so a higher rate never lowers a cost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +35,11 @@ class TradeCosts:
         return self.commission + self.spread + self.impact
 
 
-def trade_costs(cfg: CostConfig, symbol: str, shares, price, dollar_volume, sigma) -> TradeCosts:
+def trade_costs(cfg: CostConfig, symbol: str | Sequence[str], shares, price, dollar_volume, sigma) -> TradeCosts:
     """Costs of trading ``shares`` (signed; the sign does not matter) of ``symbol``.
 
+    :param symbol: one symbol, or one per column of the last axis (several legs at once: each
+        column is costed exactly as it would be on its own).
     :param shares: shares traded per bar, shape (T,) or scalar.
     :param price: fill price in dollars, same shape.
     :param dollar_volume: dollars traded in the fill bar (> 0), same shape.
@@ -51,7 +54,8 @@ def trade_costs(cfg: CostConfig, symbol: str, shares, price, dollar_volume, sigm
         commission = np.where(traded, np.maximum(cfg.commission_min_usd, cfg.commission_per_share_usd * q), 0.0)
     else:
         commission = notional * cfg.commission_bps / 1e4
-    spread = notional * cfg.spread_bps(symbol) / 1e4
+    bps = cfg.spread_bps(symbol) if isinstance(symbol, str) else np.array([cfg.spread_bps(s) for s in symbol])
+    spread = notional * bps / 1e4
     dv = np.broadcast_to(np.asarray(dollar_volume, dtype=float), notional.shape)
     if np.any(traded & (dv <= 0)):
         raise ValueError(f"{symbol}: dollar volume must be positive on every bar that trades")

@@ -62,7 +62,7 @@ class Market:
     underlying: Leg  # for the buy-and-hold baseline
     norm_mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     norm_std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
-    _risk: dict = field(repr=False, compare=False, default_factory=dict)  # level_risk tables by setting
+    _risk: dict = field(repr=False, compare=False, default_factory=dict)  # per-row tables: level risk by setting, volatility
 
     @property
     def n_rows(self) -> int:
@@ -86,9 +86,21 @@ class Market:
 
     def leg_vol_ann(self, t: int) -> np.ndarray:
         """(A,) annualised volatility of the leg each level trades (weighted, 0 for flat)."""
-        sig = np.array([leg.sigma[t] for leg in self.legs])
-        sig = np.nan_to_num(sig, nan=0.0) * np.sqrt(self.periods_per_year)
-        return np.abs(self.weights) @ sig / np.maximum(np.abs(self.levels), 1e-12) * (self.levels != 0)
+        return self.vol_ann_table()[t]
+
+    def vol_ann_table(self) -> np.ndarray:
+        """(T, A) :meth:`leg_vol_ann` of every row, computed once (the engine reads the same table)."""
+        table = self._risk.get("vol_ann")
+        if table is None:
+            sig = np.nan_to_num(np.stack([leg.sigma for leg in self.legs], axis=1), nan=0.0) * np.sqrt(self.periods_per_year)
+            weighted = (np.abs(self.weights)[None, :, :] * sig[:, None, :]).sum(axis=2)  # (T, A)
+            table = self._risk["vol_ann"] = weighted / np.maximum(np.abs(self.levels), 1e-12) * (self.levels != 0)
+        return table
+
+    def level_risk_table(self, masks: MaskConfig) -> np.ndarray:
+        """(T, A) :meth:`level_risk` of every row for the mask settings."""
+        self.level_risk(0, masks)
+        return self._risk[(masks.gap_move, masks.gap_sigmas)]
 
 
 Frame = pl.DataFrame | pl.LazyFrame  # a table in memory, or a Parquet file scanned lazily (pl.scan_parquet)

@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import gymnasium as gym
 import torch
-from sb3_contrib import MaskablePPO
-from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 
+from sentio_core import algorithms
 from sentio_core.config import AlgorithmName, TrainConfig
 
 Algorithm = AlgorithmName
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"maskable_ppo": MaskablePPO, "ppo": PPO}
-POLICIES: dict[str, type[ActorCriticPolicy]] = {"maskable_ppo": MaskableActorCriticPolicy, "ppo": ActorCriticPolicy}
-READS_MASKS: dict[str, bool] = {"maskable_ppo": True, "ppo": False}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {s.name: s.algorithm_class() for s in algorithms.REGISTRY}
+POLICIES: dict[str, type[BasePolicy]] = {s.name: s.policy_class() for s in algorithms.REGISTRY}
 
 
 def reads_masks(algorithm: str) -> bool:
     """Whether the algorithm's policy is given the action masks (otherwise the environment
     overrides a forbidden action to the nearest allowed one and counts it)."""
-    return READS_MASKS[algorithm]
+    return algorithms.spec(algorithm).reads_masks
 
 
 def resolve_device(device: str) -> str:
@@ -35,6 +32,14 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def pin_threads(cfg: TrainConfig) -> None:
+    """torch's intra-op threads for training and inference on CPU (``train.torch_threads``; the
+    setting is process-wide). On 2 cores 1 is best for the pipeline, which runs other stages beside
+    a training; more threads than free cores oversubscribe them (``scripts/bench_train.py``)."""
+    if torch.get_num_threads() != cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
 
 
 def policy_kwargs(net_arch: list[int]) -> dict:
@@ -48,8 +53,7 @@ def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int) 
     :param env: vectorised training environment (masks read through ``action_masks``).
     :param seed: seeds torch, numpy and the action sampling.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown model type {algorithm!r}; use one of {sorted(ALGORITHMS)}")
+    algorithms.spec(algorithm)  # a clear error for an unknown name
     n_steps = cfg.n_steps
     batch = min(cfg.batch_size, n_steps * env.num_envs)
     model = ALGORITHMS[algorithm](

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sentio_core.algorithms import BASELINE, PRIMARY  # the promoted algorithm, and the baseline it must beat
 from sentio_core.config import PromotionConfig
-
-PRIMARY, BASELINE = "maskable_ppo", "ppo"  # the promoted algorithm, and the baseline it must beat
 
 
 @dataclass(frozen=True)

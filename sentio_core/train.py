@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sentio_core.config import Config, TrainConfig, reads
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import TrainingSummary
-from sentio_core.policies import Algorithm, build_model
+from sentio_core.policies import Algorithm, build_model, pin_threads
+from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
     from sentio_core.folds import FoldSpan
@@ -120,8 +120,16 @@ class TrainResult:
     device: str
 
 
-def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
-    """``train.n_envs`` environments over the training rows, random episode starts."""
+def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> VecEnv:
+    """``train.n_envs`` environments over the training rows, random episode starts: portfolios of
+    the vectorised engine (:class:`EngineVecEnv`)."""
+    first, last = rows[0], rows[1] - 1
+    return EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
+
+
+def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
+    """The same environments as gymnasium ``TradingEnv`` objects in a ``DummyVecEnv`` (the slow,
+    readable reference the benchmark and the tests compare with)."""
     first, last = rows[0], rows[1] - 1
     return DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * cfg.train.n_envs)
 
@@ -135,7 +143,7 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     :param on_progress: called as ``on_progress(timesteps, episodes)`` after each rollout.
     """
     budget = budget or Budget.from_config(cfg)
-    torch.set_num_threads(cfg.train.torch_threads)
+    pin_threads(cfg.train)
     env = vec_env(market, cfg, train_rows)
     model = build_model(algorithm, env, cfg.train, seed)
     callback = BudgetCallback(budget, on_progress)

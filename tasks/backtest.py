@@ -11,7 +11,7 @@ from sentio_core.backtest import Policy, fold_backtest, paths_frame, trades_fram
 from sentio_core.config import Config
 from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
-from sentio_core.policies import reads_masks
+from sentio_core.policies import pin_threads, reads_masks
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 from tasks.fold_inputs import fold_market_held
 
@@ -46,6 +46,7 @@ def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: 
               trained: list[TrainOutput], fold: int) -> BacktestOutput:
     """Write the fold's metrics, paths, trades and plot."""
     span = folds.folds[fold]
+    pin_threads(cfg.train)
     with fold_market_held(cfg, panel, features, regimes, span) as mkt:
         paths = fold_backtest(cfg, mkt, span, {t.algorithm: _policy(t.require()) for t in trained})
         result = FoldResult(fold=fold, test_start=span.test_start, test_end=span.test_end,

@@ -10,6 +10,7 @@ from prefect import task
 from sentio_core import files, registry
 from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
+from sentio_core.policies import pin_threads
 from sentio_core.rescore import champion_path
 from sentio_core.rescore import rescore as rescore_policy
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
@@ -69,6 +70,7 @@ def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: Feature
     if not pth.exists():
         return _unscored(out, "no champion", f"- no champion exported yet ({pth})")
     try:
+        pin_threads(cfg.train)
         policy = load_policy(pth)
         metadata = read_metadata(policy, pth)
         result = rescore_policy(metadata, policy.act, files.scan_parquet(panel.require()),

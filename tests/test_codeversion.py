@@ -24,7 +24,7 @@ from tasks.common import STAGE_MODULES as _TASK_MODULES  # noqa: E402
 STAGE_MODULES = tuple(m.removeprefix("tasks.") for m in _TASK_MODULES)
 # every stage runs config.py (section by section), codeversion.py (its key), files.py (its outputs)
 # and memory.py (it hands freed memory back when it ends)
-COMMON = {"codeversion", "config", "files", "memory"}
+COMMON = {"algorithms", "codeversion", "config", "files", "memory"}
 GOLDEN = {
     "ingest": COMMON | {"data", "frequency", "universe"},
     "validate": COMMON | {"data", "frequency", "universe", "validation"},
@@ -32,11 +32,11 @@ GOLDEN = {
     "features": COMMON | {"features", "frequency"},
     "folds": COMMON | {"features", "folds", "frequency"},
     "regimes": COMMON | {"regimes"},
-    "train": COMMON | {"costs", "env", "export", "features", "frequency", "market", "masks", "metadata", "policies",
-                       "train"},
-    "backtest": COMMON | {"backtest", "costs", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "train": COMMON | {"costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
+                       "policies", "train", "vec_env"},
+    "backtest": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                           "metrics", "plots", "policies"},
-    "rescore": COMMON | {"backtest", "costs", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "rescore": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                          "metrics", "policies", "regimes", "registry", "rescore"},
     "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
                        "registry"},

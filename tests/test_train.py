@@ -38,3 +38,16 @@ def test_training_leaves_no_folder_in_the_temp_directory(tmp_path, monkeypatch):
     cfg, market = toy_config(), toy_market()
     train_policy("ppo", market, cfg, TRAIN, seed=1, budget=Budget(timesteps=256))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_pins_torch_threads_to_the_config(threads):
+    import torch
+    cfg, market = toy_config([f"train.torch_threads={threads}"]), toy_market()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3 - threads)  # the other count, so the pin has to act
+    try:
+        train_policy("ppo", market, cfg, TRAIN, seed=1, budget=Budget(timesteps=64))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

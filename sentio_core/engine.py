@@ -1,0 +1,331 @@
+"""One vectorised trading engine: N portfolios stepped together as arrays.
+
+Each portfolio has its own decision row ``t`` (training draws random episode starts; a backtest
+steps every portfolio through the same rows). One :meth:`Engine.step` does, for all N at once,
+what :class:`sentio_core.env.TradingEnv` does for one: the stop-out check, every mask rule as an
+(N, A) array composed in priority order with the per-rule counts, the override of a forbidden
+action to the nearest allowed level, sizing at the close of t, the fill at the open of t+1 (no
+fill where the fill bar has no volume), costs through :func:`sentio_core.costs.trade_costs` on
+whole columns, marking at the close of t+1, the drawdown rule's peak and cool-down, holding
+times and the reward. Observations are gathered from the fold's normalised feature matrix by index
+into a preallocated buffer (rows before the first are zeros).
+
+The single-portfolio environment stays the readable reference; the tests drive both with the
+same actions and hold them equal to 1e-9 at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sentio_core.config import Config
+from sentio_core.costs import trade_costs
+from sentio_core.env import N_STATE
+from sentio_core.market import Market
+from sentio_core.masks import advance_peak
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Tables:
+    """A fold market's arrays laid out for the engine: one (T, L) array per leg field, (T, A)
+    tables of each level's risk and volatility, and the feature matrix the windows are gathered from."""
+
+    open: np.ndarray  # (T, L)
+    close: np.ndarray  # (T, L)
+    dollar_volume: np.ndarray  # (T, L)
+    mean_dollar_volume: np.ndarray  # (T, L), floored at 1e-9 (the liquidity rule divides by it)
+    sigma: np.ndarray  # (T, L)
+    direction: np.ndarray  # (L,)
+    symbols: tuple[str, ...]
+    levels: np.ndarray  # (A,)
+    weights: np.ndarray  # (A, L)
+    flat: int
+    risk: np.ndarray  # (T, A) plausible one-bar loss of each level (masks.gap_move)
+    vol_ann: np.ndarray  # (T, A) annualised volatility of each level's leg
+    stale: np.ndarray  # (T,) bool
+    high_vol_prob: np.ndarray  # (T,)
+    minutes_to_close: np.ndarray | None  # (T,), None for daily bars
+    features: np.ndarray  # (T, F) float32, the market's own matrix (not copied: 0.8 GB at 2M bars)
+
+    @classmethod
+    def of(cls, market: Market, cfg: Config) -> Tables:
+        stack = lambda name: np.stack([getattr(leg, name) for leg in market.legs], axis=1).astype(float)
+        return cls(
+            open=stack("open"), close=stack("close"), dollar_volume=stack("dollar_volume"),
+            mean_dollar_volume=np.maximum(stack("mean_dollar_volume"), 1e-9), sigma=stack("sigma"),
+            direction=np.array([leg.direction for leg in market.legs], dtype=float),
+            symbols=tuple(leg.symbol for leg in market.legs), levels=market.levels, weights=market.weights,
+            flat=int(np.flatnonzero(market.levels == 0)[0]), risk=market.level_risk_table(cfg.masks),
+            vol_ann=market.vol_ann_table(), stale=np.asarray(market.stale, dtype=bool),
+            high_vol_prob=np.asarray(market.high_vol_prob, dtype=float),
+            minutes_to_close=None if market.minutes_to_close is None else np.asarray(market.minutes_to_close, float),
+            features=market.features,
+        )
+
+
+class Engine:
+    """N portfolios over one fold market. Arrays are public: ``cash (N,)``, ``shares (N, L)``,
+    ``equity``, ``peak``, ``level`` (action index), ``held`` (bars the level has been held),
+    ``cooldown``, ``t`` (the decision row) and ``end`` (the last decision row + 1 of the episode);
+    the counters ``overrides``, ``forced_bars``, ``forced_flat`` and ``constrained (N, R)``."""
+
+    def __init__(self, market: Market, cfg: Config, n: int, tables: Tables | None = None):
+        self.cfg, self.n = cfg, n
+        self.tab = tables if tables is not None else Tables.of(market, cfg)
+        self.rules = list(cfg.masks.rules)
+        self.limit = cfg.masks.drawdown_limit if "drawdown" in self.rules else None
+        self.lookback = cfg.env.lookback_bars
+        n_feat = self.tab.features.shape[1]
+        self.obs_dim = self.lookback * n_feat + N_STATE
+        self._offsets = np.arange(self.lookback) - (self.lookback - 1)  # a window's rows relative to t
+        self._static_rules()
+        self.reset_all(np.zeros(n, dtype=int), np.ones(n, dtype=int))
+
+    def _static_rules(self) -> None:
+        """What the rules read that does not depend on the portfolio's money: tables by current
+        level (A, A) and by row (T, A), so a decision gathers rows instead of recomputing them."""
+        m, lv = self.cfg.masks, self.tab.levels
+        cur = lv[:, None]  # row: the current level; column: the candidate
+        self._only_current = np.eye(len(lv), dtype=bool)
+        self._regime_gate = lv[None, :] <= np.maximum(cur, 0.0) + _EPS
+        same_side = np.sign(lv)[None, :] == np.sign(cur)
+        self._reduce_only = (lv == 0)[None, :] | (same_side & (np.abs(lv)[None, :] <= np.abs(cur) + _EPS))
+        self._cap = np.abs(lv) <= m.max_abs_exposure + _EPS
+        self._vol_ok = (lv == 0)[None, :] | (np.abs(lv)[None, :] * self.tab.vol_ann <= m.vol_target_ann + _EPS)
+        self._flat_only = lv == 0
+        self._nonflat = lv != 0
+        self._hold_nonflat = lv != 0  # min_hold binds only on a non-flat current level
+
+    # --- state -------------------------------------------------------------------------
+    def reset_all(self, start: np.ndarray, end: np.ndarray) -> None:
+        n, n_legs, eq0 = self.n, len(self.tab.symbols), self.cfg.env.initial_equity_usd
+        self.cash, self.shares = np.full(n, eq0), np.zeros((n, n_legs))
+        self.equity, self.peak = np.full(n, eq0), np.full(n, eq0)
+        self.level = np.full(n, self.tab.flat)
+        self.held, self.cooldown = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+        self.t, self.end = np.asarray(start, dtype=int).copy(), np.asarray(end, dtype=int).copy()
+        self._lockstep = bool((self.t == self.t[0]).all())  # every portfolio on one row (a backtest): shared rows
+        self.overrides, self.forced_bars, self.forced_flat = (np.zeros(n, dtype=int) for _ in range(3))
+        self.constrained = np.zeros((n, len(self.rules)), dtype=int)
+        self.last_delta = np.zeros((n, n_legs))
+        self._mark()
+
+    def reset(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        """Start portfolios ``rows`` afresh (initial equity, flat) at decision rows ``start``."""
+        eq0 = self.cfg.env.initial_equity_usd
+        self.cash[rows], self.shares[rows] = eq0, 0.0
+        self.equity[rows], self.peak[rows] = eq0, eq0
+        self.level[rows], self.held[rows], self.cooldown[rows] = self.tab.flat, 0, 0
+        self.t[rows], self.end[rows] = start, end
+        self._lockstep = False
+        self.overrides[rows] = self.forced_bars[rows] = self.forced_flat[rows] = 0
+        self.constrained[rows] = 0
+        self._mark()
+
+    @property
+    def _row(self) -> np.ndarray | int:
+        """The decision row(s) to index the tables with: one shared row (the tables' rows broadcast
+        over the portfolios) while the portfolios step in lockstep, else each portfolio's own."""
+        return int(self.t[0]) if self._lockstep else self.t
+
+    @property
+    def drawdown(self) -> np.ndarray:
+        """(N,) drawdown from the rule's peak (kept current by every change of equity or peak)."""
+        return self._dd
+
+    def _mark(self) -> None:
+        self._dd = np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
+
+    # --- masks -------------------------------------------------------------------------
+    def arm_stop(self, fits: np.ndarray | None = None) -> None:
+        """Start the cool-down where the budget fits no level but flat (:func:`masks.stop_out`).
+
+        :param fits: :meth:`_fits` for this state (computed when None).
+        """
+        if self.limit is None:
+            return
+        fits = self._fits() if fits is None else fits
+        some = (self._nonflat & fits).any(axis=1)
+        self.cooldown = np.where((self.cooldown == 0) & ~some, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
+
+    def _fits(self) -> np.ndarray:
+        """(N, A) whether each level's plausible one-bar loss fits the drawdown budget left."""
+        dd = self.drawdown
+        safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
+        room = np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
+        return self.tab.risk[self._row] <= room[:, None] + _EPS
+
+    def rule_masks(self, fits: np.ndarray | None = None) -> list[np.ndarray | None]:
+        """Each enabled rule's (N, A) mask, in priority order (:data:`masks.RULE_FUNCTIONS`,
+        vectorised); None where the rule allows every action of every portfolio at this step (a
+        daily bar's session rule, no stale row, no high-volatility row, a one-bar holding period).
+
+        :param fits: :meth:`_fits` for this state (computed when None).
+        """
+        tab, m, t, level, row = self.tab, self.cfg.masks, self.t, self.level, self._row
+        out: list[np.ndarray | None] = []
+        for rule in self.rules:
+            mask = None
+            if rule == "stale":
+                stale = tab.stale[t]
+                if stale.any():
+                    mask = np.where(stale[:, None], self._only_current[level], True)
+            elif rule == "drawdown":
+                mask = self._flat_only | (self._fits() if fits is None else fits)
+                cooling = self.cooldown > 0
+                if cooling.any():
+                    mask = np.where(cooling[:, None], self._flat_only, mask)
+            elif rule == "exposure_cap":
+                if not self._cap.all():
+                    mask = np.broadcast_to(self._cap, (self.n, len(self._cap)))
+            elif rule == "vol_target":
+                mask = self._vol_ok[row]
+            elif rule == "regime":
+                high = tab.high_vol_prob[t] >= m.regime_high_vol_prob
+                if high.any():
+                    mask = np.where(high[:, None], self._regime_gate[level], True)
+            elif rule == "session":
+                if tab.minutes_to_close is not None and m.session_close_minutes > 0:
+                    near = ~(tab.minutes_to_close[t] > m.session_close_minutes)  # as the rule reads it (NaN included)
+                    if near.any():
+                        mask = np.where(near[:, None], self._reduce_only[level], True)
+            elif rule == "liquidity":
+                mask = self._participation() <= m.max_participation + _EPS
+            elif rule == "min_hold":
+                if m.min_hold_bars > 1:  # a non-flat level has been held at least one bar
+                    hold = self._hold_nonflat[level] & (self.held < m.min_hold_bars)
+                    if hold.any():
+                        mask = np.where(hold[:, None], self._only_current[level], True)
+            else:  # the schema admits only the names above
+                raise ValueError(f"unknown mask rule {rule!r}")
+            out.append(mask)
+        return out
+
+    def _participation(self) -> np.ndarray:
+        """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
+        (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
+        tab, t = self.tab, self.t
+        close, mdv = tab.close[t], tab.mean_dollar_volume[t]  # (N, L)
+        part = None
+        for j in range(close.shape[1]):
+            target = tab.weights[:, j][None, :] * self.equity[:, None] / close[:, j, None]
+            leg = np.abs(target - self.shares[:, j, None]) * close[:, j, None] / mdv[:, j, None]
+            part = leg if part is None else np.maximum(part, leg)
+        part[np.arange(self.n), self.level] = 0.0
+        return part
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The composed (N, A) mask after the stop-out check, and the actions each rule removed
+        beyond those the rules above it removed, (N, R) (0 where it yielded)."""
+        fits = self._fits() if self.limit is not None else None
+        self.arm_stop(fits)
+        out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
+        removed = np.zeros((self.n, len(self.rules)), dtype=int)
+        valid = np.full(self.n, len(self.tab.levels))
+        for r, mask in enumerate(self.rule_masks(fits)):
+            if mask is None:  # allows everything: removes nothing
+                continue
+            combined = out & mask
+            left = combined.sum(axis=1)
+            ok = left > 0
+            if ok.all():
+                removed[:, r] = valid - left
+                out, valid = combined, left
+            else:
+                removed[:, r] = np.where(ok, valid - left, 0)
+                out = np.where(ok[:, None], combined, out)
+                valid = np.where(ok, left, valid)
+        return out, removed
+
+    def nearest_allowed(self, mask: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Per row, the allowed level closest to the chosen one; ties go to the smaller absolute
+        exposure, then the lower index (:func:`masks.nearest_allowed`)."""
+        lv = self.tab.levels
+        dist = np.where(mask, np.abs(lv[None, :] - lv[actions][:, None]), np.inf)
+        closest = dist == dist.min(axis=1, keepdims=True)
+        return np.argmin(np.where(closest, np.abs(lv)[None, :], np.inf), axis=1)
+
+    # --- stepping ------------------------------------------------------------------------
+    def step(self, actions: np.ndarray, masks: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Act for every portfolio: masks, overrides, fill, costs, mark. Returns the reward, the
+        costs paid (dollars), terminated and truncated, each (N,).
+
+        :param masks: what :meth:`masks` returned for this very state (saves computing them twice).
+        """
+        actions = np.array(actions, dtype=int)  # a copy: the caller may reuse its array, the engine keeps the levels
+        mask, removed = masks if masks is not None else self.masks()
+        one = mask.sum(axis=1) == 1
+        self.forced_bars += one
+        self.forced_flat += one & mask[:, self.tab.flat]
+        self.constrained += removed > 0
+        forbidden = ~mask[np.arange(self.n), actions]
+        if forbidden.any():
+            actions = np.where(forbidden, self.nearest_allowed(mask, actions), actions)
+            self.overrides += forbidden
+        before, dd_before = self.equity, self.drawdown
+        costs = self._settle(actions)
+        self.t = self.t + 1
+        penalty = self.cfg.env.drawdown_penalty * np.maximum(0.0, self.drawdown - dd_before)
+        reward = np.log(self.equity / before) - penalty
+        terminated = self.equity <= 0
+        truncated = (self.t >= self.end) & ~terminated
+        return reward, costs, terminated, truncated
+
+    def _settle(self, actions: np.ndarray) -> np.ndarray:
+        tab, t = self.tab, self._row
+        keep = actions == self.level
+        target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
+        new = np.where(keep[:, None], self.shares, target)
+        dead = tab.dollar_volume[t + 1] <= 0
+        if dead.any():
+            no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
+            new = np.where(no_fill[:, None], self.shares, new)
+            actions = np.where(no_fill, self.level, actions)
+        delta = new - self.shares
+        fill = tab.open[t + 1]
+        self.last_delta = delta  # what the backtest records of this step
+        if delta.any():
+            cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
+        else:  # nothing trades: no commission, spread or impact
+            cost = np.zeros(self.n)
+        self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
+        self.shares = new
+        self.held = np.where(actions == self.level, self.held + 1, 1)
+        self.level = actions
+        self.equity = self.cash + (new * tab.close[t + 1]).sum(axis=1)
+        self.peak, self.cooldown = advance_peak(self.peak, self.equity, self.cooldown, self.limit,
+                                                self.cfg.masks.drawdown_cooldown_bars)
+        self._mark()
+        return cost
+
+    # --- observations --------------------------------------------------------------------
+    def observe(self, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, obs_dim) float32: the feature window of rows ``t - lookback + 1 .. t`` (zeros before
+        the first row) and the state, gathered into ``out`` (allocated when None)."""
+        if out is None:
+            out = np.empty((self.n, self.obs_dim), dtype=np.float32)
+        tab, width = self.tab, self.obs_dim - N_STATE
+        window = out[:, :width]
+        window.shape = (self.n, self.lookback, tab.features.shape[1])  # a view, never a copy (numpy raises otherwise)
+        if self._lockstep:  # one window, broadcast to every portfolio
+            rows = self.t[:1, None] + self._offsets[None, :]
+            np.take(tab.features, rows, axis=0, out=window[:1], mode="clip")
+            if rows[0, 0] < 0:
+                window[:1][rows < 0] = 0.0
+            window[1:] = window[:1]
+        else:
+            rows = self.t[:, None] + self._offsets[None, :]  # each window's rows; negative before the first row
+            np.take(tab.features, rows, axis=0, out=window, mode="clip")
+            if rows[:, 0].min() < 0:  # rows before the first are zeros, as in the reference
+                window[rows < 0] = 0.0
+        value = (tab.direction[None, :] * self.shares * tab.close[self._row]).sum(axis=1)
+        out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
+        out[:, width + 1] = self.drawdown
+        out[:, width + 2] = self.held / (self.held + 20.0)
+        out[:, width + 3] = tab.levels[self.level]
+        return out
