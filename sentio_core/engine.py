@@ -99,6 +99,9 @@ class Engine:
         self._flat_only = lv == 0
         self._nonflat = lv != 0
         self._hold_nonflat = lv != 0  # min_hold binds only on a non-flat current level
+        self._index = np.arange(self.n)
+        self._no_trade = np.zeros((self.n, len(self.tab.symbols)))  # last_delta of a step where nothing trades
+        self._no_trade.flags.writeable = False
 
     # --- state -------------------------------------------------------------------------
     def reset_all(self, start: np.ndarray, end: np.ndarray) -> None:
@@ -207,15 +210,13 @@ class Engine:
 
     def _participation(self) -> np.ndarray:
         """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
-        (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
-        tab, t = self.tab, self.t
-        close, mdv = tab.close[t], tab.mean_dollar_volume[t]  # (N, L)
-        part = None
-        for j in range(close.shape[1]):
-            target = tab.weights[:, j][None, :] * self.equity[:, None] / close[:, j, None]
-            leg = np.abs(target - self.shares[:, j, None]) * close[:, j, None] / mdv[:, j, None]
-            part = leg if part is None else np.maximum(part, leg)
-        part[np.arange(self.n), self.level] = 0.0
+        (the reference's arithmetic element by element, all legs at once in (N, A, L) arrays)."""
+        tab, row = self.tab, self._row
+        close = tab.close[row][..., None, :]  # (1, L) in lockstep, else (N, 1, L)
+        target = tab.weights[None, :, :] * self.equity[:, None, None] / close
+        leg = np.abs(target - self.shares[:, None, :]) * close / tab.mean_dollar_volume[row][..., None, :]
+        part = leg.max(axis=2)
+        part[self._index, self.level] = 0.0
         return part
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +264,7 @@ class Engine:
         self.forced_bars += one
         self.forced_flat += one & mask[:, self.tab.flat]
         self.constrained += removed > 0
-        forbidden = ~mask[np.arange(self.n), actions]
+        forbidden = ~mask[self._index, actions]
         if forbidden.any():
             actions = np.where(forbidden, self.nearest_allowed(mask, actions), actions)
             self.overrides += forbidden
@@ -279,25 +280,30 @@ class Engine:
     def _settle(self, actions: np.ndarray) -> np.ndarray:
         tab, t = self.tab, self._row
         keep = actions == self.level
-        target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
-        new = np.where(keep[:, None], self.shares, target)
-        dead = tab.dollar_volume[t + 1] <= 0
-        if dead.any():
-            no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
-            new = np.where(no_fill[:, None], self.shares, new)
-            actions = np.where(no_fill, self.level, actions)
-        delta = new - self.shares
-        fill = tab.open[t + 1]
-        self.last_delta = delta  # what the backtest records of this step
-        if delta.any():
-            cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
-        else:  # nothing trades: no commission, spread or impact
-            cost = np.zeros(self.n)
-        self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
-        self.shares = new
-        self.held = np.where(actions == self.level, self.held + 1, 1)
-        self.level = actions
-        self.equity = self.cash + (new * tab.close[t + 1]).sum(axis=1)
+        if keep.all():  # every portfolio keeps its level: nothing trades, nothing is paid
+            self.last_delta, cost = self._no_trade, np.zeros(self.n)
+            self.held = self.held + 1
+        else:
+            target = tab.weights[actions] * self.equity[:, None] / tab.close[t]
+            new = np.where(keep[:, None], self.shares, target)
+            dead = tab.dollar_volume[t + 1] <= 0
+            if dead.any():
+                no_fill = ((new != self.shares) & dead).any(axis=1)  # nothing trades in the fill bar
+                new = np.where(no_fill[:, None], self.shares, new)
+                actions = np.where(no_fill, self.level, actions)
+            delta = new - self.shares
+            fill = tab.open[t + 1]
+            self.last_delta = delta  # what the backtest records of this step
+            if delta.any():
+                cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1],
+                                   tab.sigma[t]).total.sum(axis=1)
+            else:  # nothing trades: no commission, spread or impact
+                cost = np.zeros(self.n)
+            self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)
+            self.shares = new
+            self.held = np.where(actions == self.level, self.held + 1, 1)
+            self.level = actions
+        self.equity = self.cash + (self.shares * tab.close[t + 1]).sum(axis=1)
         self.peak, self.cooldown = advance_peak(self.peak, self.equity, self.cooldown, self.limit,
                                                 self.cfg.masks.drawdown_cooldown_bars)
         self._mark()
