@@ -210,12 +210,15 @@ class Engine:
 
     def _participation(self) -> np.ndarray:
         """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
-        (the reference's arithmetic element by element, all legs at once in (N, A, L) arrays)."""
+        (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
         tab, row = self.tab, self._row
-        close = tab.close[row][..., None, :]  # (1, L) in lockstep, else (N, 1, L)
-        target = tab.weights[None, :, :] * self.equity[:, None, None] / close
-        leg = np.abs(target - self.shares[:, None, :]) * close / tab.mean_dollar_volume[row][..., None, :]
-        part = leg.max(axis=2)
+        close, mdv = tab.close[row][..., None], tab.mean_dollar_volume[row][..., None]  # (L, 1) or (N, L, 1)
+        part = None
+        for j in range(len(tab.symbols)):
+            c = close[..., j, :]  # (1,) in lockstep, else (N, 1)
+            target = tab.weights[:, j][None, :] * self.equity[:, None] / c
+            leg = np.abs(target - self.shares[:, j, None]) * c / mdv[..., j, :]
+            part = leg if part is None else np.maximum(part, leg)
         part[self._index, self.level] = 0.0
         return part
 
