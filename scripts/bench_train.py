@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from bench_backtest import LinearPopulation
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv
 from threadpoolctl import threadpool_limits
 
 from sentio_core.algorithms import NAMES, spec
@@ -41,6 +40,7 @@ from sentio_core.folds import fold_spans
 from sentio_core.market import fold_market
 from sentio_core.policies import build_model
 from sentio_core.regimes import fold_regimes
+from sentio_core.train import reference_vec_env
 from sentio_core.vec_env import EngineVecEnv
 
 
@@ -187,7 +187,7 @@ def main() -> None:
     for algorithm in NAMES:
         runs = {"reference": [], "engine": []}
         for _ in range(args.repeats):  # the best of the repeats: the machine's noise only ever slows a run
-            reference = DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * ref_cfg.train.n_envs)
+            reference = reference_vec_env(market, ref_cfg, span.train_rows)
             reference.seed(cfg.seed)
             runs["reference"].append(bench_training(ref_cfg, span, algorithm, reference, args.timesteps))
             engine = EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)

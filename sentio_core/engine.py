@@ -98,7 +98,6 @@ class Engine:
         self._vol_ok = (lv == 0)[None, :] | (np.abs(lv)[None, :] * self.tab.vol_ann <= m.vol_target_ann + _EPS)
         self._flat_only = lv == 0
         self._nonflat = lv != 0
-        self._hold_nonflat = lv != 0  # min_hold binds only on a non-flat current level
         self._index = np.arange(self.n)
         self._no_trade = np.zeros((self.n, len(self.tab.symbols)))  # last_delta of a step where nothing trades
         self._no_trade.flags.writeable = False
@@ -200,7 +199,7 @@ class Engine:
                 mask = self._participation() <= m.max_participation + _EPS
             elif rule == "min_hold":
                 if m.min_hold_bars > 1:  # a non-flat level has been held at least one bar
-                    hold = self._hold_nonflat[level] & (self.held < m.min_hold_bars)
+                    hold = self._nonflat[level] & (self.held < m.min_hold_bars)  # binds on a non-flat level only
                     if hold.any():
                         mask = np.where(hold[:, None], self._only_current[level], True)
             else:  # the schema admits only the names above

@@ -71,18 +71,8 @@ class Market:
     def level_risk(self, t: int, masks: MaskConfig) -> np.ndarray:
         """(A,) each level's plausible one-bar loss at the decision after the close of ``t``, fraction
         of equity (``masks.gap_move``: ``gap_sigmas`` x each leg's trailing volatility, or its worst
-        bar of the training rows). Computed for every row at once on first use, per setting."""
-        key = (masks.gap_move, masks.gap_sigmas)
-        table = self._risk.get(key)
-        if table is None:
-            if masks.gap_move == "sigma":
-                move = masks.gap_sigmas * np.stack([leg.sigma for leg in self.legs], axis=1)  # (T, L)
-                drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
-            else:
-                drop = np.broadcast_to([leg.worst_drop for leg in self.legs], (self.n_rows, len(self.legs)))
-                rise = np.broadcast_to([leg.worst_rise for leg in self.legs], (self.n_rows, len(self.legs)))
-            table = self._risk[key] = level_risk(self.weights, drop, rise)  # (T, A)
-        return table[t]
+        bar of the training rows): a row of :meth:`level_risk_table`."""
+        return self.level_risk_table(masks)[t]
 
     def leg_vol_ann(self, t: int) -> np.ndarray:
         """(A,) annualised volatility of the leg each level trades (weighted, 0 for flat)."""
@@ -98,9 +88,18 @@ class Market:
         return table
 
     def level_risk_table(self, masks: MaskConfig) -> np.ndarray:
-        """(T, A) :meth:`level_risk` of every row for the mask settings."""
-        self.level_risk(0, masks)
-        return self._risk[(masks.gap_move, masks.gap_sigmas)]
+        """(T, A) :meth:`level_risk` of every row, computed once per setting (the engine reads it whole)."""
+        key = (masks.gap_move, masks.gap_sigmas)
+        table = self._risk.get(key)
+        if table is None:
+            if masks.gap_move == "sigma":
+                move = masks.gap_sigmas * np.stack([leg.sigma for leg in self.legs], axis=1)  # (T, L)
+                drop, rise = -np.expm1(-move), np.expm1(move)  # log-return moves as price fractions
+            else:
+                drop = np.broadcast_to([leg.worst_drop for leg in self.legs], (self.n_rows, len(self.legs)))
+                rise = np.broadcast_to([leg.worst_rise for leg in self.legs], (self.n_rows, len(self.legs)))
+            table = self._risk[key] = level_risk(self.weights, drop, rise)  # (T, A)
+        return table
 
 
 Frame = pl.DataFrame | pl.LazyFrame  # a table in memory, or a Parquet file scanned lazily (pl.scan_parquet)
