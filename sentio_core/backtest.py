@@ -45,6 +45,18 @@ def sb3_policy(model, masked: bool) -> Policy:
     return act
 
 
+@dataclass(frozen=True)
+class Fills:
+    """A path's fills as columns, in time order (then leg): the fill bar (an index into the path's
+    ``timestamps``), the leg's symbol, signed shares and the fill price. Records are made only
+    when asked for (:attr:`StrategyPath.trades`), never in the backtest's loop."""
+
+    bar: np.ndarray  # (F,) int
+    symbol: np.ndarray  # (F,) str
+    shares: np.ndarray  # (F,)
+    price: np.ndarray  # (F,)
+
+
 @dataclass
 class StrategyPath:
     """One portfolio's out-of-sample path over bars ``first + 1 .. last``."""
@@ -57,11 +69,20 @@ class StrategyPath:
     costs: np.ndarray  # (T,) dollars
     levels: np.ndarray  # (T,) level held over each bar
     overrides: int = 0
-    trades: list[dict] = field(default_factory=list)
+    fills: Fills | None = None  # every trade, as columns (None: none)
     forced_bars: int = 0  # decisions the masks left a single action
     forced_flat: int = 0  # of those, decisions whose single action was flat
     constrained: dict[str, int] = field(default_factory=dict)  # mask rule -> decisions it constrained
     rule_peak: np.ndarray | None = None  # (T+1,) the drawdown rule's peak after each close (re-based after a stop-out)
+
+    @property
+    def trades(self) -> list[dict]:
+        """Every fill as ``{timestamp, symbol, shares, price}``, in time order."""
+        f = self.fills
+        if f is None:
+            return []
+        return [{"timestamp": self.timestamps[b], "symbol": sym, "shares": q, "price": px}
+                for b, sym, q, px in zip(f.bar.tolist(), f.symbol.tolist(), f.shares.tolist(), f.price.tolist())]
 
     def rule_drawdown(self) -> np.ndarray:
         """(T+1,) drawdown from the rule's peak: what ``masks.drawdown_limit`` promises to bound."""
@@ -99,14 +120,13 @@ def run_engine(engine: Engine, first: int, last: int, decide: Callable[[Engine, 
     turn = (np.abs(delta) * fill[:, None, :]).sum(axis=2).T / before
     expo = (tab.direction * shares * fill[:, None, :]).sum(axis=2).T / before
     ts = timestamps[first: last + 1]
-    trades: list[list[dict]] = [[] for _ in range(n)]
-    stamp: dict[int, str] = {}  # each fill bar's timestamp, made once
-    for k, i, j in zip(*np.nonzero(delta)):  # in time order, then portfolio, then leg
-        when = stamp.get(k) or stamp.setdefault(k, timestamps[first + 1 + int(k)])
-        trades[i].append({"timestamp": when, "symbol": tab.symbols[j], "shares": float(delta[k, i, j]),
-                          "price": float(fill[k, j])})
+    owner, ks, legs = np.nonzero(delta.transpose(1, 0, 2))  # by portfolio, then time, then leg
+    symbols = np.array(tab.symbols)
+    cuts = np.searchsorted(owner, np.arange(n + 1))
+    fills = [Fills(ks[a:b] + 1, symbols[legs[a:b]], delta[ks[a:b], i, legs[a:b]], fill[ks[a:b], legs[a:b]]) if b > a else None
+             for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
     rules = engine.rules
-    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(engine.overrides[i]), trades[i],
+    return [StrategyPath("", ts, equity[i], expo[i], turn[i], cost[i], lvl[i], int(engine.overrides[i]), fills[i],
                          forced_bars=int(engine.forced_bars[i]), forced_flat=int(engine.forced_flat[i]),
                          constrained=dict(zip(rules, engine.constrained[i].tolist())), rule_peak=peaks[i])
             for i in range(n)]
@@ -224,6 +244,8 @@ def paths_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
 
 def trades_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
     """Every fill: ``strategy, timestamp, symbol, shares, price``."""
-    rows = [{"strategy": name, **t} for name, p in paths.items() for t in p.trades]
     schema = {"strategy": pl.String, "timestamp": pl.String, "symbol": pl.String, "shares": pl.Float64, "price": pl.Float64}
-    return pl.DataFrame(rows, schema=schema)
+    parts = [pl.DataFrame({"strategy": [name] * len(p.fills.bar), "timestamp": [p.timestamps[b] for b in p.fills.bar.tolist()],
+                           "symbol": p.fills.symbol.tolist(), "shares": p.fills.shares, "price": p.fills.price}, schema=schema)
+             for name, p in paths.items() if p.fills is not None]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=schema)

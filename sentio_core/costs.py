@@ -46,19 +46,40 @@ def trade_costs(cfg: CostConfig, symbol: str | Sequence[str], shares, price, dol
     :param sigma: per-bar return volatility (fraction), same shape.
     :returns: commission, half-spread and impact in dollars.
     """
-    q = np.abs(np.asarray(shares, dtype=float))
-    px = np.asarray(price, dtype=float)
-    notional = q * px
-    traded = q > 0
-    if cfg.commission_mode == "per_share":
-        commission = np.where(traded, np.maximum(cfg.commission_min_usd, cfg.commission_per_share_usd * q), 0.0)
-    else:
-        commission = notional * cfg.commission_bps / 1e4
-    bps = cfg.spread_bps(symbol) if isinstance(symbol, str) else np.array([cfg.spread_bps(s) for s in symbol])
-    spread = notional * bps / 1e4
-    dv = np.broadcast_to(np.asarray(dollar_volume, dtype=float), notional.shape)
-    if np.any(traded & (dv <= 0)):
-        raise ValueError(f"{symbol}: dollar volume must be positive on every bar that trades")
-    participation = np.divide(notional, dv, out=np.zeros_like(notional), where=dv > 0)
-    impact = cfg.impact_coef * np.asarray(sigma, dtype=float) * np.sqrt(participation) * notional
-    return TradeCosts(np.asarray(commission, dtype=float), spread, impact)
+    return CostModel.of(cfg, symbol).costs(shares, price, dollar_volume, sigma)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """:func:`trade_costs` with the symbols' half-spreads looked up once: the engine costs a
+    step's trades of every portfolio with one call and no per-symbol lookups."""
+
+    cfg: CostConfig
+    symbol: str | tuple[str, ...]
+    half_spread_bps: float | np.ndarray  # one value, or one per column
+
+    @classmethod
+    def of(cls, cfg: CostConfig, symbol: str | Sequence[str]) -> CostModel:
+        if isinstance(symbol, str):
+            return cls(cfg, symbol, cfg.spread_bps(symbol))
+        return cls(cfg, tuple(symbol), np.array([cfg.spread_bps(s) for s in symbol]))
+
+    def costs(self, shares, price, dollar_volume, sigma) -> TradeCosts:
+        """The components of trading ``shares`` at ``price`` (shapes broadcast against each other;
+        the last axis is the symbols' when the model has several)."""
+        cfg = self.cfg
+        q = np.abs(np.asarray(shares, dtype=float))
+        notional = q * np.asarray(price, dtype=float)
+        traded = q > 0
+        if cfg.commission_mode == "per_share":
+            commission = np.where(traded, np.maximum(cfg.commission_min_usd, cfg.commission_per_share_usd * q), 0.0)
+        else:
+            commission = notional * cfg.commission_bps / 1e4
+        spread = notional * self.half_spread_bps / 1e4
+        dv = np.asarray(dollar_volume, dtype=float)
+        positive = dv > 0
+        if not positive.all() and np.any(traded & ~positive):
+            raise ValueError(f"{self.symbol}: dollar volume must be positive on every bar that trades")
+        participation = notional / np.where(positive, dv, np.inf)  # 0 where nothing can trade
+        impact = cfg.impact_coef * np.asarray(sigma, dtype=float) * np.sqrt(participation) * notional
+        return TradeCosts(np.asarray(commission, dtype=float), spread, impact)

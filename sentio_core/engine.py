@@ -5,7 +5,7 @@ steps every portfolio through the same rows). One :meth:`Engine.step` does, for 
 what :class:`sentio_core.env.TradingEnv` does for one: the stop-out check, every mask rule as an
 (N, A) array composed in priority order with the per-rule counts, the override of a forbidden
 action to the nearest allowed level, sizing at the close of t, the fill at the open of t+1 (no
-fill where the fill bar has no volume), costs through :func:`sentio_core.costs.trade_costs` on
+fill where the fill bar has no volume), costs through :func:`sentio_core.costs.trade_costs`'s model on
 whole columns, marking at the close of t+1, the drawdown rule's peak and cool-down, holding
 times and the reward. Observations are gathered from the fold's normalised feature matrix by index
 into a preallocated buffer (rows before the first are zeros).
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sentio_core.config import Config
-from sentio_core.costs import trade_costs
+from sentio_core.costs import CostModel
 from sentio_core.env import N_STATE
 from sentio_core.market import Market
 from sentio_core.masks import advance_peak
@@ -101,6 +101,11 @@ class Engine:
         self._index = np.arange(self.n)
         self._no_trade = np.zeros((self.n, len(self.tab.symbols)))  # last_delta of a step where nothing trades
         self._no_trade.flags.writeable = False
+        self._costs = CostModel.of(self.cfg.costs, self.tab.symbols)
+        free = np.ones((self.n, len(lv)), dtype=bool), np.zeros((self.n, len(self.rules)), dtype=int)
+        for a in free:
+            a.flags.writeable = False
+        self._free = free  # the masks when no rule is enabled: every action allowed, nothing removed
 
     # --- state -------------------------------------------------------------------------
     def reset_all(self, start: np.ndarray, end: np.ndarray) -> None:
@@ -224,6 +229,8 @@ class Engine:
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """The composed (N, A) mask after the stop-out check, and the actions each rule removed
         beyond those the rules above it removed, (N, R) (0 where it yielded)."""
+        if not self.rules:
+            return self._free
         fits = self._fits() if self.limit is not None else None
         self.arm_stop(fits)
         out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
@@ -262,14 +269,15 @@ class Engine:
         """
         actions = np.array(actions, dtype=int)  # a copy: the caller may reuse its array, the engine keeps the levels
         mask, removed = masks if masks is not None else self.masks()
-        one = mask.sum(axis=1) == 1
-        self.forced_bars += one
-        self.forced_flat += one & mask[:, self.tab.flat]
-        self.constrained += removed > 0
-        forbidden = ~mask[self._index, actions]
-        if forbidden.any():
-            actions = np.where(forbidden, self.nearest_allowed(mask, actions), actions)
-            self.overrides += forbidden
+        if mask is not self._free[0] or mask.shape[1] == 1:  # (no rule: nothing forbidden, forced only with one level)
+            one = mask.sum(axis=1) == 1
+            self.forced_bars += one
+            self.forced_flat += one & mask[:, self.tab.flat]
+            self.constrained += removed > 0
+            forbidden = ~mask[self._index, actions]
+            if forbidden.any():
+                actions = np.where(forbidden, self.nearest_allowed(mask, actions), actions)
+                self.overrides += forbidden
         before, dd_before = self.equity, self.drawdown
         costs = self._settle(actions)
         self.t = self.t + 1
@@ -297,8 +305,7 @@ class Engine:
             fill = tab.open[t + 1]
             self.last_delta = delta  # what the backtest records of this step
             if delta.any():
-                cost = trade_costs(self.cfg.costs, tab.symbols, delta, fill, tab.dollar_volume[t + 1],
-                                   tab.sigma[t]).total.sum(axis=1)
+                cost = self._costs.costs(delta, fill, tab.dollar_volume[t + 1], tab.sigma[t]).total.sum(axis=1)
             else:  # nothing trades: no commission, spread or impact
                 cost = np.zeros(self.n)
             self.cash = self.cash - ((delta * fill).sum(axis=1) + cost)

@@ -117,6 +117,11 @@ def advance_peak(peak, equity, cooldown, limit: float | None, cooldown_bars: int
         return _advance_one(float(peak), float(equity), int(cooldown), limit, cooldown_bars)
     peak, equity, cooldown = np.asarray(peak, float), np.asarray(equity, float), np.asarray(cooldown, int)
     cooling = cooldown > 0
+    if not cooling.any():  # the common step: the peak follows the equity up, nobody is cooling down
+        peak = np.maximum(peak, equity)
+        if limit is None:
+            return peak, np.zeros_like(cooldown)
+        return peak, np.where(equity <= (1.0 - limit) * peak, cooldown_bars, 0)
     left = np.where(cooling, cooldown - 1, 0)
     peak = np.where(cooling, np.where(left == 0, equity, peak), np.maximum(peak, equity))
     if limit is not None:

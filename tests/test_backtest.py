@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 
-from sentio_core.backtest import backtest_fold, reference_path
+from sentio_core.backtest import backtest_fold, reference_path, trades_frame
 from sentio_core.costs import trade_costs
 from sentio_core.metrics import METRIC_KEYS
 from tests.fixtures_market import random_walk_market, real_fold, synthetic_cfg, with_cfg
@@ -134,6 +134,16 @@ def test_out_of_sample_window(case):
         assert p.equity[0] == cfg.env.initial_equity_usd
         for tr in p.trades:  # every fill is inside the test window
             assert tr["timestamp"] in market.timestamps[c:d]
+
+
+def test_trades_frame_holds_every_fill_in_order(case):
+    name, market, cfg, rows, pols, paths = case
+    frame = trades_frame(paths)
+    records = [{"strategy": k, **t} for k, p in paths.items() for t in p.trades]
+    assert frame.to_dicts() == records and len(records) > 0
+    for p in paths.values():  # per path: time order, and every fill bar inside the path
+        stamps = [t["timestamp"] for t in p.trades]
+        assert stamps == sorted(stamps, key=p.timestamps.index)
 
 
 def test_out_of_sample_window_matches_the_fold_span():

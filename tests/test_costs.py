@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentio_core.config import ConfigError, CostConfig, load_config
-from sentio_core.costs import trade_costs
+from sentio_core.costs import CostModel, trade_costs
 
 
 def cfg(**kw) -> CostConfig:
@@ -51,6 +51,23 @@ def test_vectorised_equals_scalar_loop():
     fast = trade_costs(cfg(), "TQQQ", q, p, dv, s).total
     slow = [trade_costs(cfg(), "TQQQ", *args).total for args in zip(q, p, dv, s)]
     np.testing.assert_allclose(fast, slow)
+
+
+def test_several_legs_at_once_equal_each_leg_alone():
+    """The engine's call: (N, L) trades of L symbols in one call, each column as on its own."""
+    rng = np.random.default_rng(1)
+    c = cfg(half_spread_bps={"TQQQ": 1.5, "SQQQ": 3.0})
+    q = rng.integers(-5000, 5000, (40, 2)) * (rng.random((40, 2)) < 0.7)  # some columns trade nothing
+    p, dv, s = rng.uniform(10, 100, 2), rng.uniform(1e7, 1e10, 2), rng.uniform(0.005, 0.05, 2)  # one bar: a row per leg
+    both = CostModel.of(c, ["TQQQ", "SQQQ"]).costs(q, p, dv, s)
+    for j, sym in enumerate(["TQQQ", "SQQQ"]):
+        alone = trade_costs(c, sym, q[:, j], np.full(40, p[j]), np.full(40, dv[j]), np.full(40, s[j]))
+        for part in ("commission", "spread", "impact"):
+            np.testing.assert_array_equal(getattr(both, part)[:, j], getattr(alone, part))
+    dead = CostModel.of(c, ["TQQQ", "SQQQ"])
+    assert np.all(dead.costs(np.array([[0.0, 5.0]]), p, np.array([0.0, 1e9]), s).impact[:, 0] == 0)  # no trade, no volume: free
+    with pytest.raises(ValueError, match="dollar volume"):
+        dead.costs(np.array([[5.0, 0.0]]), p, np.array([0.0, 1e9]), s)
 
 
 def test_missing_spread_and_bad_volume_are_rejected():

@@ -346,6 +346,18 @@ def test_one_portfolio_path_of_advance_peak_equals_the_array_form(peak, ratio, c
     assert one == (float(arrays[0][0]), int(arrays[1][0]))
 
 
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.floats(1.0, 1e6), st.floats(0.0, 2.0), st.integers(0, 5)), min_size=1, max_size=6),
+       limit=st.one_of(st.none(), st.floats(0.01, 0.99)), bars=st.integers(1, 30))
+def test_array_advance_peak_equals_each_portfolio_alone(rows, limit, bars):
+    """Portfolios in and out of a cool-down side by side (the array form's fast path applies only
+    when none is cooling)."""
+    peak, equity, cool = (np.array(col) for col in zip(*[(p, p * r, c) for p, r, c in rows]))
+    arrays = advance_peak(peak, equity, cool, limit, bars)
+    for i in range(len(rows)):
+        assert advance_peak(float(peak[i]), float(equity[i]), int(cool[i]), limit, bars) == (arrays[0][i], arrays[1][i])
+
+
 def test_level_risk_of_rows_equals_each_row():
     weights = np.array([[0.0, 1.0], [0.0, 0.0], [0.5, 0.0], [-1.0, 0.0]])
     rng = np.random.default_rng(0)
