@@ -12,8 +12,10 @@ import time
 import numpy as np
 
 from sentio_core.backtest import backtest_fold, reference_path
+from sentio_core.baselines import NAMES as BASELINES
 from sentio_core.config import load_config
 from sentio_core.data import build_manifest, build_panel
+from sentio_core.env import ObservationLayout
 from sentio_core.features import feature_table
 from sentio_core.folds import fold_spans
 from sentio_core.market import fold_market
@@ -45,7 +47,7 @@ class LinearPopulation:
 def bench(market, cfg, rows: tuple[int, int], k: int) -> tuple[float, float, float]:
     """Seconds for the engine (K policies and the baselines) and for the reference loop (one
     policy at a time), and the largest relative equity difference between them."""
-    obs_dim = cfg.env.lookback_bars * market.features.shape[1] + 4
+    obs_dim = ObservationLayout.of(market, cfg).obs_dim
     population = LinearPopulation(obs_dim, len(market.levels), k)
     names = [f"p{i}" for i in range(k)]
     policies = {name: (population, True) for name in names}
@@ -73,7 +75,7 @@ def main() -> None:
     market = fold_market(cfg, bars, feats, fold_regimes(cfg, bars, span).probabilities, span, freq.periods_per_year)
     t_fast, t_ref, worst = bench(market, cfg, span.test_rows, args.policies)
     print(f"{args.policies} policies x {span.test_rows[1] - span.test_rows[0]} bars ({args.config})")
-    print(f"engine (+3 baselines): {t_fast:.3f}s   reference env loop: {t_ref:.3f}s   "
+    print(f"engine (+{len(BASELINES)} baselines): {t_fast:.3f}s   reference env loop: {t_ref:.3f}s   "
           f"ratio {t_ref / t_fast:.2f}x   max relative equity difference {worst:.1e}")
 
 

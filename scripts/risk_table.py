@@ -136,7 +136,7 @@ def main() -> None:
                           flush=True)
                     if args.train:
                         start = time.perf_counter()
-                        result = fold_training(cfg, market, span, "maskable_ppo", Budget.from_config(cfg))
+                        result = fold_training(cfg, market, span, "maskable_ppo", Budget.from_config(cfg)).result
                         trained = backtest_fold(market, cfg, rows,
                                                 {"maskable_ppo": (sb3_policy(result.model, True), True)})["maskable_ppo"]
                         print(row(config, setting, limit, span, f"MaskablePPO ({time.perf_counter() - start:.0f} s)",

@@ -170,16 +170,22 @@ def cmd_train(args, cfg) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=budget.timesteps, desc=args.model_type, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+    total = budget.timesteps * cfg.train.seeds if budget.timesteps is not None else None
+    bar = tqdm(total=total, desc=args.model_type, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
 
     def progress(steps: int, episodes: int) -> None:
         bar.update(steps - bar.n)
         bar.set_postfix(episodes=episodes)
 
-    result = fold_training(cfg, market, span, args.model_type, budget, on_progress=progress)
+    training = fold_training(cfg, market, span, args.model_type, budget, on_progress=progress)
     bar.close()
-    print(f"trained {result.timesteps} steps / {result.episodes} episodes in {result.seconds:.1f}s on "
-          f"{result.device} (stopped by {result.stopped_by})", file=sys.stderr)
+    for k, run in enumerate(training.runs):
+        kept = ("" if run.validation_sharpe is None else
+                f"; kept the checkpoint at {run.kept_timesteps} steps, validation Sharpe {run.validation_sharpe:.2f}")
+        print(f"seed {run.seed}: trained {run.timesteps} steps / {run.episodes} episodes in {run.seconds:.1f}s on "
+              f"{run.device} (stopped by {run.stopped_by}){kept}{' <- chosen' if k == training.chosen else ''}",
+              file=sys.stderr)
+    result = training.result
     masked = reads_masks(args.model_type)
     paths = fold_backtest(cfg, market, span, {args.model_type: (sb3_policy(result.model, masked), masked)})
     metrics = {name: p.metrics(market.periods_per_year) for name, p in paths.items()}
@@ -188,7 +194,7 @@ def cmd_train(args, cfg) -> int:
     data = DataProvenance(fingerprint=manifest.fingerprint(), files=[f.model_dump() for f in manifest.files],
                           first_train=span.train_start, last_test=span.test_end)
     metadata = build_metadata(policy_header(result.model, args.model_type), policy_spec(cfg, market, span),
-                              regimes.model.to_dict(), training_summary(cfg, result, span.fold, budget),
+                              regimes.model.to_dict(), training_summary(cfg, training, span.fold, budget, market),
                               cfg, project_version(), evidence, data)
     stem = args.output or str(Path(cfg.registry.export_dir) / args.model_type)
     pth, meta_path = save_policy(result.model, args.model_type, stem, metadata)

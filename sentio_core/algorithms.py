@@ -49,3 +49,9 @@ def spec(name: str) -> AlgorithmSpec:
     if name not in SPECS:
         raise ValueError(f"unknown model type {name!r}; use one of {sorted(SPECS)}")
     return SPECS[name]
+
+
+def seed_name(algorithm: str, k: int) -> str:
+    """The backtest's name of an algorithm's k-th seed (``train.seeds`` > 1): reported for the
+    spread over seeds, never promoted (the chosen seed runs under the algorithm's own name)."""
+    return f"{algorithm}_seed{k}"

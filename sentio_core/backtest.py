@@ -1,11 +1,13 @@
 """Out-of-sample backtest on the one trading engine (:mod:`sentio_core.engine`).
 
 The policies (MaskablePPO, PPO) are portfolios of one :class:`Engine`, stepped together over the
-test rows with the masks, costs, stop-outs and overrides training uses; the baselines (flat,
-buy-and-hold of the long leg, buy-and-hold of the underlying) are fixed-action portfolios of the
-same engine over their own instrument. :func:`reference_path` is the slow, obvious version (the
-gymnasium environment stepped one action at a time); the tests hold the two to the same equity,
-bar by bar.
+test rows with the masks, costs, stop-outs and overrides training uses. The rule-based baseline
+(``trend_vol``, :mod:`sentio_core.baselines`) is one more portfolio of that engine, following a
+:class:`Schedule` of targets fixed from data up to each close, under the same masks and costs; the
+other baselines (flat, buy-and-hold of the long leg, buy-and-hold of the underlying) are
+fixed-action portfolios of an engine over their own instrument, with no masks.
+:func:`reference_path` is the slow, obvious version (the gymnasium environment stepped one action
+at a time); the tests hold the two to the same equity, bar by bar.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import polars as pl
 
+from sentio_core import baselines
 from sentio_core.config import Config, reads
 from sentio_core.engine import Engine
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
+from sentio_core.masks import nearest_allowed
 from sentio_core.metrics import drawdown, performance
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -32,6 +36,16 @@ class Policy(Protocol):
     """Maps observations (N, obs_dim) and masks (N, A) to actions (N,)."""
 
     def __call__(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A rule's decisions fixed in advance: the target action (an index into ``market.levels``) for
+    the decision after the close of every market row, each chosen from data up to that close. It
+    reads the masks: each decision takes the allowed level nearest to its target (ties to the
+    smaller exposure, :meth:`Engine.nearest_allowed`), so the engine never has to override it."""
+
+    targets: np.ndarray  # (T,) int, one per market row
 
 
 def sb3_policy(model, masked: bool) -> Policy:
@@ -139,34 +153,47 @@ def _rows(rows: list[int]) -> slice | np.ndarray:
     return np.array(rows)
 
 
-def policy_decisions(policies: list[tuple[Policy, bool]], obs_dim: int) -> Callable[[Engine, np.ndarray], np.ndarray]:
+def policy_decisions(policies: list[tuple[Policy | Schedule, bool]], obs_dim: int) -> Callable[[Engine, np.ndarray], np.ndarray]:
     """Each portfolio follows one policy, which sees its own observation and mask (a forbidden
-    choice of an unmasked policy is overridden by the engine to the nearest allowed level).
+    choice of an unmasked policy is overridden by the engine to the nearest allowed level), or one
+    :class:`Schedule`, which takes the allowed level nearest to its target at the decision row.
 
     Portfolios that share one policy object are decided in one call, their rows in the order
     given (a trained network over several portfolios, or a population of policies acting row by
-    row): one call per distinct policy per bar, never one per portfolio.
+    row): one call per distinct policy per bar, never one per portfolio. Observations are gathered
+    only when some portfolio follows a policy.
     """
     buf = np.empty((len(policies), obs_dim), dtype=np.float32)
     groups: dict[int, list[int]] = {}
     for i, (policy, _) in enumerate(policies):
         groups.setdefault(id(policy), []).append(i)
-    calls = [(policies[rows[0]][0], _rows(rows)) for rows in groups.values()]
+    calls: list[tuple[Policy, slice | np.ndarray]] = []
+    scheduled: list[tuple[np.ndarray, int]] = []  # (targets, portfolio): a rule is one or a few portfolios
+    for rows in groups.values():
+        policy = policies[rows[0]][0]
+        if isinstance(policy, Schedule):
+            scheduled += [(policy.targets, r) for r in rows]
+        else:
+            calls.append((policy, _rows(rows)))
     actions = np.zeros(len(policies), dtype=int)
 
     def decide(engine: Engine, mask: np.ndarray) -> np.ndarray:
-        obs = engine.observe(buf)
-        for policy, rows in calls:
-            actions[rows] = np.asarray(policy(obs[rows], mask[rows]), dtype=int).reshape(-1)
+        if calls:
+            obs = engine.observe(buf)
+            for policy, rows in calls:
+                actions[rows] = np.asarray(policy(obs[rows], mask[rows]), dtype=int).reshape(-1)
+        for targets, r in scheduled:  # scalars: cheaper than arrays for one portfolio, and a target is mostly allowed
+            target = targets[engine.t[r]]
+            actions[r] = target if mask[r, target] else engine.nearest_allowed(mask[r: r + 1], targets[engine.t[r: r + 1]])[0]
         return actions
     return decide
 
 
-BASELINES = ("flat", "buy_hold_long", "buy_hold_underlying")
+FIXED = ("flat", "buy_hold_long", "buy_hold_underlying")  # the fixed-action baselines, in baseline_paths' action order
 
 
 def baseline_paths(market: Market, cfg: Config, first: int, last: int) -> dict[str, StrategyPath]:
-    """The baselines as three fixed-action portfolios of one engine over a market of two legs (the
+    """The fixed-action baselines as three portfolios of one engine over a market of two legs (the
     long leg, the underlying): flat, all equity in the long leg, all equity in the underlying,
     bought at the first open and held, with the shared costs and no masks."""
     legs = [market.legs[0], market.underlying]
@@ -174,33 +201,47 @@ def baseline_paths(market: Market, cfg: Config, first: int, last: int) -> dict[s
                                levels=np.array([0.0, 1.0, 1.0]), weights=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
                                legs=legs, _risk={})
     bare = cfg.model_copy(update={"masks": cfg.masks.model_copy(update={"rules": []})})
-    fixed = np.arange(len(BASELINES))
-    paths = run_engine(Engine(held, bare, len(BASELINES)), first, last, lambda e, m: fixed, market.timestamps)
-    for name, path in zip(BASELINES, paths):
+    fixed = np.arange(len(FIXED))
+    paths = run_engine(Engine(held, bare, len(FIXED)), first, last, lambda e, m: fixed, market.timestamps)
+    for name, path in zip(FIXED, paths):
         path.name = name
         path.constrained = dict.fromkeys(cfg.masks.rules, 0)  # baselines read no masks
-    return dict(zip(BASELINES, paths))
+    return dict(zip(FIXED, paths))
+
+
+def trend_vol_schedule(market: Market, cfg: Config) -> Schedule:
+    """The rule-based baseline's targets over every row of the market (:func:`baselines.trend_vol_actions`)."""
+    return Schedule(baselines.trend_vol_actions(market, cfg.baseline))
 
 
 def backtest_fold(market: Market, cfg: Config, test_rows: tuple[int, int],
                   policies: dict[str, tuple[Policy, bool]]) -> dict[str, StrategyPath]:
     """Every policy and the baselines over the test rows ``[c, d)``: decisions from the close of
-    ``c - 1``, P&L on bars ``c .. d - 1``."""
+    ``c - 1``, P&L on bars ``c .. d - 1``. Keyed by name: the policies in the order given, then
+    :data:`baselines.NAMES`. The rule (``trend_vol``) is one more portfolio of the policies'
+    engine, under their masks and costs; the fixed-action baselines run in :func:`baseline_paths`.
+
+    :raises ValueError: when a policy is named like a baseline.
+    """
+    taken = sorted(set(policies) & set(baselines.NAMES))
+    if taken:
+        raise ValueError(f"policies named {taken} would hide the baselines of the same names; rename them")
     first, last = test_rows[0] - 1, test_rows[1] - 1
-    names = list(policies)
-    out = {}
-    if names:
-        engine = Engine(market, cfg, len(names))
-        chosen = [policies[k] for k in names]
-        out.update(zip(names, run_engine(engine, first, last, policy_decisions(chosen, engine.obs_dim), market.timestamps)))
-        for name, path in out.items():
-            path.name = name
+    rule = trend_vol_schedule(market, cfg)
+    runners: dict[str, tuple[Policy | Schedule, bool]] = {**policies, baselines.TREND_VOL: (rule, True)}
+    engine = Engine(market, cfg, len(runners))
+    decide = policy_decisions(list(runners.values()), engine.obs_dim)
+    out = dict(zip(runners, run_engine(engine, first, last, decide, market.timestamps)))
     out.update(baseline_paths(market, cfg, first, last))
-    return out
+    for name, path in out.items():
+        path.name = name
+    return {name: out[name] for name in (*policies, *baselines.NAMES)}
 
 
-def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], policy: Policy, masked: bool) -> StrategyPath:
-    """The slow reference: the gymnasium environment stepped one action at a time."""
+def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], policy: Policy | Schedule,
+                   masked: bool) -> StrategyPath:
+    """The slow reference: the gymnasium environment stepped one action at a time (a
+    :class:`Schedule` takes the allowed level nearest to its target, :func:`masks.nearest_allowed`)."""
     first, last = test_rows[0] - 1, test_rows[1] - 1
     env = TradingEnv(market, cfg, first, last)
     obs, _ = env.reset(seed=0)
@@ -208,7 +249,10 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
     done = False
     while not done:
         mask = env.action_masks()
-        action = int(policy(obs[None, :], mask[None, :])[0])
+        if isinstance(policy, Schedule):
+            action = nearest_allowed(market.levels, mask, int(policy.targets[env.t]))
+        else:
+            action = int(policy(obs[None, :], mask[None, :])[0])
         obs, _, term, trunc, info = env.step(action)
         equity.append(info["equity"])
         peaks.append(env.book.peak)
@@ -223,7 +267,7 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
                         constrained=dict(zip(cfg.masks.rules, constrained.tolist())))
 
 
-@reads("universe", "env", "masks", "costs")
+@reads("universe", "env", "masks", "costs", "baseline")
 def fold_backtest(cfg: Config, market: Market, span: FoldSpan,
                   policies: dict[str, tuple[Policy, bool]]) -> dict[str, StrategyPath]:
     """Policies and baselines over the fold's test rows (see :func:`backtest_fold`)."""

@@ -288,6 +288,10 @@ class EnvConfig(_Section):
     vol_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS, description="Window of the per-bar volatility used by costs and the volatility mask.")
     liquidity_bars: int = Field(20, ge=1, le=MAX_WINDOW_BARS, description="Window of the mean dollar volume used by the liquidity mask.")
     feature_columns: list[str] | None = Field(None, description="Glob patterns of feature columns observed; null = all.")
+    feature_max_corr: float | None = Field(0.95, gt=0, le=1, description="De-duplication of the selected features on the fold's "
+                                                                       "training rows: a column is kept only if its |Pearson r| "
+                                                                       "with every column kept before it is at most this; constant "
+                                                                       "columns are dropped; null = keep every selected column.")
     clip_obs: float = Field(10.0, gt=0, description="Normalised features are clipped to +-clip_obs.")
 
     @model_validator(mode="after")
@@ -340,7 +344,17 @@ class TrainConfig(_Section):
     """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
 
     algorithms: list[AlgorithmName] = Field(default_factory=lambda: list(ALGORITHM_NAMES))
-    timesteps: int | None = Field(60_000, ge=1, le=10**12, description="Budget in environment steps (null = unlimited).")
+    timesteps: int | None = Field(60_000, ge=1, le=10**12, description="Budget in environment steps per seed (null = unlimited); "
+                                  "a fold and algorithm train seeds x timesteps in all.")
+    seeds: int = Field(1, ge=1, le=100, description="Seeds trained per fold and algorithm (fold seed + 0, + 1, ...); the one "
+                       "best on the validation slice is the fold's policy, the others report the spread.")
+    validation_bars: int = Field(0, ge=0, le=MAX_SPAN_BARS, description="The training window's last bars kept as the inner "
+                                 "validation slice (purged from the rest by folds' purge); 0 = no validation, the last "
+                                 "policy is kept.")
+    eval_every: int = Field(20_000, ge=1, le=10**12, description="Timesteps between evaluations of the deterministic policy "
+                            "on the validation slice; the best checkpoint is kept.")
+    patience: int | None = Field(None, ge=1, le=10_000, description="Stop a seed after this many evaluations without a better "
+                                 "validation Sharpe (null = train the whole budget, keep the best checkpoint).")
     episodes: int | None = Field(None, ge=1, le=10**9, description="Budget in finished episodes (null = unlimited).")
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
     learning_rate: float = Field(3e-4, gt=0)
@@ -348,6 +362,8 @@ class TrainConfig(_Section):
     n_steps: int = Field(16, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps (n_envs x n_steps per update).")
     batch_size: int = Field(256, ge=8, le=MAX_SPAN_BARS)
     n_epochs: int = Field(5, ge=1, le=1000)
+    reward_scale: float = Field(1.0, gt=0, le=1e6, description="The learner is handed this multiple of the environment's "
+                                "reward (log return less the drawdown penalty: about 0.01 a bar for TQQQ).")
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, gt=0, le=1)
     clip_range: float = Field(0.2, gt=0)
@@ -365,6 +381,29 @@ class TrainConfig(_Section):
         if self.timesteps is None and self.episodes is None and self.minutes is None:
             raise ValueError("train needs a budget: set train.timesteps, train.episodes or train.minutes")
         return self
+
+
+class BaselineConfig(_Section):
+    """The rule-based baseline of the backtest (``trend_vol``, :func:`sentio_core.baselines.trend_vol_actions`):
+    long the long leg while the underlying closes above its moving average, sized to a volatility
+    target, else flat. Fixed here, never fitted (on the test window or any other); windows in bars of the data."""
+
+    trend_bars: int = Field(200, ge=2, le=MAX_WINDOW_BARS, description="Simple moving average of the underlying's last closes, "
+                                                                       "bars: the rule is long only while the close is above "
+                                                                       "it (200 daily bars: the classic trend filter).")
+    vol_bars: int = Field(20, ge=2, le=MAX_WINDOW_BARS, description="Window of the realised volatility of the leg held (sample "
+                                                                    "std of its last one-bar log returns, annualised), bars.")
+    vol_target_ann: float = Field(0.25, gt=0, le=2.0, description="Annualised volatility the position is sized to: exposure = "
+                                                                  "min(max_exposure, vol_target_ann / the leg's realised "
+                                                                  "volatility), floored to an exposure level. 0.25 is about "
+                                                                  "QQQ's own long-run volatility (22 % a year on the shipped "
+                                                                  "2015-2025 bars): the rule takes the index's risk through "
+                                                                  "the 3x leg, so it is compared with buy-and-hold of the "
+                                                                  "underlying at about equal risk. A fraction (0.25), not percent.")
+    max_exposure: float = Field(1.0, gt=0, le=10.0, description="Largest exposure the rule targets, fraction of equity (the "
+                                                                "masks' cap and the exposure levels still apply).")
+    short_when_down: bool = Field(False, description="Below the average, hold the short side (sized the same way on the short "
+                                                     "leg's volatility) instead of flat, when the universe has one.")
 
 
 class PromotionConfig(_Section):
@@ -443,6 +482,7 @@ class Config(_Section):
     masks: MaskConfig = MaskConfig()
     costs: CostConfig
     train: TrainConfig = TrainConfig()
+    baseline: BaselineConfig = BaselineConfig()
     promotion: PromotionConfig = PromotionConfig()
     registry: RegistryConfig = RegistryConfig()
     drift: DriftConfig = DriftConfig()

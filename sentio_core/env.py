@@ -30,6 +30,53 @@ from sentio_core.masks import MaskState, advance_peak, counted_mask, nearest_all
 N_STATE = 4  # exposure, drawdown, time in position, current level
 
 
+@dataclass(frozen=True)
+class ObservationLayout:
+    """How a flat observation is laid out: ``lookback`` bars of ``n_features`` values, then ``n_state``
+    portfolio values.
+
+    The window holds feature rows ``t - lookback + 1 .. t`` (oldest first) of the decision at the
+    close of ``t``, row-major, so one bar's features are contiguous: ``obs[k * n_features + j]`` is
+    feature ``j`` of row ``t - lookback + 1 + k`` (zeros before the first row), and
+    ``obs[lookback * n_features + i]`` is state value ``i`` (exposure, drawdown, time in position,
+    current level). The observation stays flat for stable-baselines3's Box space; :meth:`split`
+    gives a sequence model its tokens, one per bar.
+    """
+
+    lookback: int
+    n_features: int
+    n_state: int = N_STATE
+
+    @classmethod
+    def of(cls, market: Market, cfg: Config) -> ObservationLayout:
+        """The layout of a fold's observations: ``env.lookback_bars`` rows of the market's feature columns."""
+        return cls(lookback=cfg.env.lookback_bars, n_features=market.features.shape[1])
+
+    @property
+    def window_size(self) -> int:
+        """Values of the feature window: ``lookback * n_features``."""
+        return self.lookback * self.n_features
+
+    @property
+    def obs_dim(self) -> int:
+        """Length of the flat observation: ``lookback * n_features + n_state``."""
+        return self.window_size + self.n_state
+
+    def split(self, obs):
+        """The window and the state of observations ``obs`` (..., obs_dim), numpy or torch.
+
+        :returns: ``(window (..., lookback, n_features), state (..., n_state))``: views of ``obs``
+            when its last axis is contiguous (what the env, the engine and a rollout buffer give).
+        :raises ValueError: when the last axis is not ``obs_dim`` long.
+        """
+        if obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"observations have {obs.shape[-1]} values, the layout {self.obs_dim} "
+                             f"({self.lookback} bars x {self.n_features} features + {self.n_state} state)")
+        lead = tuple(obs.shape[:-1])
+        window = obs[..., : self.window_size].reshape(lead + (self.lookback, self.n_features))
+        return window, obs[..., self.window_size:]
+
+
 @dataclass
 class Book:
     """Holdings and history of one portfolio at the close of the current bar."""
@@ -70,7 +117,8 @@ def target_shares(market: Market, t: int, action: int, equity: float) -> np.ndar
 
 
 def observation(market: Market, t: int, lookback: int, book: Book) -> np.ndarray:
-    """Flattened features of rows ``t - lookback + 1 .. t`` then the portfolio state (float32)."""
+    """Flattened features of rows ``t - lookback + 1 .. t`` then the portfolio state (float32), laid
+    out as :class:`ObservationLayout` says."""
     lo = t - lookback + 1
     window = market.features[max(lo, 0): t + 1]
     if lo < 0:
@@ -136,9 +184,9 @@ class TradingEnv(gym.Env):
         self.first, self.last = first, last
         self.episode_bars = episode_bars if episode_bars is not None and episode_bars < last - first else None
         self.lookback = cfg.env.lookback_bars
-        n_obs = self.lookback * market.features.shape[1] + N_STATE
+        self.layout = ObservationLayout.of(market, cfg)
         bound = max(cfg.env.clip_obs, 10.0)  # features are clipped; exposure and state stay well inside
-        self.observation_space = gym.spaces.Box(-bound, bound, shape=(n_obs,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-bound, bound, shape=(self.layout.obs_dim,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(len(market.levels))
         self.book = new_book(market, cfg.env.initial_equity_usd)
         self.t = first

@@ -155,6 +155,24 @@ class FoldSpan(BaseModel):
     panel_fingerprint: str | None = None  # the panel up to the test end: what the regime fit reads
     fingerprint: str | None = None  # panel and features up to the test end: what training and backtests read
 
+    def inner_split(self, validation_bars: int) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """The training rows policies learn from and the inner validation slice: the training
+        window's last ``validation_bars`` rows, purged from the rows before them by the fold's own
+        purge, as the test window is from the training window. Both lie inside ``train_rows``, so
+        neither touches the test window or its purge. ``validation_bars`` 0: all rows, no slice.
+
+        :raises FoldError: when the slice and its purge leave fewer than ``purge_bars + 2`` rows to learn from.
+        """
+        a, b = self.train_rows
+        if validation_bars == 0:
+            return (a, b), None
+        learn_end = b - validation_bars - self.purge_bars
+        if learn_end - a < self.purge_bars + 2:
+            raise FoldError(f"train.validation_bars ({validation_bars}) and the purge ({self.purge_bars}) leave "
+                            f"{learn_end - a} of fold {self.fold}'s {b - a} training bars to learn from; lower "
+                            f"train.validation_bars or add data")
+        return (a, learn_end), (b - validation_bars, b)
+
     def summary(self) -> dict:
         """The public description (``sentio folds``): window timestamps and sizes."""
         return {k: getattr(self, k) for k in SUMMARY_KEYS}

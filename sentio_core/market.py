@@ -1,7 +1,8 @@
 """Market arrays for one fold: what the environment and the backtest read, as numpy.
 
 Every array is indexed by feature-table row (the aligned panel's timestamps in order). Anything
-fitted, here the feature normalisation, uses the fold's training rows only and is applied forward.
+fitted, here the choice of feature columns (near-collinear and constant ones dropped) and their
+normalisation, uses the fold's training rows only and is applied forward.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Market:
     :param levels: (A,) target net exposure per action.
     :param weights: (A, L) signed fraction of equity held in each leg for each action.
     :param legs: the traded legs (one when both sides use the same symbol).
+    :param feature_names: the F observed columns: the features kept by :func:`deduplicate`, then the
+        regime probabilities.
+    :param dropped_features: the selected features :func:`deduplicate` dropped on the training rows,
+        in table order, each with the kept column it is near-collinear with, or ``"constant"``.
     """
 
     timestamps: Sequence[str]  # ISO strings (:class:`Stamps`)
@@ -62,6 +67,8 @@ class Market:
     underlying: Leg  # for the buy-and-hold baseline
     norm_mean: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     norm_std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    feature_max_corr: float | None = None  # the de-duplication threshold fitted with (None: none fitted)
+    dropped_features: dict[str, str] = field(default_factory=dict)  # dropped column -> the kept one it duplicates, or "constant"
     _risk: dict = field(repr=False, compare=False, default_factory=dict)  # per-row tables: level risk by setting, volatility
 
     @property
@@ -192,6 +199,99 @@ def apply_normalisation(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: 
     return np.nan_to_num(np.clip((x - mean) / std, -clip, clip), nan=0.0).astype(np.float32)
 
 
+CORRELATION_ROWS = 65_536  # rows per float64 chunk of :func:`correlation` (50 MB at 100 columns)
+
+
+def correlation(z: np.ndarray, chunk_rows: int = CORRELATION_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of the columns of ``z`` (n, F), e.g. the normalised training rows.
+
+    Sums run in float64 over chunks of ``chunk_rows`` rows (a mean pass, then the centred cross
+    products), so a float32 ``z`` is never copied whole as float64.
+
+    :returns: ``(corr, constant)``: the (F, F) correlation, in [-1, 1], with 1 on the diagonal and 0
+        in the rows and columns of constant columns; and (F,) bool, the columns whose values are all
+        equal (NaN-free input assumed: the normalised matrix has no NaN).
+    """
+    n, f = z.shape
+    constant = (z.min(axis=0) == z.max(axis=0)) if n else np.ones(f, dtype=bool)
+    chunks = range(0, n, chunk_rows)
+    mean = sum((z[i: i + chunk_rows].sum(axis=0, dtype=np.float64) for i in chunks), np.zeros(f)) / max(n, 1)
+    gram = np.zeros((f, f))
+    for i in chunks:
+        c = z[i: i + chunk_rows].astype(np.float64) - mean
+        gram += c.T @ c
+    scale = np.sqrt(np.where(constant, 1.0, np.diag(gram)))
+    corr = np.clip(gram / np.outer(scale, scale), -1.0, 1.0)
+    corr[constant, :] = 0.0
+    corr[:, constant] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return corr, constant
+
+
+def deduplicate(corr: np.ndarray, constant: np.ndarray, max_corr: float) -> tuple[list[int], dict[int, int | None]]:
+    """Greedy de-duplication of columns in their order: a column is kept only if its absolute
+    correlation with every column kept before it is at most ``max_corr``; constant columns are dropped.
+
+    :param corr: (F, F) from :func:`correlation`.
+    :param constant: (F,) bool from :func:`correlation`.
+    :returns: the kept column indices (ascending), and each dropped index -> the kept column with
+        which it is most correlated, or None for a constant column.
+    """
+    kept: list[int] = []
+    dropped: dict[int, int | None] = {}
+    for j in range(len(constant)):
+        if constant[j]:
+            dropped[j] = None
+            continue
+        if kept:
+            r = np.abs(corr[j, kept])
+            twin = int(np.argmax(r))
+            if r[twin] > max_corr:
+                dropped[j] = kept[twin]
+                continue
+        kept.append(j)
+    return kept, dropped
+
+
+def training_matrix(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int],
+                    clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training rows of columns ``names``, normalised as the observation will be.
+
+    Reads :data:`COLUMN_BLOCK` columns of the training rows at a time; each column's statistics are
+    :func:`train_statistics` of the training rows (the numbers :func:`build_market` fits on the whole
+    table), applied by :func:`apply_normalisation` (clipped; a value still undefined counts as the
+    training mean).
+
+    :returns: ``(z, mean, std)``: (n_train, F) float32, and (F,) each.
+    """
+    a, b = train_rows
+    train = feats.slice(a, b - a)
+    z = np.empty((b - a, len(names)), dtype=np.float32)
+    mean, std = np.empty(len(names)), np.empty(len(names))
+    for at in range(0, len(names), COLUMN_BLOCK):
+        block = names[at: at + COLUMN_BLOCK]
+        x = train.select(block).collect().to_numpy().astype(float)
+        cols = slice(at, at + len(block))
+        mean[cols], std[cols] = train_statistics(x, (0, b - a))
+        z[:, cols] = apply_normalisation(x, mean[cols], std[cols], clip)
+    return z, mean, std
+
+
+def fit_features(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int], clip: float,
+                 max_corr: float) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, str]]:
+    """The feature columns kept by :func:`deduplicate` and their normalisation, fitted on the
+    training rows only (:func:`training_matrix`, then :func:`correlation`; the float32 training
+    matrix is freed on return).
+
+    :returns: the kept names (in table order), their (mean, std), and the dropped names -> the
+        kept name each duplicates, or ``"constant"``.
+    """
+    z, mean, std = training_matrix(feats, names, train_rows, clip)
+    kept, dropped = deduplicate(*correlation(z), max_corr)
+    return ([names[j] for j in kept], mean[kept], std[kept],
+            {names[j]: "constant" if twin is None else names[twin] for j, twin in dropped.items()})
+
+
 def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
     """Exposure levels, the (A, L) leg weights of each and the legs (symbol, direction).
 
@@ -220,20 +320,34 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
                  fitted: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> Market:
     """Arrays of one fold.
 
+    The observed features are the ``env.feature_columns`` globs' columns, less those
+    :func:`fit_features` drops on the training rows (``env.feature_max_corr``), then the regime
+    probabilities (never dropped).
+
     :param bars: the aligned long panel (synthetic legs included), in memory or scanned lazily.
     :param feats: the feature table (same timestamps as the panel), in memory or scanned lazily:
         it is read :data:`COLUMN_BLOCK` columns at a time, so the float32 observation matrix is the
-        only copy of the table held (2M bars x 100 features: 0.8 GB).
+        only copy of the table held (2M bars x 100 features: 0.8 GB; the de-duplication first holds
+        the training rows of the selected columns, float32, and frees them).
     :param regime_probs: ``timestamp, regime_0..K-1`` filtered probabilities (train start to test end)
         or None; rows outside get a uniform prior and are never observed by a fold's episodes.
-    :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics).
+    :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics
+        and de-duplication).
     :param fitted: ``(feature names, mean, std)`` of an already trained policy: its features and
-        normalisation are applied instead of fitting new ones (re-scoring a champion).
+        normalisation are applied instead of fitting new ones, and nothing is de-duplicated
+        (re-scoring a champion).
     """
     feats = feats.lazy()
     columns = feats.collect_schema().names()
+    max_corr: float | None = None
+    dropped: dict[str, str] = {}
+    given = (np.zeros(0), np.zeros(0))  # (mean, std) of the leading observed columns, fitted before
     if fitted is None:
         names = select_features(feature_columns(columns), cfg.env.feature_columns)
+        if cfg.env.feature_max_corr is not None:
+            max_corr = cfg.env.feature_max_corr
+            names, kept_mean, kept_std, dropped = fit_features(feats, names, train_rows, cfg.env.clip_obs, max_corr)
+            given = (kept_mean, kept_std)
     else:
         names = [n for n in fitted[0] if not n.startswith("regime_")]
         missing = sorted(set(names) - set(columns))
@@ -250,22 +364,21 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     else:
         p, high_vol = None, np.zeros(len(timestamps))
     if fitted is not None:
-        mean, std = np.asarray(fitted[1], dtype=float), np.asarray(fitted[2], dtype=float)
-        if len(mean) != len(names):
-            raise ValueError(f"the policy's normalisation has {len(mean)} columns, the observation {len(names)}")
+        given = (np.asarray(fitted[1], dtype=float), np.asarray(fitted[2], dtype=float))
+        if len(given[0]) != len(names):
+            raise ValueError(f"the policy's normalisation has {len(given[0])} columns, the observation {len(names)}")
     z = np.empty((len(timestamps), len(names)), dtype=np.float32)
     stats: list[tuple[np.ndarray, np.ndarray]] = []
     at = 0
     for x in _blocks(feats, blocks, p):
         cols = slice(at, at + x.shape[1])
-        if fitted is None:
-            stats.append(train_statistics(x, train_rows))
-            z[:, cols] = apply_normalisation(x, *stats[-1], cfg.env.clip_obs)
+        if cols.stop <= len(given[0]):
+            stats.append((given[0][cols], given[1][cols]))
         else:
-            z[:, cols] = apply_normalisation(x, mean[cols], std[cols], cfg.env.clip_obs)
+            stats.append(train_statistics(x, train_rows))
+        z[:, cols] = apply_normalisation(x, *stats[-1], cfg.env.clip_obs)
         at += x.shape[1]
-    if fitted is None:
-        mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
+    mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
     legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
     mtc = (feats.select("minutes_to_close").collect()["minutes_to_close"].to_numpy().astype(float)
@@ -275,7 +388,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
         stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
         underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
-        norm_mean=mean, norm_std=std,
+        norm_mean=mean, norm_std=std, feature_max_corr=max_corr, dropped_features=dropped,
     )
 
 
@@ -315,7 +428,8 @@ def policy_spec(cfg: Config, market: Market, span: FoldSpan) -> PolicySpec:
     observation = ObservationSpec(
         lookback_bars=cfg.env.lookback_bars, features=market.feature_names,
         layout="lookback_bars x features (oldest first, row-major), then state",
-        state=["exposure", "drawdown", "bars_held/(bars_held+20)", "current_level"], normalisation=normalisation)
+        state=["exposure", "drawdown", "bars_held/(bars_held+20)", "current_level"], normalisation=normalisation,
+        feature_max_corr=market.feature_max_corr, dropped_features=market.dropped_features)
     return PolicySpec(action_meanings=action_meanings(cfg, market), exposure_levels=market.levels.tolist(),
                       observation=observation, legs=[LegSpec(symbol=leg.symbol, direction=leg.direction) for leg in market.legs],
                       fold=span.fold, train_window=(span.train_start, span.train_end),

@@ -34,13 +34,22 @@ class Normalisation(_Record):
 
 
 class ObservationSpec(_Record):
-    """How the observation is laid out: ``lookback_bars`` rows of ``features`` (oldest first), then ``state``."""
+    """How the observation is laid out: ``lookback_bars`` rows of ``features`` (oldest first), then
+    ``state`` (:class:`sentio_core.env.ObservationLayout`).
+
+    :param feature_max_corr: the de-duplication threshold (``env.feature_max_corr``) the features
+        were chosen with on the training window; None when none was applied.
+    :param dropped_features: the selected features it dropped, each -> the kept feature it
+        duplicates, or ``"constant"``.
+    """
 
     lookback_bars: int
     features: list[str]
     layout: str
     state: list[str]
     normalisation: Normalisation
+    feature_max_corr: float | None = None
+    dropped_features: dict[str, str] = {}
 
 
 class LegSpec(_Record):
@@ -60,7 +69,23 @@ class PolicySpec(_Record):
     test_window: tuple[str, str]
 
 
+class SeedSummary(_Record):
+    """One seed's training of a fold and algorithm: its length, its stop, and on the validation slice
+    the kept checkpoint and the whole curve ``(timesteps, Sharpe)``."""
+
+    seed: int
+    timesteps: int
+    seconds: float
+    stopped_by: str
+    kept_timesteps: int | None = None
+    validation_sharpe: float | None = None
+    validation_curve: list[tuple[int, float]] = []
+
+
 class TrainingSummary(_Record):
+    """A fold and algorithm's training: the chosen seed's run (``timesteps`` .. ``device``), the
+    seconds of all seeds, and each seed's summary (the spread)."""
+
     fold: int
     algorithm: str
     timesteps: int
@@ -70,6 +95,11 @@ class TrainingSummary(_Record):
     device: str
     learning_rate: float
     budget: dict[str, float]
+    seed: int | None = None
+    kept_timesteps: int | None = None  # None: no validation slice, the last weights were kept
+    validation_sharpe: float | None = None
+    validation_window: tuple[str, str] | None = None  # first and last bar of the inner validation slice
+    seeds: list[SeedSummary] = []
 
 
 class FoldResult(_Record):

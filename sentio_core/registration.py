@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sentio_core.baselines import NAMES as CHILD_BASELINES  # every baseline's headline metrics go with each child run
 from sentio_core.config import MODEL_SECTIONS, Config, flatten, reads, stable_hash
 from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, TrainingSummary
 from sentio_core.promotion import GateResult, promotion_gate
@@ -16,7 +17,6 @@ if TYPE_CHECKING:  # records handed in by the stages (data only)
     from sentio_core.data import Manifest
     from sentio_core.folds import FoldSpan
 
-CHILD_BASELINES = ("flat", "buy_hold_long", "buy_hold_underlying")
 CHILD_BASELINE_METRICS = ("sharpe", "total_return", "max_drawdown")
 CHILD_TRAINING_METRICS = ("timesteps", "episodes", "seconds")
 

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sentio_core import algorithms
+from sentio_core import algorithms, baselines
 from sentio_core.config import ALGORITHM_NAMES
 
 if TYPE_CHECKING:  # records handed in by the stages (data only)
     from sentio_core.folds import FoldSpan
 
-STRATEGIES = (*ALGORITHM_NAMES, "buy_hold_underlying", "buy_hold_long", "flat")
-SHORT = {**{s.name: s.short for s in algorithms.REGISTRY}, "buy_hold_underlying": "bh_u", "buy_hold_long": "bh_l", "flat": "flat"}
+STRATEGIES = (*ALGORITHM_NAMES, *baselines.NAMES)
+SHORT = {s.name: s.short for s in (*algorithms.REGISTRY, *baselines.REGISTRY)}
 METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides", "forced_bars", "forced_flat")
 MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their overrides and mask counts are reported
 COUNTS = ("overrides", "forced_bars", "forced_flat")  # integer metrics, reported for the learned policies only

@@ -50,7 +50,8 @@ class RescoreResult:
         text = (f"- {self.bars} bars {self.first[:10]} .. {self.last[:10]} (its test window and after): "
                 f"Sharpe {m['sharpe']:.2f}, return {m['total_return']:.1%}, max drawdown {m['max_drawdown']:.1%}, "
                 f"overrides {int(m['overrides'])}; buy-and-hold underlying Sharpe "
-                f"{self.metrics['buy_hold_underlying']['sharpe']:.2f}")
+                f"{self.metrics['buy_hold_underlying']['sharpe']:.2f}, trend_vol rule Sharpe "
+                f"{self.metrics['trend_vol']['sharpe']:.2f}")
         if self.since_test is not None:
             s = self.since_test
             text += f"\n- {self.new_bars} bars after its test window: return {s['total_return']:.1%}, Sharpe {s['sharpe']:.2f}"

@@ -8,22 +8,29 @@ binding minutes budget makes a run depend on the machine, and the result says wh
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from sentio_core.backtest import policy_decisions, run_engine, sb3_policy
 from sentio_core.config import Config, TrainConfig, reads
+from sentio_core.engine import Engine
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
-from sentio_core.metadata import TrainingSummary
-from sentio_core.policies import Algorithm, build_model, pin_threads
+from sentio_core.metadata import SeedSummary, TrainingSummary
+from sentio_core.metrics import sharpe
+from sentio_core.policies import Algorithm, build_model, pin_threads, reads_masks
 from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -109,8 +116,72 @@ class BudgetCallback(BaseCallback):
             self.on_progress(self.num_timesteps, self.episodes)
 
 
+class ValidationCallback(BaseCallback):
+    """Evaluates the deterministic policy on the validation slice every ``every`` timesteps and at
+    the end of training, and keeps the weights of the best evaluation (the earliest among equals).
+
+    :param evaluate: the policy's validation score (higher is better); it reads only the
+        validation rows, so the kept checkpoint is chosen by validation results alone.
+    :param patience: stop after this many evaluations without a better score (None: never).
+    """
+
+    def __init__(self, evaluate: Callable[[BaseAlgorithm], float], every: int, patience: int | None = None):
+        super().__init__()
+        self.evaluate, self.every, self.patience = evaluate, every, patience
+        self.history: list[tuple[int, float]] = []  # (timesteps, score) of every evaluation
+        self.best_score, self.best_timesteps, self.best_state = -math.inf, 0, None
+        self.stopped_early, self._next, self._since_best = False, every, 0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self._next:
+            return True
+        while self._next <= self.num_timesteps:
+            self._next += self.every
+        self._record()
+        if self.patience is not None and self._since_best >= self.patience:
+            self.stopped_early = True
+            return False
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1][0] != self.num_timesteps:
+            self._record()
+
+    def _record(self) -> None:
+        score = float(self.evaluate(self.model))
+        self.history.append((int(self.num_timesteps), score))
+        if score > self.best_score:
+            self.best_score, self.best_timesteps, self._since_best = score, int(self.num_timesteps), 0
+            self.best_state = copy.deepcopy(self.model.policy.state_dict())
+        else:
+            self._since_best += 1
+
+    def restore_best(self) -> None:
+        """Load the kept checkpoint into the model."""
+        if self.best_state is not None:
+            self.model.policy.load_state_dict(self.best_state)
+
+
+def validation_sharpe(market: Market, cfg: Config, rows: tuple[int, int], algorithm: Algorithm
+                      ) -> Callable[[BaseAlgorithm], float]:
+    """The annualised Sharpe, after costs and under the masks, of a model's deterministic policy
+    over the validation rows ``[c, d)``: the backtest of :mod:`sentio_core.backtest` run on the
+    validation slice (decisions from the close of ``c - 1``). A flat path scores 0."""
+    masked = reads_masks(algorithm)
+    engine = Engine(market, cfg, 1)
+    first, last = rows[0] - 1, rows[1] - 1
+
+    def evaluate(model: BaseAlgorithm) -> float:
+        decide = policy_decisions([(sb3_policy(model, masked), masked)], engine.obs_dim)
+        path = run_engine(engine, first, last, decide, market.timestamps)[0]
+        return sharpe(path.equity[1:] / path.equity[:-1] - 1.0, market.periods_per_year)  # as the backtest's metrics
+    return evaluate
+
+
 @dataclass
 class TrainResult:
+    """One seed's training; with a validation slice, ``model`` holds the kept checkpoint."""
+
     model: BaseAlgorithm
     algorithm: str
     timesteps: int
@@ -118,13 +189,17 @@ class TrainResult:
     seconds: float
     stopped_by: str
     device: str
+    seed: int = 0
+    kept_timesteps: int | None = None  # the kept checkpoint's timesteps (None: no validation, the last weights)
+    validation_sharpe: float | None = None  # the kept checkpoint's validation score
+    validation_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
 def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> VecEnv:
     """``train.n_envs`` environments over the training rows, random episode starts: portfolios of
     the vectorised engine (:class:`EngineVecEnv`)."""
     first, last = rows[0], rows[1] - 1
-    return EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars)
+    return EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars, cfg.train.reward_scale)
 
 
 def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
@@ -135,38 +210,98 @@ def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> Dum
 
 
 def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int], seed: int,
-                 budget: Budget | None = None, on_progress=None) -> TrainResult:
+                 budget: Budget | None = None, on_progress=None, validation_rows: tuple[int, int] | None = None) -> TrainResult:
     """Train ``algorithm`` on ``market``'s training rows ``[a, b)``.
 
     :param seed: the run's seed (torch, numpy, sampling, episode starts).
     :param budget: defaults to the config's ``train`` budget.
     :param on_progress: called as ``on_progress(timesteps, episodes)`` after each rollout.
+    :param validation_rows: rows ``[c, d)`` the deterministic policy is evaluated on every
+        ``train.eval_every`` timesteps; the best checkpoint is kept (None: the last weights).
     """
     budget = budget or Budget.from_config(cfg)
     pin_threads(cfg.train)
     env = vec_env(market, cfg, train_rows)
     model = build_model(algorithm, env, cfg.train, seed)
     callback = BudgetCallback(budget, on_progress)
+    validation = None
+    if validation_rows is not None:
+        validation = ValidationCallback(validation_sharpe(market, cfg, validation_rows, algorithm),
+                                        cfg.train.eval_every, cfg.train.patience)
     start = time.perf_counter()
-    model.learn(total_timesteps=budget.timesteps or UNLIMITED, callback=callback)
-    return TrainResult(model, algorithm, int(model.num_timesteps), callback.episodes,
-                       time.perf_counter() - start, callback.stopped_by, str(model.device))
+    model.learn(total_timesteps=budget.timesteps or UNLIMITED,
+                callback=CallbackList([callback, validation]) if validation else callback)
+    seconds = time.perf_counter() - start
+    result = TrainResult(model, algorithm, int(model.num_timesteps), callback.episodes, seconds, callback.stopped_by,
+                         str(model.device), seed)
+    if validation is not None:
+        validation.restore_best()
+        result.kept_timesteps, result.validation_sharpe = validation.best_timesteps, validation.best_score
+        result.validation_curve = validation.history
+        if validation.stopped_early:
+            result.stopped_by = "patience"
+    return result
+
+
+@dataclass
+class FoldTraining:
+    """Every seed's training of one algorithm on one fold, and the one chosen for the backtest."""
+
+    runs: list[TrainResult]
+    chosen: int  # index into runs: the best validation Sharpe (the first seed without validation)
+    validation_rows: tuple[int, int] | None
+
+    @property
+    def result(self) -> TrainResult:
+        return self.runs[self.chosen]
+
+
+def choose_seed(runs: list[TrainResult]) -> int:
+    """The run with the best validation Sharpe (the earliest seed among equals; the first without validation)."""
+    scores = [-math.inf if r.validation_sharpe is None else r.validation_sharpe for r in runs]
+    return int(np.argmax(scores))
 
 
 @reads("seed", "universe", "env", "masks", "costs", "train")
 def fold_training(cfg: Config, market: Market, span: FoldSpan, algorithm: Algorithm, budget: Budget | None = None,
-                  on_progress=None) -> TrainResult:
-    """Train one algorithm on the fold's training rows, seeded with ``cfg.fold_seed``.
+                  on_progress=None) -> FoldTraining:
+    """Train ``train.seeds`` seeds of one algorithm on the fold's training rows before its inner
+    validation slice (:meth:`FoldSpan.inner_split`), seeds ``cfg.fold_seed + 0, 1, ...``; each
+    keeps its best checkpoint on the slice, and the best seed there is chosen.
 
     torch's compiler caches go under ``run.work_dir`` (``TORCHINDUCTOR_CACHE_DIR``, unless set), not
     in the system's temporary folder.
     """
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.run.work_dir).resolve() / "torch-cache"))
-    return train_policy(algorithm, market, cfg, span.train_rows, cfg.fold_seed(span.fold), budget, on_progress)
+    learn_rows, validation_rows = span.inner_split(cfg.train.validation_bars)
+    base, runs = cfg.fold_seed(span.fold), []
+    for k in range(cfg.train.seeds):
+        done = sum(r.timesteps for r in runs)  # progress counts the seeds' steps together
+        progress = None if on_progress is None else (lambda steps, episodes, done=done: on_progress(done + steps, episodes))
+        runs.append(train_policy(algorithm, market, cfg, learn_rows, base + k, budget, progress, validation_rows))
+    return FoldTraining(runs, choose_seed(runs), validation_rows)
 
 
-def training_summary(cfg: Config, result: TrainResult, fold: int, budget: Budget) -> TrainingSummary:
-    """What the export records of a training: its length, its stop, where it ran, with what budget."""
-    return TrainingSummary(fold=fold, algorithm=result.algorithm, timesteps=result.timesteps, episodes=result.episodes,
-                           seconds=round(result.seconds, 2), stopped_by=result.stopped_by, device=result.device,
-                           learning_rate=cfg.train.learning_rate, budget=budget.to_dict())
+def training_summary(cfg: Config, training: FoldTraining, fold: int, budget: Budget, market: Market | None = None
+                     ) -> TrainingSummary:
+    """What the export records of a fold's training: the chosen seed's length, stop, device and
+    validation score, the budget, and every seed's summary (the spread)."""
+    chosen = training.result
+    window = None
+    if training.validation_rows is not None and market is not None:
+        c, d = training.validation_rows
+        window = (market.timestamps[c], market.timestamps[d - 1])
+    return TrainingSummary(fold=fold, algorithm=chosen.algorithm, timesteps=chosen.timesteps, episodes=chosen.episodes,
+                           seconds=round(sum(r.seconds for r in training.runs), 2), stopped_by=chosen.stopped_by,
+                           device=chosen.device, learning_rate=cfg.train.learning_rate, budget=budget.to_dict(),
+                           seed=chosen.seed, kept_timesteps=chosen.kept_timesteps,
+                           validation_sharpe=_rounded(chosen.validation_sharpe), validation_window=window,
+                           seeds=[SeedSummary(seed=r.seed, timesteps=r.timesteps, seconds=round(r.seconds, 2),
+                                              stopped_by=r.stopped_by, kept_timesteps=r.kept_timesteps,
+                                              validation_sharpe=_rounded(r.validation_sharpe),
+                                              validation_curve=[(t, round(v, 4)) for t, v in r.validation_curve])
+                                  for r in training.runs])
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)

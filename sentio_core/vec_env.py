@@ -24,11 +24,13 @@ from sentio_core.market import Market
 
 class EngineVecEnv(VecEnv):
     """``n_envs`` trading environments over the decision rows ``[first, last)``, episodes of
-    ``episode_bars`` decisions (the whole window when None or longer)."""
+    ``episode_bars`` decisions (the whole window when None or longer); the learner is handed
+    ``reward_scale`` times the environment's reward (``train.reward_scale``)."""
 
     render_mode = None
 
-    def __init__(self, market: Market, cfg: Config, first: int, last: int, n_envs: int, episode_bars: int | None):
+    def __init__(self, market: Market, cfg: Config, first: int, last: int, n_envs: int, episode_bars: int | None,
+                 reward_scale: float = 1.0):
         if not 0 <= first < last <= market.n_rows - 1:
             raise ValueError(f"decision window [{first}, {last}) does not fit {market.n_rows} rows")
         self.engine = Engine(market, cfg, n_envs)
@@ -38,6 +40,7 @@ class EngineVecEnv(VecEnv):
         obs_space = gym.spaces.Box(-bound, bound, shape=(self.engine.obs_dim,), dtype=np.float32)
         super().__init__(n_envs, obs_space, gym.spaces.Discrete(len(market.levels)))
         self._rng = np.random.default_rng()
+        self.reward_scale = reward_scale  # what the learner sees: scale x the environment's reward
         self._obs = np.empty((n_envs, self.engine.obs_dim), dtype=np.float32)
         self._actions = np.zeros(n_envs, dtype=int)
         self._masks: np.ndarray | None = None
@@ -84,7 +87,7 @@ class EngineVecEnv(VecEnv):
                 infos[i]["TimeLimit.truncated"] = bool(truncated[i])
             self.engine.reset(ended, *self._windows(len(ended)))
             obs = self.engine.observe(self._obs)
-        return obs.copy(), reward.astype(np.float32), done, infos
+        return obs.copy(), (self.reward_scale * reward).astype(np.float32), done, infos
 
     def close(self) -> None:
         return None

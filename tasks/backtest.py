@@ -11,6 +11,7 @@ from sentio_core.backtest import Policy, fold_backtest, paths_frame, trades_fram
 from sentio_core.config import Config
 from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
+from sentio_core.algorithms import seed_name
 from sentio_core.policies import pin_threads, reads_masks
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 from tasks.fold_inputs import fold_market_held
@@ -41,6 +42,17 @@ def _policy(pth: str) -> tuple[Policy, bool]:
     return (lambda obs, m: loaded.act(obs, m if masked else None)), masked
 
 
+def _policies(trained: list[TrainOutput]) -> dict[str, tuple[Policy, bool]]:
+    """Each algorithm's chosen policy under its own name and, with several seeds, every seed as
+    ``ALGORITHM_seedK`` (the chosen seed's entry is the same policy object: one call per bar for both)."""
+    out: dict[str, tuple[Policy, bool]] = {}
+    for t in trained:
+        chosen = out[t.algorithm] = _policy(t.require())
+        for k, (path, seed) in enumerate(zip(t.seed_paths, t.training.seeds)):
+            out[seed_name(t.algorithm, k)] = chosen if seed.seed == t.training.seed else _policy(path)
+    return out
+
+
 @releasing
 def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput,
               trained: list[TrainOutput], fold: int) -> BacktestOutput:
@@ -48,7 +60,7 @@ def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: 
     span = folds.folds[fold]
     pin_threads(cfg.train)
     with fold_market_held(cfg, panel, features, regimes, span) as mkt:
-        paths = fold_backtest(cfg, mkt, span, {t.algorithm: _policy(t.require()) for t in trained})
+        paths = fold_backtest(cfg, mkt, span, _policies(trained))
         result = FoldResult(fold=fold, test_start=span.test_start, test_end=span.test_end,
                             metrics={name: p.metrics(mkt.periods_per_year) for name, p in paths.items()})
     base = KEY.fold_output("json", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,

@@ -35,6 +35,7 @@ class TrainOutput(StageOutput):
     algorithm: str
     metadata_path: str
     training: TrainingSummary
+    seed_paths: list[str] = []  # every seed's export, in seed order (``path`` is the chosen one's); one seed: empty
 
 
 @releasing
@@ -46,16 +47,20 @@ def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: Fol
     # a short, renewed lease: a killed run's slot frees itself within LEASE_S instead of Prefect's default 300 s
     with (concurrency(TRAINING_LIMIT, occupy=1, lease_duration=LEASE_S),
           fold_market_held(cfg, panel, features, regimes, span) as mkt):
-        result = fold_training(cfg, mkt, span, algorithm, budget)
+        training = fold_training(cfg, mkt, span, algorithm, budget)
         spec = policy_spec(cfg, mkt, span)
-    summary = training_summary(cfg, result, fold, budget)
+        summary = training_summary(cfg, training, fold, budget, mkt)
     stem = KEY.fold_output("policy", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                       "fold": fold, "algorithm": algorithm})
-    metadata = build_metadata(policy_header(result.model, algorithm), spec,
+    metadata = build_metadata(policy_header(training.result.model, algorithm), spec,
                               asdict(regimes.model), summary, cfg, KEY.version)
-    pth, meta_json = save_policy(result.model, algorithm, stem, metadata)
+    pth, meta_json = save_policy(training.result.model, algorithm, stem, metadata)
+    seed_paths = []
+    if len(training.runs) > 1:  # the others are kept for the spread over seeds the backtest reports
+        for run in training.runs:
+            seed_paths.append(str(save_policy(run.model, algorithm, f"{stem}-seed{run.seed}", metadata)[0]))
     return TrainOutput(stage="train", path=str(pth), sha256=files.file_sha256(pth), fold=fold, algorithm=algorithm,
-                       metadata_path=str(meta_json), training=summary)
+                       metadata_path=str(meta_json), training=summary, seed_paths=seed_paths)
 
 
 # the function keeps its own module-level name so process-based runners (Dask, Ray) can pickle it

@@ -8,8 +8,10 @@ import functools
 import numpy as np
 import pytest
 
+from sentio_core import baselines
 from sentio_core.backtest import backtest_fold, reference_path, trades_frame
 from sentio_core.costs import trade_costs
+from sentio_core.env import ObservationLayout
 from sentio_core.metrics import METRIC_KEYS
 from tests.fixtures_market import random_walk_market, real_fold, synthetic_cfg, with_cfg
 
@@ -38,7 +40,7 @@ def max_long(masked: bool):
 
 
 def policies(market, cfg):
-    obs_dim = cfg.env.lookback_bars * market.features.shape[1] + 4
+    obs_dim = ObservationLayout.of(market, cfg).obs_dim
     a = len(market.levels)
     return {
         "lin_masked": (linear_policy(obs_dim, a, 1, True), True),
@@ -107,7 +109,7 @@ def test_batch_engine_equals_reference(case):
 
 def test_path_levels_are_exposure_levels_like_the_reference():
     f = real_fold()
-    pol = linear_policy(f.cfg.env.lookback_bars * f.market.features.shape[1] + 4, len(f.market.levels), 1, True)
+    pol = linear_policy(ObservationLayout.of(f.market, f.cfg).obs_dim, len(f.market.levels), 1, True)
     fast = backtest_fold(f.market, f.cfg, f.test_rows, {"p": (pol, True)})["p"]
     ref = reference_path(f.market, f.cfg, f.test_rows, pol, True)
     assert set(np.unique(ref.levels)) <= set(f.market.levels)
@@ -152,7 +154,7 @@ def test_out_of_sample_window_matches_the_fold_span():
     p = paths["flat"]
     assert p.timestamps[1] == f.span.test_start and p.timestamps[-1] == f.span.test_end
     assert p.timestamps[0] < f.span.test_start
-    assert set(paths) == {"flat", "buy_hold_long", "buy_hold_underlying"}
+    assert list(paths) == list(baselines.NAMES)  # the rule and the fixed-action baselines
 
 
 def test_metrics_are_finite(case):
@@ -161,7 +163,7 @@ def test_metrics_are_finite(case):
         m = p.metrics(market.periods_per_year)
         assert list(m) == [*METRIC_KEYS, "forced_bars", "forced_flat", *(f"mask_{rule}" for rule in cfg.masks.rules)]
         assert all(np.isfinite(v) for v in m.values()), (key, m)
-        if key not in pols:  # baselines read no masks
+        if key in baselines.SPECS and not baselines.SPECS[key].reads_masks:  # fixed-action baselines read no masks
             assert m["forced_bars"] == m["forced_flat"] == 0 and all(m[f"mask_{rule}"] == 0 for rule in cfg.masks.rules)
         assert m["n_bars"] == rows[1] - rows[0]
         if key in pols and pols[key][1]:

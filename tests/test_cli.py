@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from sentio.cli import main
+from sentio_core.baselines import NAMES as BASELINES
 
 from .conftest import REPO, SMOKE
 
@@ -163,7 +164,7 @@ def test_sentio_train_writes_pth_and_metadata_in_new_folders(tmp_path):
     assert meta["model_type"] == "ppo" and meta["training"]["stopped_by"] == "episodes"
     assert meta["training"]["learning_rate"] == 0.001 and meta["training"]["episodes"] >= 3
     [fold] = meta["out_of_sample"]["folds"]
-    assert set(fold["metrics"]) == {"ppo", "flat", "buy_hold_long", "buy_hold_underlying"}
+    assert set(fold["metrics"]) == {"ppo", *BASELINES}  # the rule (trend_vol) and the fixed-action baselines
     assert meta["policy"]["action_meanings"][0].startswith("-100%") and "created_at" in meta
     payload = torch.load(tmp_path / "deep" / "er" / "ppo.v1.pth", weights_only=True)
     assert payload["algorithm"] == "ppo" and payload["n_actions"] == 5

@@ -32,15 +32,15 @@ GOLDEN = {
     "features": COMMON | {"features", "frequency"},
     "folds": COMMON | {"features", "folds", "frequency"},
     "regimes": COMMON | {"regimes"},
-    "train": COMMON | {"costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
-                       "policies", "train", "vec_env"},
-    "backtest": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "train": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks",
+                       "metadata", "metrics", "policies", "train", "vec_env"},  # validation runs the backtest on the inner slice
+    "backtest": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                           "metrics", "plots", "policies"},
-    "rescore": COMMON | {"backtest", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
+    "rescore": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
                          "metrics", "policies", "regimes", "registry", "rescore"},
     "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
                        "registry"},
-    "register": COMMON | {"export", "metadata", "policies", "promotion", "registration", "registry"},
+    "register": COMMON | {"baselines", "export", "metadata", "policies", "promotion", "registration", "registry"},
 }
 
 

@@ -184,3 +184,14 @@ def test_cli_bad_window_is_a_usage_error(capsys):
     out, err = capsys.readouterr()
     assert "features.return_horizons.0" in err
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.01", "5"])
+def test_feature_max_corr_outside_0_1_is_rejected(value):
+    with pytest.raises(ConfigError, match=r"env\.feature_max_corr"):
+        load_config(None, [f"env.feature_max_corr={value}"])
+
+
+@pytest.mark.parametrize("value, expected", [("1.0", 1.0), ("0.5", 0.5), ("null", None)])
+def test_feature_max_corr_in_0_1_or_null_loads(value, expected):
+    assert load_config(None, [f"env.feature_max_corr={value}"]).env.feature_max_corr == expected

@@ -13,7 +13,7 @@ import pytest
 import sentio_core.env as env_module
 from sentio_core.backtest import backtest_fold, reference_path
 from sentio_core.costs import TradeCosts, trade_costs
-from sentio_core.env import TradingEnv
+from sentio_core.env import N_STATE, ObservationLayout, TradingEnv
 from sentio_core.market import Market, action_weights
 from sentio_core.masks import nearest_allowed
 from tests.fixtures_market import leg, real_fold, single_blas_thread, smoke_cfg, synthetic_cfg, toy_market, with_cfg
@@ -532,3 +532,53 @@ def test_a_budget_too_small_for_any_position_stops_out_and_rearms_instead_of_loc
     assert held[5:10] == [0.0] * 5  # sized out: stopped out, flat for the cool-down
     assert held[10] == 1.0  # re-based: trading again, never locked
     assert env.book.forced_bars == 5
+
+
+# --------------------------------------------------------------------------- observation layout
+
+def test_layout_split_reads_the_env_and_engine_observations_bar_by_bar(fold):
+    """Window row k of decision t is feature row t - lookback + 1 + k (zeros before row 0), the state
+    follows it; the env's and the engine's observations split the same way, into views."""
+    from sentio_core.engine import Engine
+
+    m, cfg = fold.market, fold.cfg
+    layout = ObservationLayout.of(m, cfg)
+    lookback, n_features = cfg.env.lookback_bars, m.features.shape[1]
+    assert (layout.lookback, layout.n_features, layout.n_state) == (lookback, n_features, N_STATE)
+    assert layout.obs_dim == lookback * n_features + N_STATE == Engine(m, cfg, 1).obs_dim
+    starts = np.array([0, 3, lookback - 1, fold.train_rows[0] + 7, fold.test_rows[0]])
+    engine = Engine(m, cfg, len(starts))
+    engine.reset_all(starts, starts + 20)
+    engine.step(np.arange(len(starts)) % len(m.levels))  # some portfolios hold a position: the state is not zeros
+    obs = engine.observe()
+    window, state = layout.split(obs)
+    assert window.shape == (len(starts), lookback, n_features) and state.shape == (len(starts), N_STATE)
+    assert np.shares_memory(window, obs) and np.shares_memory(state, obs)
+    for i, t in enumerate(engine.t):
+        for k in range(lookback):
+            row = t - lookback + 1 + k
+            expected = m.features[row] if row >= 0 else np.zeros(n_features, dtype=np.float32)
+            np.testing.assert_array_equal(window[i, k], expected)
+        env = TradingEnv(m, cfg, int(starts[i]), int(starts[i]) + 20)
+        env.reset(seed=0)
+        env.step(int(i % len(m.levels)))
+        env_window, env_state = layout.split(env._obs())
+        assert env.observation_space.shape == (layout.obs_dim,)
+        np.testing.assert_array_equal(env_window, window[i])
+        np.testing.assert_allclose(env_state, state[i], rtol=1e-6, atol=1e-7)
+    assert (state[:, 3] != 0).any()
+
+
+def test_layout_split_of_torch_tensors_and_wrong_lengths():
+    import torch
+
+    layout = ObservationLayout(lookback=3, n_features=2)
+    assert (layout.window_size, layout.obs_dim) == (6, 10)
+    obs = torch.arange(20.0).reshape(2, 10)
+    window, state = layout.split(obs)
+    assert window.tolist()[1] == [[10.0, 11.0], [12.0, 13.0], [14.0, 15.0]] and state.tolist()[1] == [16.0, 17.0, 18.0, 19.0]
+    assert window.data_ptr() == obs.data_ptr()  # a view
+    one_window, one_state = layout.split(np.arange(10.0))  # one observation, no batch axis
+    assert one_window.shape == (3, 2) and one_state.tolist() == [6.0, 7.0, 8.0, 9.0]
+    with pytest.raises(ValueError, match="3 bars x 2 features"):
+        layout.split(np.zeros((4, 11)))

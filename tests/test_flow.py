@@ -94,7 +94,7 @@ def test_refresh_recomputes_everything_with_identical_results(first_run):
 def test_fold_metrics_cover_both_algorithms_and_the_baselines(first_run):
     _, out = first_run
     for row in out.folds:
-        for name in ("maskable_ppo", "ppo", "buy_hold_underlying", "buy_hold_long", "flat"):
+        for name in ("maskable_ppo", "ppo", "trend_vol", "buy_hold_underlying", "buy_hold_long", "flat"):
             for metric in ("sharpe", "total_return", "max_drawdown", "turnover"):
                 assert isinstance(row[f"{name}_{metric}"], float)
         assert row["maskable_ppo_overrides"] == 0  # the masked policy never picks a forbidden action
@@ -137,7 +137,7 @@ def test_fold_table_artifact_has_one_row_per_fold(first_run):
 
     table = arts[-1].data if isinstance(arts[-1].data, list) else json.loads(arts[-1].data)
     assert len(table) == 2 and {"fold", "train_start", "test_end", "purge_bars", "regime_2_test"} <= set(table[0])
-    assert {"maskable_ppo_sharpe", "ppo_sharpe", "buy_hold_underlying_sharpe", "buy_hold_long_max_drawdown",
+    assert {"maskable_ppo_sharpe", "ppo_sharpe", "trend_vol_sharpe", "buy_hold_underlying_sharpe", "buy_hold_long_max_drawdown",
             "flat_total_return", "maskable_ppo_overrides", "ppo_overrides"} <= set(table[0])
 
 

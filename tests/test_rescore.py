@@ -58,6 +58,7 @@ def test_a_cli_trained_export_is_rescored_like_a_pipeline_champion(champion):
     assert metadata.registry is None and metadata.data.fingerprint and len(metadata.out_of_sample.folds) == 1
     out = _rescore(champion, champion[3], "full")
     assert out.status == "scored" and out.champion_present and out.mlflow_run_id
+    assert "trend_vol rule Sharpe" in out.summary_line  # the rule-based baseline beside the champion
     reported = metadata.out_of_sample.folds[0].metrics["maskable_ppo"]["sharpe"]
     assert out.sharpe == pytest.approx(reported, abs=1e-9)
 

@@ -60,7 +60,8 @@ def test_streamed_features_refuse_an_unaligned_panel(tmp_path):
 
 
 def test_market_from_scanned_tables_equals_the_whole_matrix(tmp_path):
-    cfg, freq, bars, feats, lazy_bars, lazy_feats = panel_and_features(SMOKE, tmp_path)
+    deduplicated, freq, bars, feats, lazy_bars, lazy_feats = panel_and_features(SMOKE, tmp_path)
+    cfg = deduplicated.model_copy(update={"env": deduplicated.env.model_copy(update={"feature_max_corr": None})})  # every column
     assert feats.width - 1 > 2 * COLUMN_BLOCK  # several blocks
     spans = fold_spans(cfg, feats)
     train_rows = spans[0].train_rows
@@ -81,6 +82,11 @@ def test_market_from_scanned_tables_equals_the_whole_matrix(tmp_path):
     refit = build_market(cfg, lazy_bars, lazy_feats, probs, train_rows, freq.periods_per_year,
                          fitted=(lean.feature_names, lean.norm_mean, lean.norm_std))
     assert np.array_equal(refit.features, lean.features)
+    # the de-duplication reads the scanned table's training rows a block at a time: the same columns, bit for bit
+    scanned = build_market(deduplicated, lazy_bars, lazy_feats, probs, train_rows, freq.periods_per_year)
+    whole = build_market(deduplicated, bars, feats, probs, train_rows, freq.periods_per_year)
+    assert scanned.feature_names == whole.feature_names and len(scanned.feature_names) < len(lean.feature_names)
+    assert np.array_equal(scanned.features, whole.features) and np.array_equal(scanned.norm_mean, whole.norm_mean)
 
 
 def test_normalisation_statistics_do_not_depend_on_the_layout():

@@ -69,6 +69,19 @@ def test_the_seed_fixes_the_episode_starts(fold):
     assert a.engine.t.tolist() == b.engine.t.tolist() != c.engine.t.tolist()
 
 
+def test_the_learner_gets_the_scaled_reward(fold):
+    """``train.reward_scale`` multiplies what sb3 sees, nothing else: same starts, same paths."""
+    plain, scaled = make(fold), make(fold)
+    scaled.reward_scale = 25.0
+    plain.reset(), scaled.reset()
+    actions = np.random.default_rng(0).integers(0, plain.action_space.n, size=(15, 4))
+    for a in actions:
+        _, r1, _, _ = plain.step(a)
+        _, r2, _, _ = scaled.step(a)
+        np.testing.assert_allclose(r2, np.float32(25.0) * r1, rtol=1e-6)
+    np.testing.assert_array_equal(plain.engine.equity, scaled.engine.equity)
+
+
 def test_maskable_ppo_trains_on_the_engine(fold):
     from sb3_contrib import MaskablePPO
 
