@@ -7,7 +7,7 @@ Prints, in one run on the latest fold of the config (default: the default daily 
 2. the observation gather on its own (steps/s and GB/s of observation written);
 3. MaskablePPO and PPO training throughput with the engine (``EngineVecEnv``, the config's
    ``n_envs`` x ``n_steps``) against ``DummyVecEnv`` over the reference environment with the
-   settings before the engine (4 x 256): the same 1,024 samples per update, batch and epochs, with
+   4 environments with the same samples per update (4 x 512 = 64 x 32), batch and epochs, with
    the split between rollout collection and the update;
 4. torch intra-op threads: batched inference and training at 1, 2 and 4 threads;
 5. the backtest of 32 random linear policies (one population, :mod:`bench_backtest`) and of the
@@ -150,7 +150,12 @@ def bench_inference(obs_dim: int, n_actions: int, net_arch: list[int], batch: in
         return batch * reps / best_of(1, lambda: [net(x) for _ in range(reps)])
 
 
-REFERENCE_SETTINGS = {"n_envs": 4, "n_steps": 256}  # the training settings before the engine
+REFERENCE_ENVS = 4  # the reference path: DummyVecEnv over 4 TradingEnv, as before the engine
+
+
+def reference_settings(cfg) -> dict:
+    """4 reference environments with the samples per update of the config (n_envs x n_steps)."""
+    return {"n_envs": REFERENCE_ENVS, "n_steps": cfg.train.n_envs * cfg.train.n_steps // REFERENCE_ENVS}
 
 
 def main() -> None:
@@ -183,7 +188,8 @@ def main() -> None:
     print(f"\n3. training, {args.timesteps} steps, default network and update settings "
           f"(batch {cfg.train.batch_size}, {cfg.train.n_epochs} epochs, torch threads {cfg.train.torch_threads})")
     torch.set_num_threads(cfg.train.torch_threads)
-    ref_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=REFERENCE_SETTINGS)})
+    ref_settings = reference_settings(cfg)
+    ref_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=ref_settings)})
     trained = {}
     for algorithm in NAMES:
         runs = {"reference": [], "engine": []}
@@ -196,7 +202,7 @@ def main() -> None:
             runs["engine"].append(bench_training(cfg, span, algorithm, engine, args.timesteps))
         slow, slow_share, _ = max(runs["reference"], key=lambda r: r[0])
         fast, fast_share, trained[algorithm] = max(runs["engine"], key=lambda r: r[0])
-        print(f"   {algorithm:>12}: reference {REFERENCE_SETTINGS['n_envs']} envs x {REFERENCE_SETTINGS['n_steps']} "
+        print(f"   {algorithm:>12}: reference {ref_settings['n_envs']} envs x {ref_settings['n_steps']} "
               f"{slow:,.0f} steps/s (rollout {slow_share:.0%}); engine {cfg.train.n_envs} envs x {cfg.train.n_steps} "
               f"{fast:,.0f} steps/s (rollout {fast_share:.0%}): {fast / slow:.1f}x; rollout alone "
               f"{(fast / fast_share) / (slow / slow_share):.1f}x")

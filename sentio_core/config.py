@@ -344,11 +344,11 @@ class TrainConfig(_Section):
     """PPO settings shared by MaskablePPO and the PPO baseline (same network, budget and seed)."""
 
     algorithms: list[AlgorithmName] = Field(default_factory=lambda: list(ALGORITHM_NAMES))
-    timesteps: int | None = Field(60_000, ge=1, le=10**12, description="Budget in environment steps per seed (null = unlimited); "
+    timesteps: int | None = Field(200_000, ge=1, le=10**12, description="Budget in environment steps per seed (null = unlimited); "
                                   "a fold and algorithm train seeds x timesteps in all.")
-    seeds: int = Field(1, ge=1, le=100, description="Seeds trained per fold and algorithm (fold seed + 0, + 1, ...); the one "
+    seeds: int = Field(3, ge=1, le=100, description="Seeds trained per fold and algorithm (fold seed + 0, + 1, ...); the one "
                        "best on the validation slice is the fold's policy, the others report the spread.")
-    validation_bars: int = Field(0, ge=0, le=MAX_SPAN_BARS, description="The training window's last bars kept as the inner "
+    validation_bars: int = Field(250, ge=0, le=MAX_SPAN_BARS, description="The training window's last bars kept as the inner "
                                  "validation slice (purged from the rest by folds' purge); 0 = no validation, the last "
                                  "policy is kept.")
     eval_every: int = Field(20_000, ge=1, le=10**12, description="Timesteps between evaluations of the deterministic policy "
@@ -359,12 +359,12 @@ class TrainConfig(_Section):
     minutes: float | None = Field(None, gt=0, description="Wall-clock budget; a binding minutes budget is not reproducible.")
     learning_rate: float = Field(3e-4, gt=0)
     n_envs: int = Field(64, ge=1, le=4096, description="Environments (portfolios of the engine) stepped together.")
-    n_steps: int = Field(16, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps (n_envs x n_steps per update).")
-    batch_size: int = Field(256, ge=8, le=MAX_SPAN_BARS)
-    n_epochs: int = Field(5, ge=1, le=1000)
+    n_steps: int = Field(32, ge=8, le=MAX_SPAN_BARS, description="Rollout length per environment, steps (n_envs x n_steps per update).")
+    batch_size: int = Field(1024, ge=8, le=MAX_SPAN_BARS)
+    n_epochs: int = Field(2, ge=1, le=1000)
     reward_scale: float = Field(1.0, gt=0, le=1e6, description="The learner is handed this multiple of the environment's "
                                 "reward (log return less the drawdown penalty: about 0.01 a bar for TQQQ).")
-    gamma: float = Field(0.99, gt=0, le=1)
+    gamma: float = Field(0.9, gt=0, le=1)
     gae_lambda: float = Field(0.95, gt=0, le=1)
     clip_range: float = Field(0.2, gt=0)
     ent_coef: float = Field(0.01, ge=0)

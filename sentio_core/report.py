@@ -7,6 +7,7 @@ and printing them to the command line.
 from __future__ import annotations
 
 import base64
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,6 +53,13 @@ def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[floa
                     continue
                 value = tests[name][m]
                 row[f"{name}_{m}"] = round(value, 4) if m not in COUNTS else int(value)
+        for name in ALGORITHM_NAMES:  # the spread over seeds (train.seeds > 1): each seed's own backtest
+            seeds = seed_sharpes(tests, name)
+            if len(seeds) > 1:
+                row[f"{name}_seeds_sharpe_mean"] = round(statistics.mean(seeds), 4)
+                row[f"{name}_seeds_sharpe_sd"] = round(statistics.stdev(seeds), 4)
+                row[f"{name}_seeds_sharpe_min"] = round(min(seeds), 4)
+                row[f"{name}_seeds_sharpe_max"] = round(max(seeds), 4)
         for name in MASKED_OR_OVERRIDDEN:  # decisions each mask rule constrained
             for key, value in tests.get(name, {}).items():
                 if key.startswith("mask_"):
@@ -67,6 +75,15 @@ def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[floa
     return rows
 
 
+def seed_sharpes(metrics: dict[str, dict[str, float]], algorithm: str) -> list[float]:
+    """The out-of-sample Sharpe of each of the algorithm's seeds, in seed order (empty with one seed)."""
+    out, k = [], 0
+    while algorithms.seed_name(algorithm, k) in metrics:
+        out.append(metrics[algorithms.seed_name(algorithm, k)]["sharpe"])
+        k += 1
+    return out
+
+
 def summary_rows(rows: list[dict]) -> list[dict]:
     """The terminal's compact view: test window, Sharpe and max drawdown per strategy, overrides."""
     out = []
@@ -76,6 +93,8 @@ def summary_rows(rows: list[dict]) -> list[dict]:
             if f"{name}_sharpe" in r:
                 row[f"{SHORT[name]}_sharpe"] = f"{r[f'{name}_sharpe']:.2f}"
                 row[f"{SHORT[name]}_mdd"] = f"{r[f'{name}_max_drawdown']:.1%}"
+            if f"{name}_seeds_sharpe_mean" in r:
+                row[f"{SHORT[name]}_seeds"] = f"{r[f'{name}_seeds_sharpe_mean']:.2f}±{r[f'{name}_seeds_sharpe_sd']:.2f}"
         for name in MASKED_OR_OVERRIDDEN:
             for m, short in (("overrides", "overrides"), ("forced_bars", "forced"), ("forced_flat", "flat")):
                 if f"{name}_{m}" in r:

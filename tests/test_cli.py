@@ -44,7 +44,7 @@ def test_folds_json_contract(capsys):
     assert [f["fold"] for f in folds] == [0, 1, 2]
     for f in folds:
         assert {"fold", "train_start", "train_end", "test_start", "test_end", "purge_bars", "embargo_bars"} <= set(f)
-        assert f["purge_bars"] == 31 and f["embargo_bars"] == 5
+        assert f["purge_bars"] == 11 and f["embargo_bars"] == 5  # lookback 10 + reward horizon 1
         assert f["train_end"] < f["test_start"] <= f["test_end"]
     assert folds[0]["test_end"] < folds[1]["test_start"]
     assert folds[-1]["test_end"].startswith("2025-04-16")  # folds.step_bars=21: the layout ends on a step

@@ -134,7 +134,7 @@ def test_market_observes_the_kept_features_then_every_regime_column(smoke_tables
     bars, feats, span, freq = smoke_tables
     probs = collinear_regimes(feats)
     every = build_market(smoke_cfg(("env.feature_max_corr=null",)), bars, feats, probs, span.train_rows, freq.periods_per_year)
-    lean = build_market(smoke_cfg(), bars, feats, probs, span.train_rows, freq.periods_per_year)
+    lean = build_market(smoke_cfg(("env.feature_max_corr=0.95",)), bars, feats, probs, span.train_rows, freq.periods_per_year)
     selected = [c for c in feats.columns if c != "timestamp"]
     assert every.feature_names == selected + ["regime_0", "regime_1", "regime_2"] and every.dropped_features == {}
     assert every.feature_max_corr is None
@@ -154,7 +154,7 @@ def test_rescoring_with_fitted_features_fits_nothing(smoke_tables):
     """``fitted=`` re-applies a policy's own columns and statistics whatever the config's threshold."""
     bars, feats, span, freq = smoke_tables
     probs = collinear_regimes(feats)
-    lean = build_market(smoke_cfg(), bars, feats, probs, span.train_rows, freq.periods_per_year)
+    lean = build_market(smoke_cfg(("env.feature_max_corr=0.95",)), bars, feats, probs, span.train_rows, freq.periods_per_year)
     fitted = (lean.feature_names, lean.norm_mean, lean.norm_std)
     later = (span.train_rows[0] + 100, span.train_rows[1] + 100)  # another window: nothing is refitted on it
     for overrides in ((), ("env.feature_max_corr=0.5",), ("env.feature_max_corr=null",)):

@@ -17,7 +17,7 @@ from sentio_core.frequency import bar_frequency
 from .conftest import REPO
 
 # a small layout: 2 folds of 100 test bars, 200 training bars, purge = lookback 30 + horizon 1
-SMALL = ["folds.n_folds=2", "folds.test_bars=100", "folds.min_train_bars=200", "folds.step_bars=1"]
+SMALL = ["env.lookback_bars=30", "folds.n_folds=2", "folds.test_bars=100", "folds.min_train_bars=200", "folds.step_bars=1"]
 SMALL_FOLDS = 200 + 31 + 2 * 100  # 431 usable bars
 DAILY_WARMUP = 59  # the longest default window, 60 bars (ret_60, rvol_60, skew_60, corr_60), leaves 59 rows
 

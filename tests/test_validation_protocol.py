@@ -155,3 +155,34 @@ def test_without_a_slice_the_last_weights_are_kept():
     cfg, market = toy_config(), toy_market()
     result = train_policy("ppo", market, cfg, TRAIN, seed=1, budget=Budget(timesteps=256))
     assert result.kept_timesteps is None and result.validation_sharpe is None and result.validation_curve == []
+
+
+def test_the_report_shows_the_spread_over_seeds():
+    from sentio_core.report import fold_rows, summary_rows
+
+    f = PurgedWalkForward(1, 50, 10).folds(400)[0]
+    metrics = {"maskable_ppo": {"sharpe": 0.9, "max_drawdown": 0.1},
+               **{f"maskable_ppo_seed{k}": {"sharpe": s, "max_drawdown": 0.1} for k, s in enumerate((0.9, 0.3, -0.3))},
+               "ppo": {"sharpe": 0.1, "max_drawdown": 0.2}}
+    row = fold_rows([span_of(f)], fold_metrics=[metrics])[0]
+    assert row["maskable_ppo_seeds_sharpe_mean"] == 0.3 and row["maskable_ppo_seeds_sharpe_sd"] == 0.6
+    assert (row["maskable_ppo_seeds_sharpe_min"], row["maskable_ppo_seeds_sharpe_max"]) == (-0.3, 0.9)
+    assert "ppo_seeds_sharpe_mean" not in row  # one seed: no spread
+    assert summary_rows([row])[0]["mppo_seeds"] == "0.30±0.60"
+
+
+def test_the_backtest_runs_every_seed_and_the_chosen_one_once(tmp_path, monkeypatch):
+    """``ALGORITHM_seedK`` for each exported seed; the chosen seed's entry is the chosen policy object."""
+    import tasks.backtest as stage
+    from sentio_core.metadata import SeedSummary, TrainingSummary
+
+    loaded = []
+    monkeypatch.setattr(stage, "_policy", lambda path: loaded.append(path) or (object(), True))
+    seeds = [SeedSummary(seed=7 + k, timesteps=1, seconds=1.0, stopped_by="timesteps") for k in range(3)]
+    summary = TrainingSummary(fold=0, algorithm="ppo", timesteps=1, episodes=1, seconds=3.0, stopped_by="timesteps",
+                              device="cpu", learning_rate=1e-3, budget={}, seed=8, seeds=seeds)
+    trained = type("T", (), {"algorithm": "ppo", "training": summary, "seed_paths": ["s0", "s1", "s2"],
+                             "require": lambda self: "chosen"})()
+    policies = stage._policies([trained])
+    assert list(policies) == ["ppo", "ppo_seed0", "ppo_seed1", "ppo_seed2"]
+    assert policies["ppo_seed1"] is policies["ppo"] and loaded == ["chosen", "s0", "s2"]
