@@ -39,7 +39,7 @@ def test_first_run_computes_every_stage(first_run):
     assert out.n_features >= 40
     assert len(out.folds) == 2
     for row in out.folds:
-        assert row["purge_bars"] == 31 and row["test_bars"] == 120
+        assert row["purge_bars"] == 11 and row["test_bars"] == 120
         assert abs(sum(row[f"regime_{i}_test"] for i in range(3)) - 1) < 0.01
     assert (work / "features").is_dir() and any((work / "features").glob("*.parquet"))
 
