@@ -22,7 +22,7 @@ import numpy as np
 
 from sentio_core.config import Config
 from sentio_core.costs import CostModel
-from sentio_core.env import N_STATE
+from sentio_core.env import ObservationLayout
 from sentio_core.market import Market
 from sentio_core.masks import advance_peak
 
@@ -79,8 +79,8 @@ class Engine:
         self.rules = list(cfg.masks.rules)
         self.limit = cfg.masks.drawdown_limit if "drawdown" in self.rules else None
         self.lookback = cfg.env.lookback_bars
-        n_feat = self.tab.features.shape[1]
-        self.obs_dim = self.lookback * n_feat + N_STATE
+        self.layout = ObservationLayout(self.lookback, self.tab.features.shape[1])
+        self.obs_dim = self.layout.obs_dim
         self._offsets = np.arange(self.lookback) - (self.lookback - 1)  # a window's rows relative to t
         self._static_rules()
         self.reset_all(np.zeros(n, dtype=int), np.ones(n, dtype=int))
@@ -324,9 +324,9 @@ class Engine:
         the first row) and the state, gathered into ``out`` (allocated when None)."""
         if out is None:
             out = np.empty((self.n, self.obs_dim), dtype=np.float32)
-        tab, width = self.tab, self.obs_dim - N_STATE
+        tab, width = self.tab, self.layout.window_size
         window = out[:, :width]
-        window.shape = (self.n, self.lookback, tab.features.shape[1])  # a view, never a copy (numpy raises otherwise)
+        window.shape = (self.n, self.lookback, self.layout.n_features)  # a view, never a copy (numpy raises otherwise)
         if self._lockstep:  # one window, broadcast to every portfolio
             rows = self.t[:1, None] + self._offsets[None, :]
             np.take(tab.features, rows, axis=0, out=window[:1], mode="clip")

@@ -29,7 +29,6 @@ from sentio_core.engine import Engine
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import SeedSummary, TrainingSummary
-from sentio_core.metrics import sharpe
 from sentio_core.policies import Algorithm, build_model, pin_threads, reads_masks
 from sentio_core.vec_env import EngineVecEnv
 
@@ -174,7 +173,7 @@ def validation_sharpe(market: Market, cfg: Config, rows: tuple[int, int], algori
     def evaluate(model: BaseAlgorithm) -> float:
         decide = policy_decisions([(sb3_policy(model, masked), masked)], engine.obs_dim)
         path = run_engine(engine, first, last, decide, market.timestamps)[0]
-        return sharpe(path.equity[1:] / path.equity[:-1] - 1.0, market.periods_per_year)  # as the backtest's metrics
+        return path.metrics(market.periods_per_year)["sharpe"]
     return evaluate
 
 

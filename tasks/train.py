@@ -35,7 +35,7 @@ class TrainOutput(StageOutput):
     algorithm: str
     metadata_path: str
     training: TrainingSummary
-    seed_paths: list[str] = []  # every seed's export, in seed order (``path`` is the chosen one's); one seed: empty
+    seed_paths: list[str] = []  # every seed's export, in seed order (the chosen seed's is ``path``); one seed: empty
 
 
 @releasing
@@ -56,9 +56,9 @@ def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: Fol
                               asdict(regimes.model), summary, cfg, KEY.version)
     pth, meta_json = save_policy(training.result.model, algorithm, stem, metadata)
     seed_paths = []
-    if len(training.runs) > 1:  # the others are kept for the spread over seeds the backtest reports
-        for run in training.runs:
-            seed_paths.append(str(save_policy(run.model, algorithm, f"{stem}-seed{run.seed}", metadata)[0]))
+    if len(training.runs) > 1:  # every seed, for the spread over seeds the backtest reports (the chosen one is pth)
+        seed_paths = [str(pth) if k == training.chosen else str(save_policy(run.model, algorithm, f"{stem}-seed{run.seed}", metadata)[0])
+                      for k, run in enumerate(training.runs)]
     return TrainOutput(stage="train", path=str(pth), sha256=files.file_sha256(pth), fold=fold, algorithm=algorithm,
                        metadata_path=str(meta_json), training=summary, seed_paths=seed_paths)
 
