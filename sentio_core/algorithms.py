@@ -21,12 +21,20 @@ class AlgorithmSpec:
     policy: str  # "module:Class" of its actor-critic policy
     reads_masks: bool
     short: str  # prefix in the terminal's fold summary
+    sentio_algorithm: str  # "module:Class" with Sentio's update (quantile critic, CVaR, adaptive KL)
+    sentio_policy: str  # "module:Class" with Sentio's networks (transformer, quantile critic, gating)
 
     def algorithm_class(self):
         return _load(self.algorithm)
 
     def policy_class(self):
         return _load(self.policy)
+
+    def sentio_algorithm_class(self):
+        return _load(self.sentio_algorithm)
+
+    def sentio_policy_class(self):
+        return _load(self.sentio_policy)
 
 
 def _load(path: str):
@@ -36,8 +44,10 @@ def _load(path: str):
 
 REGISTRY: tuple[AlgorithmSpec, ...] = (
     AlgorithmSpec("maskable_ppo", "sb3_contrib:MaskablePPO",
-                  "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy", True, "mppo"),
-    AlgorithmSpec("ppo", "stable_baselines3:PPO", "stable_baselines3.common.policies:ActorCriticPolicy", False, "ppo"),
+                  "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy", True, "mppo",
+                  "sentio_core.learner:SentioMaskablePPO", "sentio_core.networks:SentioMaskablePolicy"),
+    AlgorithmSpec("ppo", "stable_baselines3:PPO", "stable_baselines3.common.policies:ActorCriticPolicy", False, "ppo",
+                  "sentio_core.learner:SentioPPO", "sentio_core.networks:SentioPolicy"),
 )
 SPECS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in REGISTRY}
 NAMES: tuple[str, ...] = tuple(SPECS)

@@ -372,7 +372,39 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(0.5, gt=0)
     net_arch: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64, 64], max_length=32,
                                                                    description="Hidden layer widths of the policy and value MLPs.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto (cuda when present), cpu, cuda or cuda:N.")
+    policy: Literal["mlp", "transformer"] = Field("mlp", description="mlp: the flat observation through net_arch. transformer: "
+                                                  "one token per bar (its features and regime probabilities), "
+                                                  "positional encoding, pre-norm encoder layers, the portfolio state "
+                                                  "as its own token, then net_arch heads (sentio_core/networks.py).")
+    d_model: int = Field(32, ge=4, le=4096, description="Transformer token width.")
+    transformer_layers: int = Field(2, ge=1, le=24, description="Transformer encoder layers (pre-norm).")
+    transformer_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
+    transformer_ff: int | None = Field(None, ge=4, le=16_384, description="Feed-forward width of a layer (null = 2 x d_model).")
+    transformer_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the encoder layers. 0 by default: PPO's "
+                                       "probability ratio compares training-mode and rollout-mode (no dropout) outputs.")
+    positional_encoding: Literal["sinusoidal", "none"] = Field("sinusoidal", description="Bar order given to the transformer; "
+                                                               "none makes it a bag of bars (the ablation's control).")
+    critic: Literal["scalar", "quantile"] = Field("scalar", description="scalar: one value, MSE to the GAE return. quantile: "
+                                                  "n_quantiles values at the midpoints (2i+1)/2N, quantile Huber loss to "
+                                                  "distributional lambda-return targets.")
+    n_quantiles: int = Field(51, ge=2, le=1001, description="Quantiles of the distributional critic.")
+    quantile_kappa: float = Field(0.01, ge=0, le=1e6, description="Huber threshold of the quantile loss, in the learner's "
+                                  "reward units (0 = the plain pinball loss). Returns here are about 0.01-0.1, so kappa "
+                                  "1 would make the loss an expectile loss; scale it with train.reward_scale.")
+    cvar_alpha: float = Field(0.05, gt=0, lt=1, description="Tail probability of the CVaR objective.")
+    cvar_weight: float = Field(0.0, ge=0, le=1, description="Advantage = (1 - w) x GAE advantage + w x tail term "
+                               "min(R - VaR_alpha, 0) / alpha (VaR from the critic's quantiles; needs critic: quantile). "
+                               "0 = plain PPO.")
+    regime_gating: bool = Field(False, description="Actor heads, one per regime, mixed by the last bar's filtered regime "
+                                "probabilities (a mixture of experts); needs the regime probabilities in the observation.")
+    adaptive_kl: bool = Field(False, description="Add kl_coef x KL(old || new) to the loss; kl_coef doubles when an update's "
+                              "mean KL exceeds 1.5 x kl_target and halves below kl_target / 1.5 (Schulman et al. 2017).")
+    kl_target: float = Field(0.01, gt=0, le=10, description="The KL the adaptive penalty steers to.")
+    kl_coef: float = Field(0.2, gt=0, le=1e4, description="Initial KL penalty coefficient (adaptive_kl).")
+    target_kl: float | None = Field(None, gt=0, le=10, description="stable-baselines3's early stop: an update's epochs stop "
+                                    "when the minibatch KL exceeds 1.5 x target_kl (null = off).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto (cuda when present, bf16 autocast "
+                        "for the transformer), cpu, cuda or cuda:N.")
     torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads on CPU. 1 on 2 cores: the pipeline runs "
                                "other stages beside a training; more threads than free cores oversubscribe them.")
 
@@ -380,6 +412,14 @@ class TrainConfig(_Section):
     def _budget(self) -> "TrainConfig":
         if self.timesteps is None and self.episodes is None and self.minutes is None:
             raise ValueError("train needs a budget: set train.timesteps, train.episodes or train.minutes")
+        return self
+
+    @model_validator(mode="after")
+    def _model(self) -> "TrainConfig":
+        if self.d_model % self.transformer_heads:
+            raise ValueError(f"train.transformer_heads ({self.transformer_heads}) must divide train.d_model ({self.d_model})")
+        if self.cvar_weight > 0 and self.critic != "quantile":
+            raise ValueError("train.cvar_weight > 0 needs train.critic: quantile (the VaR comes from the critic's quantiles)")
         return self
 
 

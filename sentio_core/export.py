@@ -3,7 +3,10 @@
 ``STEM.pth`` is a plain dict that ``torch.load(weights_only=True)`` reads (no pickled classes)::
 
     {"format": "sentio-policy/3", "algorithm": "maskable_ppo" | "ppo", "obs_dim": int,
-     "n_actions": int, "net_arch": [int, ...], "state_dict": {name: tensor (CPU)}}
+     "n_actions": int, "net_arch": [int, ...], "model": {...} | None, "state_dict": {name: tensor (CPU)}}
+
+``model`` is the network beyond sb3's MLP (:class:`sentio_core.networks.ModelSpec`: transformer,
+quantile critic, regime gating); None, or absent in an export written before it existed, is the MLP.
 
 ``STEM-metadata.json`` holds the same header fields, ``created_at`` (ISO 8601, UTC) and, for a
 Sentio policy, an :class:`ExportMetadata` record built by :func:`build_metadata`: the one function
@@ -35,7 +38,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sentio_core.files import DataError, json_text, read_bytes, read_json, write_together
 from sentio_core.metadata import FORMAT, HEADER_KEYS, PREVIOUS_FORMATS, ExportMetadata
-from sentio_core.policies import POLICIES, reads_masks, rebuild_policy
+from sentio_core.policies import POLICIES, model_of, reads_masks, rebuild_policy
 
 WEIGHTS_SUFFIX = ".pth"
 METADATA_SUFFIX = "-metadata.json"
@@ -102,8 +105,10 @@ def policy_header(model: BaseAlgorithm, algorithm: str) -> dict[str, Any]:
     if list(pi) != list(vf) or policy.activation_fn is not torch.nn.Tanh:
         raise ValueError(f"the network (net_arch={arch}, activation={policy.activation_fn.__name__}) is not "
                          "the shape build_model makes (same MLP for pi and vf, Tanh)")
+    spec = model_of(policy)
     return {"format": FORMAT, "algorithm": algorithm, "obs_dim": int(obs_space.shape[0]),
-            "n_actions": int(act_space.n), "net_arch": [int(n) for n in pi]}
+            "n_actions": int(act_space.n), "net_arch": [int(n) for n in pi],
+            "model": None if spec is None else spec.to_dict()}
 
 
 def save_policy(model: BaseAlgorithm, algorithm: str, stem: str | Path,
@@ -161,11 +166,13 @@ class LoadedPolicy:
     """
 
     def __init__(self, algorithm: str, obs_dim: int, n_actions: int, net_arch: list[int],
-                 state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None):
+                 state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None,
+                 model: dict[str, Any] | None = None):
         self.algorithm, self.obs_dim, self.n_actions = algorithm, obs_dim, n_actions
         self.net_arch = list(net_arch)
+        self.model = model
         self.metadata = dict(metadata or {})
-        self._policy = rebuild_policy(algorithm, obs_dim, n_actions, self.net_arch)  # type: ignore[arg-type]
+        self._policy = rebuild_policy(algorithm, obs_dim, n_actions, self.net_arch, model)  # type: ignore[arg-type]
         self._policy.load_state_dict(state_dict, strict=True)
         self._policy.eval()
 
@@ -257,8 +264,9 @@ def load_policy(path: str | Path, metadata_path: str | Path | None = None, requi
         raise DataError(meta, "matches weights", f"(metadata, weights) differ for {wrong}; the files are from different exports")
     try:
         return LoadedPolicy(header["algorithm"], header["obs_dim"], header["n_actions"], header["net_arch"],
-                            payload["state_dict"], metadata)
-    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
+                            payload["state_dict"], metadata, header["model"])
+    except (RuntimeError, ValueError, TypeError) as exc:  # a model spec that builds no network; missing,
+        # unexpected or mis-shaped tensors (load_state_dict)
         raise DataError(pth, "fits network", str(exc).replace("\n", " ")[:500]) from None
 
 
@@ -270,7 +278,9 @@ def _check_header(payload: Any, pth: Path) -> dict[str, Any]:
     header = {k: payload.get(k) for k in HEADER_KEYS}
     shape_ok = all(isinstance(header[k], int) and header[k] > 0 for k in ("obs_dim", "n_actions"))
     arch_ok = isinstance(header["net_arch"], list) and all(isinstance(n, int) and n > 0 for n in header["net_arch"])
-    if header["algorithm"] not in POLICIES or not shape_ok or not arch_ok or not isinstance(payload.get("state_dict"), dict):
+    model_ok = header["model"] is None or isinstance(header["model"], dict)
+    if (header["algorithm"] not in POLICIES or not shape_ok or not arch_ok or not model_ok
+            or not isinstance(payload.get("state_dict"), dict)):
         raise DataError(pth, "format", f"bad header {header} or no state_dict")
     return header
 

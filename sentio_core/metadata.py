@@ -17,7 +17,7 @@ from sentio_core.config import Config, stable_hash
 FORMAT = "sentio-policy/3"
 PREVIOUS_FORMATS = {"sentio-policy/1": "written before the export metadata had a schema",
                     "sentio-policy/2": "written before exports carried a content hash"}
-HEADER_KEYS = ("format", "algorithm", "obs_dim", "n_actions", "net_arch")
+HEADER_KEYS = ("format", "algorithm", "obs_dim", "n_actions", "net_arch", "model")
 
 
 class _Record(BaseModel):
@@ -142,6 +142,7 @@ class ExportMetadata(_Record):
     obs_dim: int
     n_actions: int
     net_arch: list[int]
+    model: dict[str, Any] | None = None  # the network beyond the MLP (sentio_core.networks.ModelSpec); None: sb3's MLP
     model_type: str
     policy: PolicySpec
     regime_model: dict[str, Any]

@@ -26,10 +26,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from sentio_core.backtest import policy_decisions, run_engine, sb3_policy
 from sentio_core.config import Config, TrainConfig, reads
 from sentio_core.engine import Engine
-from sentio_core.env import TradingEnv
+from sentio_core.env import ObservationLayout, TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import SeedSummary, TrainingSummary
-from sentio_core.policies import Algorithm, build_model, pin_threads, reads_masks
+from sentio_core.policies import Algorithm, build_model, model_spec, pin_threads, reads_masks
 from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -221,7 +221,8 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     budget = budget or Budget.from_config(cfg)
     pin_threads(cfg.train)
     env = vec_env(market, cfg, train_rows)
-    model = build_model(algorithm, env, cfg.train, seed)
+    spec = model_spec(cfg.train, ObservationLayout.of(market, cfg), market.feature_names, market.norm_mean, market.norm_std)
+    model = build_model(algorithm, env, cfg.train, seed, spec)
     callback = BudgetCallback(budget, on_progress)
     validation = None
     if validation_rows is not None:
