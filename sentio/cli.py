@@ -33,6 +33,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set folds.n_folds=3 (repeatable; YAML scalars)")
 
 
+TRANSFORMER_PPO = "transformer_ppo"  # the original package's model type: MaskablePPO with the transformer policy
+# (flags, argparse kwargs) of `sentio train`'s model options; dest is the train.* key each sets
+MODEL_FLAGS: list[tuple[tuple[str, ...], dict]] = [
+    (("--use-transformer",), dict(dest="policy", action="store_const", const="transformer",
+                                  help="transformer over bars (train.policy: transformer; default mlp)")),
+    (("--transformer-layers",), dict(dest="transformer_layers", type=int, help="encoder layers (default 2)")),
+    (("--transformer-heads",), dict(dest="transformer_heads", type=int, help="attention heads (default 4)")),
+    (("--d-model",), dict(dest="d_model", type=int, help="token width (default 32)")),
+    (("--use-distributional-critic",), dict(dest="critic", action="store_const", const="quantile",
+                                            help="quantile critic (train.critic: quantile; default scalar)")),
+    (("--n-quantiles",), dict(dest="n_quantiles", type=int, help="quantiles of the distributional critic (default 51)")),
+    (("--cvar-alpha",), dict(dest="cvar_alpha", type=float, help="tail probability of the CVaR objective (default 0.05)")),
+    (("--cvar-weight",), dict(dest="cvar_weight", type=float,
+                              help="weight of the CVaR tail term in the advantage (default 0: off; needs the distributional critic)")),
+    (("--use-regime-gating",), dict(dest="regime_gating", action="store_const", const=True,
+                                    help="actor heads mixed by the filtered regime probabilities")),
+    (("--adaptive-kl",), dict(dest="adaptive_kl", action="store_const", const=True,
+                              help="adaptive KL penalty around train.kl_target")),
+]
+MODEL_KEYS = {"lr": "learning_rate", **{kw["dest"]: kw["dest"] for _, kw in MODEL_FLAGS}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentio", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,13 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("train", help="train one policy on the latest fold; write PATH.pth and PATH-metadata.json")
-    p.add_argument("--model-type", choices=list(algorithms.NAMES), default=algorithms.PRIMARY,
-                   help=f"the algorithm (default {algorithms.PRIMARY}; {algorithms.BASELINE} is the baseline)")
+    p.add_argument("--model-type", choices=[*algorithms.NAMES, TRANSFORMER_PPO], default=algorithms.PRIMARY,
+                   help=f"the algorithm (default {algorithms.PRIMARY}; {algorithms.BASELINE} is the baseline; "
+                        f"{TRANSFORMER_PPO} = {algorithms.PRIMARY} with --use-transformer)")
     p.add_argument("--timesteps", type=int, default=None, help="budget in environment steps")
     p.add_argument("--episodes", type=int, default=None, help="budget in finished episodes")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (not reproducible when it binds)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default train.learning_rate)")
     p.add_argument("--output", default=None, help="output stem (default trained_models/MODEL_TYPE)")
+    m = p.add_argument_group("model (the original package's flags, on Sentio's defaults; each sets a train.* key)")
+    for flags, kwargs in MODEL_FLAGS:
+        m.add_argument(*flags, **kwargs)
     _common(p)
 
     p = sub.add_parser("run", help="run the sentio-retrain Prefect flow (embedded Prefect, no server)")
@@ -147,12 +173,18 @@ def cmd_train(args, cfg) -> int:
     from sentio_core.report import format_table, strategy_rows
     from sentio_core.train import Budget, BudgetError, fold_training, training_summary
 
-    if args.lr is not None:  # --lr replaces train.learning_rate, under the schema's rule for it
+    updates = {key: getattr(args, dest) for dest, key in MODEL_KEYS.items() if getattr(args, dest) is not None}
+    if args.model_type == TRANSFORMER_PPO:
+        args.model_type, updates["policy"] = algorithms.PRIMARY, "transformer"
+    if updates:  # the flags replace their train.* keys, under the schema's rules for them
         try:
-            cfg = cfg.model_copy(update={"train": TrainConfig.model_validate(
-                cfg.train.model_dump() | {"learning_rate": args.lr})})
+            cfg = cfg.model_copy(update={"train": TrainConfig.model_validate(cfg.train.model_dump() | updates)})
         except ValidationError as exc:
-            _err(f"--lr: {exc.errors()[0]['msg'].lower()} (got {args.lr})")
+            first = exc.errors()[0]
+            flag = {key: dest for dest, key in MODEL_KEYS.items()}.get(str(first["loc"][0])) if first["loc"] else None
+            where = f"--{flag.replace('_', '-')}: " if flag else ""
+            _err(f"{where}{first['msg'].removeprefix('Value error, ').lower()} "
+                 f"(train settings from the flags: {updates})")
             return EXIT_USAGE
     flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
     try:  # budget flags replace the config's budget (the first of them reached stops training)

@@ -100,6 +100,7 @@ class TrainingSummary(_Record):
     validation_sharpe: float | None = None
     validation_window: tuple[str, str] | None = None  # first and last bar of the inner validation slice
     seeds: list[SeedSummary] = []
+    objective: dict[str, Any] | None = None  # the update: critic, CVaR alpha and weight, KL penalty and early stop
 
 
 class FoldResult(_Record):

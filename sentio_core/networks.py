@@ -118,6 +118,7 @@ class BarExtractor(BaseFeaturesExtractor):
         body = spec.d_model if spec.policy == "transformer" else obs_dim
         super().__init__(observation_space, body + spec.n_regimes)
         self.spec = spec
+        self.mixed_precision: bool | None = None  # bf16 autocast of the encoder; None: on CUDA only
         self.window_size = spec.lookback * spec.n_features
         if spec.policy == "transformer":
             self.bar_embed = nn.Linear(spec.n_features, spec.d_model)
@@ -164,7 +165,8 @@ class BarExtractor(BaseFeaturesExtractor):
         spec = self.spec
         window = obs[..., : self.window_size].reshape(obs.shape[0], spec.lookback, spec.n_features)
         state = obs[..., self.window_size:] if spec.n_state else obs.new_zeros(obs.shape[0], 1)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=obs.is_cuda):
+        bf16 = obs.is_cuda if self.mixed_precision is None else self.mixed_precision
+        with torch.autocast(device_type=obs.device.type, dtype=torch.bfloat16, enabled=bf16):
             tokens = torch.cat([self.bar_embed(window), self.state_embed(state)[:, None]], dim=1) + self.position
             out = self.norm(self.encoder(tokens)[:, -1])
         return out.float()

@@ -296,11 +296,20 @@ def training_summary(cfg: Config, training: FoldTraining, fold: int, budget: Bud
                            device=chosen.device, learning_rate=cfg.train.learning_rate, budget=budget.to_dict(),
                            seed=chosen.seed, kept_timesteps=chosen.kept_timesteps,
                            validation_sharpe=_rounded(chosen.validation_sharpe), validation_window=window,
+                           objective=training_objective(cfg.train),
                            seeds=[SeedSummary(seed=r.seed, timesteps=r.timesteps, seconds=round(r.seconds, 2),
                                               stopped_by=r.stopped_by, kept_timesteps=r.kept_timesteps,
                                               validation_sharpe=_rounded(r.validation_sharpe),
                                               validation_curve=[(t, round(v, 4)) for t, v in r.validation_curve])
                                   for r in training.runs])
+
+
+def training_objective(cfg: TrainConfig) -> dict:
+    """What the update optimised, beside the network (the export header's ``model``)."""
+    return {"critic": cfg.critic, "n_quantiles": cfg.n_quantiles if cfg.critic == "quantile" else None,
+            "quantile_kappa": cfg.quantile_kappa if cfg.critic == "quantile" else None,
+            "cvar_alpha": cfg.cvar_alpha, "cvar_weight": cfg.cvar_weight, "adaptive_kl": cfg.adaptive_kl,
+            "kl_target": cfg.kl_target if cfg.adaptive_kl else None, "target_kl": cfg.target_kl}
 
 
 def _rounded(x: float | None) -> float | None:
