@@ -181,10 +181,13 @@ def cmd_train(args, cfg) -> int:
             cfg = cfg.model_copy(update={"train": TrainConfig.model_validate(cfg.train.model_dump() | updates)})
         except ValidationError as exc:
             first = exc.errors()[0]
-            flag = {key: dest for dest, key in MODEL_KEYS.items()}.get(str(first["loc"][0])) if first["loc"] else None
-            where = f"--{flag.replace('_', '-')}: " if flag else ""
-            _err(f"{where}{first['msg'].removeprefix('Value error, ').lower()} "
-                 f"(train settings from the flags: {updates})")
+            key = str(first["loc"][0]) if first["loc"] else None
+            msg = first["msg"].removeprefix("Value error, ")
+            if key in updates:  # one flag's value breaks its key's rule
+                flag = {k: dest for dest, k in MODEL_KEYS.items()}[key].replace("_", "-")
+                _err(f"--{flag}: {msg.lower()} (got {updates[key]})")
+            else:  # the flags together break a rule across keys
+                _err(f"{msg} (train settings from the flags: {updates})")
             return EXIT_USAGE
     flags = {"timesteps": args.timesteps, "episodes": args.episodes, "minutes": args.minutes}
     try:  # budget flags replace the config's budget (the first of them reached stops training)

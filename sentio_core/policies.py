@@ -7,6 +7,8 @@ the primary model and the baseline is whether the policy sees the masks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -15,10 +17,14 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv
 
-from sentio_core import algorithms
+# learner: the registry's Sentio update, named there by path; imported here so that the stages'
+# code versions, read from the import graph, include it
+from sentio_core import algorithms, learner  # noqa: F401
 from sentio_core.config import AlgorithmName, TrainConfig
-from sentio_core.env import ObservationLayout
 from sentio_core.networks import BarExtractor, ModelSpec
+
+if TYPE_CHECKING:
+    from sentio_core.env import ObservationLayout
 
 Algorithm = AlgorithmName
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {s.name: s.algorithm_class() for s in algorithms.REGISTRY}

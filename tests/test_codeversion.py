@@ -25,6 +25,7 @@ STAGE_MODULES = tuple(m.removeprefix("tasks.") for m in _TASK_MODULES)
 # every stage runs config.py (section by section), codeversion.py (its key), files.py (its outputs)
 # and memory.py (it hands freed memory back when it ends)
 COMMON = {"algorithms", "codeversion", "config", "files", "memory"}
+MODEL = {"networks", "learner"}  # every stage that builds or loads a policy
 GOLDEN = {
     "ingest": COMMON | {"data", "frequency", "universe"},
     "validate": COMMON | {"data", "frequency", "universe", "validation"},
@@ -33,14 +34,14 @@ GOLDEN = {
     "folds": COMMON | {"features", "folds", "frequency"},
     "regimes": COMMON | {"regimes"},
     "train": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks",
-                       "metadata", "metrics", "policies", "train", "vec_env"},  # validation runs the backtest on the inner slice
+                       "metadata", "metrics", "policies", "train", "vec_env"} | MODEL,  # validation runs the backtest on the inner slice
     "backtest": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
-                          "metrics", "plots", "policies"},
+                          "metrics", "plots", "policies"} | MODEL,
     "rescore": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
-                         "metrics", "policies", "regimes", "registry", "rescore"},
+                         "metrics", "policies", "regimes", "registry", "rescore"} | MODEL,
     "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
-                       "registry"},
-    "register": COMMON | {"baselines", "export", "metadata", "policies", "promotion", "registration", "registry"},
+                       "registry"} | MODEL,
+    "register": COMMON | {"baselines", "export", "metadata", "policies", "promotion", "registration", "registry"} | MODEL,
 }
 
 

@@ -117,7 +117,7 @@ def test_pth_is_plain_weights_only_data(exported):
     pth, meta = exported["maskable_ppo"]
     payload = torch.load(pth, weights_only=True, map_location="cpu")
     assert {k: payload[k] for k in ("format", "algorithm", "obs_dim", "n_actions", "net_arch")} == {
-        "format": FORMAT, "algorithm": "maskable_ppo", "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16]}
+        "format": FORMAT, "algorithm": "maskable_ppo", "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16], "model": None}
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
     doc = json.loads(meta.read_text())
     assert doc["note"] == "maskable_ppo" and doc["format"] == FORMAT and doc["created_at"].endswith("+00:00")
@@ -243,7 +243,7 @@ def test_publish_copies_the_weights_with_new_metadata(exported, tmp_path, batch)
     loaded = load_policy(pth)
     assert len(loaded.metadata.pop("weights_sha256")) == 64
     assert loaded.metadata == {"alias": "champion", "created_at": "t0", "format": FORMAT, "algorithm": "maskable_ppo",
-                               "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16]}
+                               "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16], "model": None}
     np.testing.assert_array_equal(loaded.act(*batch), load_policy(source).act(*batch))
     with pytest.raises(ValueError, match="disagree"):
         publish(source, {"algorithm": "ppo"}, tmp_path / "other")

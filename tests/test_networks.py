@@ -187,3 +187,61 @@ def test_transformer_learns_bar_order_a_bag_of_bars_cannot():
     torch.set_num_threads(1)
     assert _marker_accuracy("sinusoidal") >= 0.95
     assert _marker_accuracy("none") <= 0.7  # every window looks the same to it: chance is 0.5
+
+
+class HiddenRegimeEnv(gym.Env):
+    """A hidden two-state Markov regime (stays with probability 0.95) emits x ~ N(+-0.7, 1); the
+    observation is one bar ``[x, p0, p1]`` with ``p`` the forward filter's regime probabilities.
+    The right action is the regime's: 0 in regime 0, 1 in regime 1 (+1 if right, -1 if not)."""
+
+    observation_space = gym.spaces.Box(-10, 10, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    STAY, MEANS = 0.95, np.array([-0.7, 0.7])
+
+    def __init__(self, seed: int = 0, length: int = 50):
+        self.rng, self.length = np.random.default_rng(seed), length
+
+    def _advance(self) -> np.ndarray:
+        if self.rng.random() > self.STAY:
+            self.regime = 1 - self.regime
+        x = self.rng.normal(self.MEANS[self.regime], 1.0)
+        prior = self.STAY * self.p + (1 - self.STAY) * self.p[::-1]
+        post = prior * np.exp(-0.5 * (x - self.MEANS) ** 2)
+        self.p = post / post.sum()
+        return np.array([x, *self.p], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.t, self.regime, self.p = 0, int(self.rng.integers(2)), np.array([0.5, 0.5])
+        return self._advance(), {}
+
+    def step(self, action):
+        reward = 1.0 if int(action) == self.regime else -1.0
+        self.t += 1
+        return self._advance(), reward, self.t >= self.length, False, {}
+
+
+@pytest.mark.slow
+def test_regime_gated_policy_follows_the_filter():
+    torch.set_num_threads(1)
+    spec = ModelSpec(policy="mlp", lookback=1, n_features=3, n_state=0, regime_gating=True, regime_columns=[1, 2],
+                     regime_mean=[0.0, 0.0], regime_std=[1.0, 1.0])
+    env = DummyVecEnv([lambda i=i: HiddenRegimeEnv(i) for i in range(8)])
+    model = PPO(SentioPolicy, env, n_steps=64, batch_size=256, n_epochs=4, learning_rate=3e-3, gamma=0.0, seed=0,
+                policy_kwargs=policy_kwargs([16], spec), device="cpu")
+    model.learn(20_000)
+    probe = HiddenRegimeEnv(seed=123, length=2000)
+    obs, _ = probe.reset()
+    agree = bayes = 0
+    for _ in range(2000):
+        action, _ = model.predict(obs, deterministic=True)
+        agree += int(action) == probe.regime
+        bayes += int(np.argmax(obs[1:])) == probe.regime
+        obs, *_ = probe.step(action)
+    assert bayes / 2000 > 0.75  # the filter tracks the regime
+    assert agree / 2000 >= bayes / 2000 - 0.03  # the policy is as good as acting on the filter
+    # each regime's head picks that regime's action: the gate, not the body, carries the regime
+    heads = model.policy.action_net
+    with torch.no_grad():
+        latent = model.policy.mlp_extractor.forward_actor(torch.tensor([[0.0, 0.5, 0.5, 0.5, 0.5]]))[:, :-2]
+        per_regime = heads.heads(latent).reshape(2, 2)
+    assert per_regime[0].argmax().item() == 0 and per_regime[1].argmax().item() == 1
