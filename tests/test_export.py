@@ -116,7 +116,7 @@ def test_action_probabilities_sum_to_one_and_zero_masked(exported, batch):
 def test_pth_is_plain_weights_only_data(exported):
     pth, meta = exported["maskable_ppo"]
     payload = torch.load(pth, weights_only=True, map_location="cpu")
-    assert {k: payload[k] for k in ("format", "algorithm", "obs_dim", "n_actions", "net_arch")} == {
+    assert {k: payload[k] for k in ("format", "algorithm", "obs_dim", "n_actions", "net_arch", "model")} == {
         "format": FORMAT, "algorithm": "maskable_ppo", "obs_dim": OBS_DIM, "n_actions": N_ACTIONS, "net_arch": [16, 16], "model": None}
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
     doc = json.loads(meta.read_text())
