@@ -59,7 +59,10 @@ CHUNK = 8192  # observations per no-grad critic pass over the rollout
 
 def quantile_huber_loss(pred: th.Tensor, target: th.Tensor, tau: th.Tensor, kappa: float) -> th.Tensor:
     """QR-DQN's loss of predicted quantiles ``pred`` (B, N) at levels ``tau`` (N,) against target
-    samples ``target`` (B, M): summed over the quantiles, averaged over targets and batch."""
+    samples ``target`` (B, M): summed over the quantiles, averaged over targets and batch.
+
+    The slow, obvious form; :func:`quantile_huber_loss_fused` is what training runs (a test holds
+    the two equal, values and gradients)."""
     u = target[:, None, :] - pred[:, :, None]  # (B, N, M): target j minus quantile i
     if kappa > 0:
         a = u.abs()
@@ -68,6 +71,36 @@ def quantile_huber_loss(pred: th.Tensor, target: th.Tensor, tau: th.Tensor, kapp
         rho = u.abs()
     weight = (tau[None, :, None] - (u.detach() < 0).to(u.dtype)).abs()
     return (weight * rho).mean(dim=2).sum(dim=1).mean()
+
+
+class _FusedQuantileLoss(th.autograd.Function):
+    """The loss and its gradient in one pass over the (B, N, M) pairs; the backward pass only scales
+    the saved gradient. d/d theta_i = -mean_j |tau_i - 1[u < 0]| clamp(u / kappa, -1, 1) / B
+    (``sign(u)`` for kappa 0), targets held fixed (they carry no gradient)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, tau, kappa):
+        u = target[:, None, :] - pred[:, :, None]
+        weight = (tau[None, :, None] - (u < 0).to(u.dtype)).abs_()
+        a = u.abs()
+        if kappa > 0:
+            rho = th.where(a <= kappa, (0.5 / kappa) * u * u, a - 0.5 * kappa)
+            slope = (u / kappa).clamp_(-1.0, 1.0)
+        else:
+            rho, slope = a, th.sign(u)
+        batch, m = pred.shape[0], target.shape[1]
+        ctx.save_for_backward(-(weight * slope).sum(dim=2) / (m * batch))
+        return (weight * rho).sum() / (m * batch)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None
+
+
+def quantile_huber_loss_fused(pred: th.Tensor, target: th.Tensor, tau: th.Tensor, kappa: float) -> th.Tensor:
+    """:func:`quantile_huber_loss`, computed with its gradient in one pass (about half the work of autograd's)."""
+    return _FusedQuantileLoss.apply(pred, target.detach(), tau, float(kappa))
 
 
 def value_at_risk(quantiles: np.ndarray, alpha: float) -> np.ndarray:
@@ -230,7 +263,7 @@ class SentioLossMixin:
                 if quantile:
                     batch_targets = th.as_tensor(targets[order[k * self.batch_size: (k + 1) * self.batch_size]],
                                                  device=self.device)
-                    value_loss = quantile_huber_loss(quantiles, batch_targets, tau, self.quantile_kappa)
+                    value_loss = quantile_huber_loss_fused(quantiles, batch_targets, tau, self.quantile_kappa)
                 else:
                     if self.clip_range_vf is None:
                         values_pred = values

@@ -18,6 +18,7 @@ from sentio_core.learner import (
     cvar_tail,
     lambda_return_samples,
     quantile_huber_loss,
+    quantile_huber_loss_fused,
     value_at_risk,
 )
 from sentio_core.networks import ModelSpec, SentioPolicy
@@ -54,6 +55,20 @@ def test_quantile_loss_averages_targets_and_sums_quantiles():
     # row 1, target 2: 0; target 3: 0.25*1 + 0.75*1 = 1.0
     expected = ((0.25 + 1.25) / 2 + (0 + 1.0) / 2) / 2
     assert quantile_huber_loss(pred, target, tau, 0.0).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.3, 1.0])
+def test_fused_loss_equals_the_reference_in_value_and_gradient(kappa):
+    torch.manual_seed(0)
+    pred = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(6, 9, dtype=torch.float64)
+    tau = torch.as_tensor((2 * np.arange(9) + 1) / 18)
+    slow = quantile_huber_loss(pred, target, tau, kappa)
+    (g_slow,) = torch.autograd.grad(slow, pred)
+    fast = quantile_huber_loss_fused(pred, target, tau, kappa)
+    (g_fast,) = torch.autograd.grad(3.0 * fast, pred)  # the incoming gradient scales it
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-12)
+    assert torch.allclose(g_fast, 3.0 * g_slow, atol=1e-12)
 
 
 def test_pinball_minimiser_is_the_quantile():
