@@ -7,7 +7,8 @@ seed's policy on the fold's test window beside the baselines, and writes one JSO
 reads those files and prints the README's table: per variant and algorithm, the out-of-sample
 Sharpe, max drawdown and CVaR 5 % over folds x seeds (mean and sd), the chosen seeds' test Sharpe,
 the validation Sharpe that chooses (the selection criterion: a variant becomes the default only
-if it wins there), and training throughput; then the rule-based baseline and buy-and-hold.
+if it wins there) and its paired difference from the first file's (the default) over the folds,
+and training throughput; then the rule-based baseline and buy-and-hold.
 
 Usage:
   .venv/bin/python scripts/ablation.py run --name transformer --set train.policy=transformer --out ablation/
@@ -85,23 +86,27 @@ def _ms(xs: list[float], pct: bool = False) -> str:
 
 def table(args: argparse.Namespace) -> None:
     runs = [json.loads(Path(p).read_text()) for p in args.files]
+    reference = runs[0]  # the first file is the default the others are compared with
     print("| variant | algorithm | test Sharpe, all seeds | chosen seeds' Sharpe | max drawdown | CVaR 5 % (daily loss) "
-          "| validation Sharpe (chosen) | steps/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| validation Sharpe (chosen) | vs {reference['name']}, paired over folds (± se) | steps/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run_ in runs:
         algs = list(run_["folds"][0]["algorithms"])
         for algorithm in algs:
             per = [f["algorithms"][algorithm] for f in run_["folds"]]
             seeds = [s for p in per for s in p["seeds"]]
             chosen = [p["seeds"][p["chosen"]] for p in per]
+            base = [f["algorithms"][algorithm] for f in reference["folds"]]
+            diff = [c["validation_sharpe"] - b["seeds"][b["chosen"]]["validation_sharpe"] for c, b in zip(chosen, base)]
+            paired = "" if run_ is reference else f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff) / len(diff) ** 0.5:.2f}"
             print(f"| {run_['name']} | {algorithm} | {_ms([s['sharpe'] for s in seeds])} "
                   f"| {statistics.mean(s['sharpe'] for s in chosen):.2f} "
                   f"| {_ms([s['max_drawdown'] for s in seeds], True)} | {_ms([s['cvar_5'] for s in seeds], True)} "
-                  f"| {statistics.mean(s['validation_sharpe'] for s in chosen):.2f} "
+                  f"| {statistics.mean(s['validation_sharpe'] for s in chosen):.2f} | {paired} "
                   f"| {statistics.mean(p['steps_per_s'] for p in per):,.0f} |")
     for name, rows in runs[0]["baselines"].items():
         print(f"| baseline | {name} | {_ms([r['sharpe'] for r in rows])} | | {_ms([r['max_drawdown'] for r in rows], True)} "
-              f"| {_ms([r['cvar_5'] for r in rows], True)} | | |")
+              f"| {_ms([r['cvar_5'] for r in rows], True)} | | | |")
 
 
 def main() -> None:
