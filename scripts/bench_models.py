@@ -4,7 +4,8 @@ Prints, in one run:
 
 1. MaskablePPO and PPO training steps/s for each variant of the ablation (the default MLP, the
    transformer, the quantile critic, CVaR, regime gating, adaptive KL) with the config's rollout
-   and update settings, on each ``--devices`` entry, as a ratio to the default MLP on the CPU;
+   and update settings, on each ``--devices`` entry, as a ratio to the first row (the default MLP on
+   the first device when all variants run);
 2. inference observations/s of the MLP and the transformer at batch 64 and 1,024;
 3. agreement of the transformer's deterministic actions on the fold's test observations between
    fp32 on the CPU and bf16 autocast on each device (the same weights).
@@ -144,7 +145,7 @@ def main() -> None:
                                          args.timesteps)
                 reference = reference or rate
                 trained[(name, device, algorithm)] = model
-                print(f"   {name:16s} {device:5s} {algorithm:13s} {rate:9,.0f} steps/s  ({rate / reference:.2f}x the CPU MLP)",
+                print(f"   {name:16s} {device:5s} {algorithm:13s} {rate:9,.0f} steps/s  ({rate / reference:.2f}x the first row)",
                       flush=True)
     obs = observations(market, cfg, test_rows)
     print("2. inference (deterministic actions), observations/s")
