@@ -36,21 +36,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
 TRANSFORMER_PPO = "transformer_ppo"  # the original package's model type: MaskablePPO with the transformer policy
 # (flags, argparse kwargs) of `sentio train`'s model options; dest is the train.* key each sets
 MODEL_FLAGS: list[tuple[tuple[str, ...], dict]] = [
-    (("--use-transformer",), dict(dest="policy", action="store_const", const="transformer",
-                                  help="transformer over bars (train.policy: transformer; default mlp)")),
-    (("--transformer-layers",), dict(dest="transformer_layers", type=int, help="encoder layers (default 2)")),
-    (("--transformer-heads",), dict(dest="transformer_heads", type=int, help="attention heads (default 4)")),
-    (("--d-model",), dict(dest="d_model", type=int, help="token width (default 32)")),
-    (("--use-distributional-critic",), dict(dest="critic", action="store_const", const="quantile",
-                                            help="quantile critic (train.critic: quantile; default scalar)")),
-    (("--n-quantiles",), dict(dest="n_quantiles", type=int, help="quantiles of the distributional critic (default 51)")),
-    (("--cvar-alpha",), dict(dest="cvar_alpha", type=float, help="tail probability of the CVaR objective (default 0.05)")),
-    (("--cvar-weight",), dict(dest="cvar_weight", type=float,
-                              help="weight of the CVaR tail term in the advantage (default 0: off; needs the distributional critic)")),
-    (("--use-regime-gating",), dict(dest="regime_gating", action="store_const", const=True,
-                                    help="actor heads mixed by the filtered regime probabilities")),
-    (("--adaptive-kl",), dict(dest="adaptive_kl", action="store_const", const=True,
-                              help="adaptive KL penalty around train.kl_target")),
+    (("--use-transformer",), {"dest": "policy", "action": "store_const", "const": "transformer",
+                              "help": "transformer over bars (train.policy: transformer; default mlp)"}),
+    (("--transformer-layers",), {"dest": "transformer_layers", "type": int, "help": "encoder layers (default 2)"}),
+    (("--transformer-heads",), {"dest": "transformer_heads", "type": int, "help": "attention heads (default 4)"}),
+    (("--d-model",), {"dest": "d_model", "type": int, "help": "token width (default 32)"}),
+    (("--use-distributional-critic",), {"dest": "critic", "action": "store_const", "const": "quantile",
+                                        "help": "quantile critic (train.critic: quantile; default scalar)"}),
+    (("--n-quantiles",), {"dest": "n_quantiles", "type": int, "help": "quantiles of the distributional critic (default 51)"}),
+    (("--cvar-alpha",), {"dest": "cvar_alpha", "type": float, "help": "tail probability of the CVaR objective (default 0.05)"}),
+    (("--cvar-weight",), {"dest": "cvar_weight", "type": float,
+                          "help": "weight of the CVaR tail term in the advantage (default 0: off; needs the distributional critic)"}),
+    (("--use-regime-gating",), {"dest": "regime_gating", "action": "store_const", "const": True,
+                                "help": "actor heads mixed by the filtered regime probabilities"}),
+    (("--adaptive-kl",), {"dest": "adaptive_kl", "action": "store_const", "const": True,
+                          "help": "adaptive KL penalty around train.kl_target"}),
 ]
 MODEL_KEYS = {"lr": "learning_rate", **{kw["dest"]: kw["dest"] for _, kw in MODEL_FLAGS}}
 
