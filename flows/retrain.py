@@ -134,6 +134,7 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     :param refresh: recompute every stage instead of reading the cache.
     """
     cfg = load_config(config, list(overrides or []))
+    registry.check_store(cfg.registry)  # a store that cannot be opened fails now, not after the trainings
     states: dict[str, str] = {}
     man = _call(ingest, states, "ingest", refresh, cfg)
     checked = _call(validate, states, "validate", refresh, cfg, man)

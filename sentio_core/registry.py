@@ -59,6 +59,24 @@ def tracking_uri(cfg: RegistryConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.default_tracking_uri
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be opened; the message names the URI and the cause."""
+
+
+def check_store(cfg: RegistryConfig) -> None:
+    """Open the tracking store before a run trains anything, so that an unreachable or unwritable
+    store fails the run in seconds instead of after every training (registration is the last stage).
+
+    :raises StoreError: naming the URI and the store's first line of error.
+    """
+    uri = tracking_uri(cfg)
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow, SQLAlchemy or OS errors, whichever the store raises
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise StoreError(f"the tracking store {uri} cannot be opened: {first}") from None
+
+
 def artifact_location(uri: str) -> str | None:
     """For a local SQLite store, artifacts live beside the database (``mlartifacts/``), never in
     the working directory; other stores keep their server's default."""
