@@ -58,8 +58,9 @@ def test_golden_table_of_stage_modules():
 def test_every_library_module_is_run_by_some_stage_or_is_known_not_to_be():
     library = {p.stem for p in (REPO / "sentio_core").glob("*.py")} - {"__init__"}
     used = set().union(*GOLDEN.values())
-    # the report formatting runs in the flow and the CLI, not in a cached stage
-    assert library - used == {"report"}
+    # the report formatting runs in the flow and the CLI, not in a cached stage; evidence (the
+    # statistics of issue 14) is not run by a stage until the gate reads it
+    assert library - used == {"report", "evidence"}
 
 
 @pytest.fixture(scope="module")
