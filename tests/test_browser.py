@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, fresh_prefect_home
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -235,7 +235,7 @@ def test_ui_renders_the_fold_table_of_a_deployment_run(tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+    env = {**os.environ, "PREFECT_HOME": fresh_prefect_home(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
            # the nightly deployment's schedule must not create runs on this throw-away server
            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",

@@ -13,7 +13,7 @@ import pytest
 from sentio.cli import main
 from sentio_core.baselines import NAMES as BASELINES
 
-from .conftest import REPO, SMOKE
+from .conftest import REPO, SMOKE, fresh_prefect_home
 
 
 def test_features_writes_one_row_per_timestamp(tmp_path, capsys):
@@ -103,7 +103,7 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     exe = REPO / ".venv" / "bin" / "sentio"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = fresh_prefect_home(tmp_path / "prefect")
     args = [*cmd, "run", "--config", str(SMOKE), "--set", f"run.work_dir={tmp_path / 'work'}",
             "--set", f"registry.export_dir={tmp_path / 'exports'}"]
     first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -135,7 +135,7 @@ def test_sentio_run_on_bad_data_exits_1_with_the_report_and_no_traceback(tmp_pat
     exe = REPO / ".venv" / "bin" / "sentio"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SENTIO_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = fresh_prefect_home(tmp_path / "prefect")
     proc = subprocess.run([*cmd, "run", "--config", str(SMOKE), "--set", f"data.path={bad}",
                            "--set", f"run.work_dir={tmp_path / 'work'}"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.conftest import fresh_prefect_home
 from tests.test_browser import PREFECT, SERVER_START_S, _free_port, _prefect, _Procs, _wait_health
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
@@ -26,7 +27,7 @@ def test_deploy_all_creates_both_deployments_and_schedules_nightly_runs(tmp_path
 
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+    env = {**os.environ, "PREFECT_HOME": fresh_prefect_home(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
            "PREFECT_CLI_PROMPT": "false", "COLUMNS": "250", "NO_COLOR": "1"}
     procs = _Procs()

@@ -12,7 +12,7 @@ import pytest
 
 from sentio.cli import main
 
-from .conftest import DAILY, REPO, SMOKE
+from .conftest import DAILY, REPO, SMOKE, fresh_prefect_home
 
 
 def _cases(tmp):
@@ -74,7 +74,7 @@ def _run(env_extra: dict[str, str], tmp) -> subprocess.CompletedProcess:
     exe = REPO / ".venv" / "bin" / "sentio"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sentio"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SENTIO_"))}
-    env.update({"PREFECT_HOME": str(tmp / "prefect"), **env_extra})
+    env.update({"PREFECT_HOME": fresh_prefect_home(tmp / "prefect"), **env_extra})
     return subprocess.run([*cmd, "run", "--config", str(SMOKE), "--set", f"run.work_dir={tmp / 'work'}",
                            "--set", "train.timesteps=256", "--set", "train.n_steps=64", "--set", "train.batch_size=64"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DAILY, REPO, SMOKE
+from tests.conftest import DAILY, REPO, SMOKE, fresh_prefect_home
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def _sentio() -> list[str]:
 
 def _env(tmp, name: str = "prefect") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SENTIO_"))}
-    env["PREFECT_HOME"] = str(tmp / name)
+    env["PREFECT_HOME"] = fresh_prefect_home(tmp / name)
     return env
 
 
