@@ -10,8 +10,9 @@ Prints, in one run:
 3. agreement of the transformer's deterministic actions on the fold's test observations between
    fp32 on the CPU and bf16 autocast on each device (the same weights).
 
-A GPU machine may lack the data stack: ``--save-market F`` writes the fold's arrays here and
-``--load-market F`` reads them there (only torch, stable-baselines3 and sb3-contrib are needed).
+``--save-market F`` writes the fold's arrays here and ``--load-market F`` reads them there, so a
+GPU machine skips the data files, the feature build and the regime fit (the project's packages
+must still be installed there).
 
 Usage:
   .venv/bin/python scripts/bench_models.py [--config configs/base.yaml] [--timesteps 16384] [--devices cpu,cuda]
@@ -27,10 +28,10 @@ import numpy as np
 import torch
 
 from sentio_core.config import Config, load_config
-from sentio_core.env import ObservationLayout
+from sentio_core.env import new_book, observation
 from sentio_core.networks import BarExtractor
-from sentio_core.policies import build_model, model_spec, pin_threads
-from sentio_core.vec_env import EngineVecEnv
+from sentio_core.policies import pin_threads
+from sentio_core.train import fold_model
 
 VARIANTS = {
     "mlp (default)": {},
@@ -42,32 +43,12 @@ VARIANTS = {
 }
 
 
-def latest_fold(cfg: Config):
-    from sentio_core.data import build_manifest, build_panel
-    from sentio_core.features import feature_table
-    from sentio_core.folds import fold_spans
-    from sentio_core.market import fold_market
-    from sentio_core.regimes import fold_regimes
-
-    bars, _, freq = build_panel(cfg, build_manifest(cfg))
-    feats = feature_table(cfg, bars, freq)
-    span = fold_spans(cfg, feats)[-1]
-    market = fold_market(cfg, bars, feats, fold_regimes(cfg, bars, span).probabilities, span, freq.periods_per_year)
-    return market, span.train_rows, span.test_rows
-
-
 def variant_cfg(cfg: Config, device: str, **train) -> Config:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device, **train})})
 
 
-def build(cfg: Config, market, rows, algorithm: str, seed: int = 0):
-    env = EngineVecEnv(market, cfg, rows[0], rows[1] - 1, cfg.train.n_envs, cfg.env.episode_bars, cfg.train.reward_scale)
-    spec = model_spec(cfg.train, ObservationLayout.of(market, cfg), market.feature_names, market.norm_mean, market.norm_std)
-    return build_model(algorithm, env, cfg.train, seed, spec)
-
-
 def train_rate(cfg: Config, market, rows, algorithm: str, timesteps: int) -> tuple[float, object]:
-    model = build(cfg, market, rows, algorithm)
+    model = fold_model(algorithm, market, cfg, rows, 0)
     model.learn(cfg.train.n_envs * cfg.train.n_steps)  # warm-up: allocations, kernels
     start = time.perf_counter()
     model.learn(timesteps, reset_num_timesteps=False)
@@ -77,13 +58,9 @@ def train_rate(cfg: Config, market, rows, algorithm: str, timesteps: int) -> tup
 
 
 def observations(market, cfg: Config, rows) -> np.ndarray:
-    """Flat observations over ``rows`` for a flat book (the feature window, zero portfolio state)."""
-    layout = ObservationLayout.of(market, cfg)
-    window = np.lib.stride_tricks.sliding_window_view(market.features, layout.lookback, axis=0)  # (T-L+1, F, L)
-    rows_ = window[rows[0] - layout.lookback + 1: rows[1] - layout.lookback + 1].transpose(0, 2, 1)
-    obs = np.zeros((len(rows_), layout.obs_dim), dtype=np.float32)
-    obs[:, : layout.window_size] = rows_.reshape(len(rows_), -1)
-    return obs
+    """The observations at the closes of ``rows`` of a flat book (:func:`sentio_core.env.observation`)."""
+    book = new_book(market, cfg.env.initial_equity_usd)
+    return np.stack([observation(market, t, cfg.env.lookback_bars, book) for t in range(*rows)])
 
 
 def inference_rate(policy, obs: np.ndarray, batch: int, device: str, repeats: int = 20) -> float:
@@ -126,7 +103,10 @@ def main() -> None:
         with open(args.load_market, "rb") as f:
             market, train_rows, test_rows = pickle.load(f)
     else:
-        market, train_rows, test_rows = latest_fold(cfg)
+        from bench_train import latest_fold  # the data stack, only when the fold is built here
+
+        _, span, market = latest_fold(args.config)
+        train_rows, test_rows = span.train_rows, span.test_rows
     if args.save_market:
         with open(args.save_market, "wb") as f:
             pickle.dump((market, train_rows, test_rows), f)

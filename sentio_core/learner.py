@@ -218,7 +218,7 @@ class SentioLossMixin:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
         quantile = self._quantile_critic
         targets = self._distributional_targets() if quantile else None
-        tau = th.as_tensor(quantile_midpoints(self.policy.n_quantiles), dtype=th.float32, device=self.device) if quantile else None
+        tau = self.policy.value_net.tau if quantile else None
         n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
 
         entropy_losses = []

@@ -54,7 +54,7 @@ class ModelSpec:
     dropout: float = 0.0
     positional: str = "sinusoidal"
     critic: str = "scalar"
-    n_quantiles: int = 0
+    n_quantiles: int = 0  # > 0 exactly when critic is "quantile"
     regime_gating: bool = False
     regime_columns: list[int] = field(default_factory=list)
     regime_mean: list[float] = field(default_factory=list)
@@ -84,7 +84,7 @@ class ModelSpec:
         if self.is_default:
             return {}
         return {"features_extractor_class": BarExtractor, "features_extractor_kwargs": {"spec": self},
-                "n_quantiles": self.n_quantiles if self.critic == "quantile" else 0, "n_regimes": self.n_regimes}
+                "n_quantiles": self.n_quantiles, "n_regimes": self.n_regimes}
 
 
 def quantile_midpoints(n: int) -> np.ndarray:

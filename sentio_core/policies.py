@@ -85,7 +85,7 @@ def model_spec(cfg: TrainConfig, layout: ObservationLayout, feature_names: list[
 
 def uses_sentio_update(cfg: TrainConfig) -> bool:
     """Whether training needs Sentio's update (:mod:`sentio_core.learner`) rather than sb3's."""
-    return cfg.critic == "quantile" or cfg.cvar_weight > 0 or cfg.adaptive_kl
+    return cfg.critic == "quantile" or cfg.adaptive_kl  # a CVaR weight needs the quantile critic (config rule)
 
 
 def build_model(algorithm: Algorithm, env: VecEnv, cfg: TrainConfig, seed: int, spec: ModelSpec | None = None

@@ -208,6 +208,13 @@ def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> Dum
     return DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * cfg.train.n_envs)
 
 
+def fold_model(algorithm: Algorithm, market: Market, cfg: Config, rows: tuple[int, int], seed: int) -> BaseAlgorithm:
+    """A fresh model of ``algorithm`` on :func:`vec_env` over ``rows``, with the network the config
+    asks for on this market's observations (:func:`sentio_core.policies.model_spec`)."""
+    spec = model_spec(cfg.train, ObservationLayout.of(market, cfg), market.feature_names, market.norm_mean, market.norm_std)
+    return build_model(algorithm, vec_env(market, cfg, rows), cfg.train, seed, spec)
+
+
 def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int], seed: int,
                  budget: Budget | None = None, on_progress=None, validation_rows: tuple[int, int] | None = None) -> TrainResult:
     """Train ``algorithm`` on ``market``'s training rows ``[a, b)``.
@@ -220,9 +227,7 @@ def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: 
     """
     budget = budget or Budget.from_config(cfg)
     pin_threads(cfg.train)
-    env = vec_env(market, cfg, train_rows)
-    spec = model_spec(cfg.train, ObservationLayout.of(market, cfg), market.feature_names, market.norm_mean, market.norm_std)
-    model = build_model(algorithm, env, cfg.train, seed, spec)
+    model = fold_model(algorithm, market, cfg, train_rows, seed)
     callback = BudgetCallback(budget, on_progress)
     validation = None
     if validation_rows is not None:

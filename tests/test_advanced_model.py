@@ -11,7 +11,7 @@ import torch
 
 from sentio.cli import main
 from sentio_core.config import TrainConfig
-from sentio_core.env import ObservationLayout
+from sentio_core.env import ObservationLayout, new_book, observation
 from sentio_core.export import load_policy, policy_header, save_policy
 from sentio_core.learner import SentioMaskablePPO, SentioPPO
 from sentio_core.networks import BarExtractor, SentioMaskablePolicy, SentioPolicy
@@ -87,12 +87,11 @@ def test_advanced_export_acts_like_training(advanced, tmp_path, algorithm):
 
 
 def _observation(fold, t: int) -> np.ndarray:
-    """The flat observation at the close of ``t`` for a flat book: the feature window, zero state."""
-    layout = ObservationLayout.of(fold.market, fold.cfg)
-    rows = fold.market.features[t - layout.lookback + 1: t + 1]
-    state = np.zeros(layout.n_state, dtype=np.float32)
-    state[0] = 0.1 * (t % 5)
-    return np.concatenate([rows.reshape(-1), state]).astype(np.float32)
+    """The observation at the close of ``t`` of a flat book, its exposure value varied so the state
+    token differs between rows."""
+    obs = observation(fold.market, t, fold.cfg.env.lookback_bars, new_book(fold.market, fold.cfg.env.initial_equity_usd))
+    obs[ObservationLayout.of(fold.market, fold.cfg).window_size] = 0.1 * (t % 5)  # the state's first value: exposure
+    return obs
 
 
 def test_original_flags_map_onto_the_config(tmp_path, capsys):
