@@ -158,7 +158,7 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     trained = [t for work in per_fold for t in work.trained]
     backtests = [work.backtest for work in per_fold]
     drifted = _call(drift, states, "drift", refresh, cfg, bars, feats, spans, regime_outputs[-1])
-    registered = _call(register, states, "register", refresh, cfg, man, spans, trained, backtests,
+    registered = _call(register, states, "register", refresh, cfg, man, bars, spans, trained, backtests, rescored,
                        registry.tracking_uri(cfg.registry))
     rows = fold_rows(spans.folds, [(r.train_shares, r.test_shares) for r in regime_outputs],
                      [b.result.metrics for b in backtests])

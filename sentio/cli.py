@@ -314,7 +314,7 @@ def reap_orphaned_servers(prefect_home: str | Path) -> list[int]:
 
 
 def cmd_run(args, cfg) -> int:
-    from sentio_core.report import format_table, summary_rows
+    from sentio_core.report import format_table, gate_rows, summary_rows
 
     config_path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
     start = time.perf_counter()
@@ -353,7 +353,10 @@ def cmd_run(args, cfg) -> int:
     print(f"features: {result.n_features}")
     print(format_table(summary_rows(result.folds)))
     reg = result.registration
-    print(f"promotion: {reg.alias} (model {reg.version}); " + "; ".join(reg.gate.reasons))
+    print(f"promotion: {reg.alias} (model {reg.version}); {reg.n_trials} trials in the ledger")
+    print(format_table(gate_rows(reg.gate.checks)))
+    for check in reg.gate.checks:
+        print(f"  {check.name}: {check.detail}")
     if reg.export:
         print("exported: " + ", ".join(reg.export))
     print(f"run finished in {elapsed:.1f}s")

@@ -26,7 +26,7 @@ from sentio_core.engine import Engine
 from sentio_core.env import TradingEnv
 from sentio_core.market import Market
 from sentio_core.masks import nearest_allowed
-from sentio_core.metrics import drawdown, performance
+from sentio_core.metrics import drawdown, performance, regime_slices, sharpe_uncertainty
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
     from sentio_core.folds import FoldSpan
@@ -274,6 +274,26 @@ def fold_backtest(cfg: Config, market: Market, span: FoldSpan,
     return backtest_fold(market, cfg, span.test_rows, policies)
 
 
+@reads("regimes", "seed")
+def fold_metrics(cfg: Config, market: Market, span: FoldSpan, paths: dict[str, StrategyPath],
+                 learned: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each path's out-of-sample metrics; the ``learned`` policies also get their probabilistic
+    Sharpe ratio and bootstrap interval (:func:`metrics.sharpe_uncertainty`, seeded by the fold),
+    and the named strategies (the learned ones and the baselines, not each seed) their results by
+    the filtered regime in force at each decision (:func:`metrics.regime_slices`)."""
+    first = span.test_rows[0] - 1
+    out = {}
+    for name, p in paths.items():
+        m = p.metrics(market.periods_per_year)
+        if name in learned:
+            m |= sharpe_uncertainty(p.equity, market.periods_per_year, seed=cfg.seed + 1000 * span.fold)
+        if market.regime is not None and (name in learned or name in baselines.NAMES):
+            m |= regime_slices(p.equity, market.regime[first: first + len(p.equity) - 1], cfg.regimes.n_regimes,
+                               market.periods_per_year)
+        out[name] = m
+    return out
+
+
 def paths_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
     """One row per bar: ``timestamp`` and, per strategy, ``NAME_equity``, ``NAME_drawdown`` and
     ``NAME_level`` (the level held over the bar; null on the first row, the decision bar)."""
@@ -293,3 +313,14 @@ def trades_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
                            "symbol": p.fills.symbol.tolist(), "shares": p.fills.shares, "price": p.fills.price}, schema=schema)
              for name, p in paths.items() if p.fills is not None]
     return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+
+
+def strategy_returns(paths: pl.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A :func:`paths_frame` read back as bar returns: each P&L bar's close and, per strategy, its
+    returns after costs ``equity[t] / equity[t-1] - 1`` (the decision bar's row has none)."""
+    names = [c[: -len("_equity")] for c in paths.columns if c.endswith("_equity")]
+    out = {}
+    for name in names:
+        e = paths[f"{name}_equity"].to_numpy().astype(float)
+        out[name] = e[1:] / e[:-1] - 1.0
+    return [str(t) for t in paths["timestamp"].to_list()[1:]], out

@@ -447,16 +447,36 @@ class BaselineConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    """The gate between a trained MaskablePPO and the ``champion`` alias (out-of-sample means over folds)."""
+    """The gate between a trained MaskablePPO and the ``champion`` alias (``sentio_core/promotion.py``):
+    out-of-sample evidence on the folds' test windows, concatenated, after the ledger's trials."""
 
-    min_sharpe_margin_vs_ppo: float = Field(0.0, description="Mean Sharpe must exceed PPO's by more than this.")
-    min_sharpe_margin_vs_flat: float = Field(0.0, description="Mean Sharpe must exceed flat's (0) by more than this.")
+    min_deflated_sharpe: float = Field(0.95, ge=0, le=1, description="Deflated Sharpe ratio (probability that the Sharpe "
+                                                                     "beats the best of the ledger's skill-free trials) at least this.")
+    max_pbo: float = Field(0.2, ge=0, le=1, description="Probability of backtest overfitting (CSCV over the run's "
+                                                        "algorithm x seed configurations) at most this.")
+    pbo_min_configurations: int = Field(4, ge=2, le=1000, description="PBO gates only with at least this many "
+                                                                      "configurations; with fewer it is reported.")
+    pbo_blocks: int = Field(16, ge=2, le=24, description="CSCV's S: even number of row blocks (C(S, S/2) splits).")
+    paired_alpha: float = Field(0.05, gt=0, le=1, description="One-sided level of the paired bootstrap tests "
+                                                              "(vs PPO and vs the champion): p-value at most this.")
+    bootstrap_samples: int = Field(2000, ge=100, le=100_000, description="Stationary-bootstrap resamples of the paired tests.")
+    bootstrap_block_bars: float | None = Field(None, ge=1, le=10_000, description="Mean block length of the stationary "
+                                                                                  "bootstrap, bars; null = T^(1/3).")
+    min_champion_bars: int = Field(60, ge=4, le=MAX_SPAN_BARS, description="The comparison with the champion gates only "
+                                                                           "with at least this many of the candidate's test "
+                                                                           "bars after the champion's training window and purge.")
     max_drawdown: float = Field(1.0, gt=0, le=1, description="Worst fold max drawdown allowed, absolute (1 = no absolute "
                                                            "cap; the masks already hold masks.drawdown_limit).")
     max_drawdown_vs_underlying: float | None = Field(
         1.0, gt=0, le=10, description="Worst fold max drawdown at most this multiple of buy-and-hold of the underlying's "
                                       "worst fold (same folds): a leveraged policy may not lose deeper than holding the "
                                       "index itself. null = off.")
+
+    @model_validator(mode="after")
+    def _even_blocks(self) -> "PromotionConfig":
+        if self.pbo_blocks % 2:
+            raise ValueError(f"promotion.pbo_blocks must be even (CSCV splits the blocks in halves), got {self.pbo_blocks}")
+        return self
 
 
 class RegistryConfig(_Section):

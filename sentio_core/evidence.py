@@ -164,3 +164,21 @@ def paired_sharpe_test(candidate, other, *, block: float | None = None, n: int =
     p = float((1 + np.sum(draws - d >= d)) / (n + 1))
     lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
     return PairedTest(difference=d, p_value=p, low=float(lo), high=float(hi), block=block, n=n)
+
+
+def bootstrap_equity_band(returns, *, block: float | None = None, n: int = 1000, alpha: float = 0.1,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``alpha/2 .. 1 - alpha/2`` band of growth-of-1 curves of stationary-bootstrap resamples of
+    ``returns`` (mean block ``block``, default ``T ** (1/3)`` bars): how differently the same bars,
+    drawn again, could have compounded.
+
+    :returns: (low, high), each (T,): the band after each bar.
+    """
+    r = _check_returns(returns)
+    if not 0 < alpha < 1:
+        raise MetricsError(f"alpha must be in (0, 1), got {alpha!r}")
+    block = max(1.0, r.size ** (1 / 3)) if block is None else float(block)
+    idx = _stationary_indices(np.random.default_rng(seed), r.size, n, block)
+    paths = np.cumprod(1.0 + r[idx], axis=1)
+    lo, hi = np.quantile(paths, [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi

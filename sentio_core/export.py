@@ -26,6 +26,8 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ import torch
 from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sentio_core.files import DataError, json_text, read_bytes, read_json, write_together
+from sentio_core.files import DataError, exclusive, json_text, read_bytes, read_json, write_together
 from sentio_core.metadata import FORMAT, HEADER_KEYS, PREVIOUS_FORMATS, ExportMetadata
 from sentio_core.policies import POLICIES, model_of, reads_masks, rebuild_policy
 
@@ -138,6 +140,25 @@ def publish(pth: str | Path, metadata: dict[str, Any] | ExportMetadata, stem: st
     source = export_paths(_stem_of(pth))[0]
     payload = read_weights(source)
     return _write_export(_check_header(payload, source), payload["state_dict"], metadata, stem)
+
+
+@contextmanager
+def replacing_export(stem: str | Path) -> Iterator[None]:
+    """All or nothing, one writer at a time: hold the export folder for the block, and when the
+    block raises put the previous ``STEM.pth`` / ``STEM-metadata.json`` pair back (or remove a pair
+    that did not exist before)."""
+    stem = Path(stem)
+    with exclusive(stem.parent):
+        previous = {p: p.read_bytes() for p in export_paths(stem) if p.is_file()}
+        try:
+            yield
+        except BaseException:
+            if previous:
+                write_together(previous)
+            else:
+                for p in export_paths(stem):
+                    p.unlink(missing_ok=True)
+            raise
 
 
 def _write_export(header: dict[str, Any], state: dict[str, torch.Tensor], metadata: dict[str, Any] | ExportMetadata,

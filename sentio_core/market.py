@@ -69,6 +69,7 @@ class Market:
     norm_std: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     feature_max_corr: float | None = None  # the de-duplication threshold fitted with (None: none fitted)
     dropped_features: dict[str, str] = field(default_factory=dict)  # dropped column -> the kept one it duplicates, or "constant"
+    regime: np.ndarray | None = field(repr=False, default=None)  # (T,) the most probable filtered regime after each close
     _risk: dict = field(repr=False, compare=False, default_factory=dict)  # per-row tables: level risk by setting, volatility
 
     @property
@@ -389,6 +390,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
         underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
         norm_mean=mean, norm_std=std, feature_max_corr=max_corr, dropped_features=dropped,
+        regime=np.argmax(p, axis=1).astype(np.int8) if p is not None and p.shape[1] else None,
     )
 
 

@@ -118,6 +118,7 @@ class OutOfSample(_Record):
     folds: list[FoldResult]
     summary: dict[str, dict[str, float]] | None = None
     gate: list[str] | None = None
+    evidence: dict[str, Any] | None = None  # the gate's checks and statistics (``registration.gate_record``)
 
 
 class DataProvenance(_Record):

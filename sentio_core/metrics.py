@@ -317,3 +317,62 @@ def probabilistic_sharpe(returns, benchmark_sharpe: float = 0.0) -> float:
     # >= (1 - g3 SR / 2)^2 >= 0 since g4 >= 1 + g3^2; floored against rounding
     var = max(1.0 - g3 * sr + (g4 - 1.0) / 4.0 * sr**2, _EPS)
     return float(stats.norm.cdf((sr - benchmark_sharpe) * np.sqrt(r.size - 1) / np.sqrt(var)))
+
+
+# --------------------------------------------------------------------------- slices and intervals
+
+
+def sharpe_uncertainty(equity, periods_per_year: float, *, seed: int, n: int = 1000, alpha: float = 0.05) -> dict[str, float]:
+    """How much of a path's Sharpe ratio could be luck: ``psr`` (:func:`probabilistic_sharpe` against
+    0) and the ``1 - alpha`` stationary-bootstrap interval of the annualised Sharpe, ``sharpe_low`` ..
+    ``sharpe_high`` (:func:`block_bootstrap_ci`, mean block ``T ** (1/3)`` bars). Paths of fewer than
+    4 bars get no interval (both ends 0)."""
+    r = bar_returns(_check_equity(equity))
+    ppy = _check_ppy(periods_per_year)
+    out = {"psr": probabilistic_sharpe(r) if r.size >= 2 else 0.5, "sharpe_low": 0.0, "sharpe_high": 0.0}
+    if r.size >= 4:
+        out["sharpe_low"], out["sharpe_high"] = block_bootstrap_ci(r, lambda x: sharpe(x, ppy), n=n, alpha=alpha, seed=seed)
+    return out
+
+
+def regime_slices(equity, regime: np.ndarray, n_regimes: int, periods_per_year: float) -> dict[str, float]:
+    """A path's bars split by the regime in force when each bar's position was decided.
+
+    :param regime: (T,) the filtered regime at the decision before each of the T bars (-1: none).
+    :returns: per regime ``k``: ``regime_k_bars``, the per-bar ``regime_k_mean`` and ``regime_k_sd``
+        (ddof=1, 0 below 2 bars) that :func:`pool_regime_slices` pools over folds, the annualised
+        ``regime_k_sharpe`` and the compounded ``regime_k_return`` of those bars.
+    """
+    r = bar_returns(_check_equity(equity))
+    reg = np.asarray(regime)
+    if reg.shape != r.shape:
+        raise MetricsError(f"regime must give one regime per bar: {reg.shape} for {r.size} bars")
+    ppy = _check_ppy(periods_per_year)
+    out: dict[str, float] = {}
+    for k in range(n_regimes):
+        x = r[reg == k]
+        out.update(_slice(f"regime_{k}", x.size, float(x.mean()) if x.size else 0.0,
+                          float(x.std(ddof=1)) if x.size >= 2 else 0.0, float(np.prod(1.0 + x) - 1.0), ppy))
+    return out
+
+
+def _slice(prefix: str, bars: int, mean: float, sd: float, compounded: float, ppy: float) -> dict[str, float]:
+    return {f"{prefix}_bars": float(bars), f"{prefix}_mean": mean, f"{prefix}_sd": sd,
+            f"{prefix}_sharpe": _ratio(mean, sd) * float(np.sqrt(ppy)) if bars >= 2 else 0.0,
+            f"{prefix}_return": compounded}
+
+
+def pool_regime_slices(slices: list[dict[str, float]], n_regimes: int, periods_per_year: float) -> dict[str, float]:
+    """:func:`regime_slices` of several paths (folds) pooled as if their bars were one series:
+    exact pooled mean and variance from each part's count, mean and sd; returns compounded."""
+    ppy = _check_ppy(periods_per_year)
+    out: dict[str, float] = {}
+    for k in range(n_regimes):
+        p = f"regime_{k}"
+        parts = [(s[f"{p}_bars"], s[f"{p}_mean"], s[f"{p}_sd"], s[f"{p}_return"]) for s in slices if s.get(f"{p}_bars", 0) > 0]
+        n = sum(c for c, *_ in parts)
+        mean = sum(c * m for c, m, *_ in parts) / n if n else 0.0
+        ss = sum((c - 1) * sd**2 + c * m**2 for c, m, sd, _ in parts) - n * mean**2
+        sd = float(np.sqrt(max(ss, 0.0) / (n - 1))) if n >= 2 else 0.0
+        out.update(_slice(p, int(n), mean, sd, float(np.prod([1.0 + ret for *_, ret in parts]) - 1.0), ppy))
+    return out

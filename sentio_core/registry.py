@@ -32,14 +32,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from sentio_core.config import RegistryConfig, reads
-from sentio_core.export import LoadedPolicy, load_policy
-from sentio_core.files import DataError, file_sha256
+from sentio_core.export import LoadedPolicy, load_policy, publish, replacing_export
+from sentio_core.files import DataError, file_sha256, read_json
+from sentio_core.metadata import ExportMetadata, RegistryEntry
+from sentio_core.trials import TRIALS_ARTIFACT, TrialRecord, relevant
 
 OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
 NONFINITE_TAG = "sentio.nonfinite_metrics"
@@ -47,6 +49,9 @@ WEIGHTS_ARTIFACT, METADATA_ARTIFACT = "policy_weights", "policy_metadata"
 WEIGHTS_SHA_TAG, METADATA_SHA_TAG = "weights_sha256", "metadata_sha256"
 COMPLETE_TAG, REGISTER_KEY_TAG = "sentio.complete", "sentio.register_key"  # model-version tags
 HOST_TAG, PID_TAG = "sentio.host", "sentio.pid"  # on every run Sentio starts: who to ask whether it still runs
+TRIALS_TAG, UNIVERSE_TAG, FREQUENCY_TAG, VARIANT_TAG = "sentio.trials", "sentio.universe", "sentio.bar_frequency", "sentio.variant"
+PROMOTED_BY_TAG, PROMOTED_WHY_TAG, PROMOTED_AT_TAG = "sentio.promoted_by", "sentio.promoted_reason", "sentio.promoted_at"
+CHAMPION = "champion"
 # what the pyfunc needs at load time (sentio_core itself must be importable too); passed
 # explicitly because MLflow's requirement inference costs seconds per log_model
 REQUIREMENT_DISTRIBUTIONS = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "pandas",
@@ -184,6 +189,13 @@ def log_child_run(parent_run_id: str, run_name: str, params: dict[str, str], met
             else:
                 mlflow.log_artifact(str(path))
         return run.info.run_id
+
+
+def log_artifacts(run_id: str, paths: Sequence[Path]) -> None:
+    """Log files at the artifact root of ``run_id``."""
+    client = MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path))
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> list[str]:
@@ -386,20 +398,121 @@ def load_alias(name: str, alias: str) -> LoadedPolicy:
     :raises DataError: naming the file whose hash or format does not hold.
     """
     mv = MlflowClient().get_model_version_by_alias(name, alias)
-    uri = f"models:/{name}/{mv.version}"
     with tempfile.TemporaryDirectory(prefix="sentio-registry-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        try:
-            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
-            weights, metadata = ((local / flavor[k]["path"]).resolve() for k in (WEIGHTS_ARTIFACT, METADATA_ARTIFACT))
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise DataError(f"{uri}/MLmodel", "registered model", f"no {WEIGHTS_ARTIFACT}/{METADATA_ARTIFACT} "
-                            f"artifacts ({type(exc).__name__}: {exc})") from None
-        for path, tag in ((weights, WEIGHTS_SHA_TAG), (metadata, METADATA_SHA_TAG)):
-            if local.resolve() not in path.parents:
-                raise DataError(f"{uri}/MLmodel", "registered model", f"artifact path {path} is outside the model")
-            expected = mv.tags.get(tag)
-            if expected is None or file_sha256(path) != expected:
-                raise DataError(f"{uri}/{path.relative_to(local.resolve())}", "content hash", f"not the file registered "
-                                f"as {name} version {mv.version} (tag {tag}={expected}); the artifact store was changed")
-        return load_policy(weights, metadata)
+        return load_policy(*download_version(name, str(mv.version), Path(tmp)))
+
+
+def download_version(name: str, version: str, dst: Path) -> tuple[Path, Path]:
+    """A registered version's weights and metadata, downloaded into ``dst`` and checked against
+    the version's hash tags (kept in the tracking database, apart from the artifact store).
+
+    :raises DataError: naming the file whose hash or layout does not hold.
+    """
+    mv = MlflowClient().get_model_version(name, version)
+    uri = f"models:/{name}/{mv.version}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
+        weights, metadata = ((local / flavor[k]["path"]).resolve() for k in (WEIGHTS_ARTIFACT, METADATA_ARTIFACT))
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise DataError(f"{uri}/MLmodel", "registered model", f"no {WEIGHTS_ARTIFACT}/{METADATA_ARTIFACT} "
+                        f"artifacts ({type(exc).__name__}: {exc})") from None
+    for path, tag in ((weights, WEIGHTS_SHA_TAG), (metadata, METADATA_SHA_TAG)):
+        if local.resolve() not in path.parents:
+            raise DataError(f"{uri}/MLmodel", "registered model", f"artifact path {path} is outside the model")
+        expected = mv.tags.get(tag)
+        if expected is None or file_sha256(path) != expected:
+            raise DataError(f"{uri}/{path.relative_to(local.resolve())}", "content hash", f"not the file registered "
+                            f"as {name} version {mv.version} (tag {tag}={expected}); the artifact store was changed")
+    return weights, metadata
+
+
+# --------------------------------------------------------------------------- the trial ledger
+
+
+def trial_tags(universe: str, bar_frequency: str, variant: str) -> dict[str, str]:
+    """Tags of a child run whose ``trials.json`` artifact holds trial records (what :func:`load_trials` finds)."""
+    return {TRIALS_TAG: "1", UNIVERSE_TAG: universe, FREQUENCY_TAG: bar_frequency, VARIANT_TAG: variant}
+
+
+def load_trials(cfg: RegistryConfig, universe: str, bar_frequency: str) -> list[TrialRecord]:
+    """Every trial record logged in ``registry.experiment`` for this universe and bar frequency, by
+    every run that ever logged one (deleted runs included: a trial once tried stays counted).
+    Call after :func:`configure`.
+
+    :raises DataError: a run's ``trials.json`` that is not a list of trial records (naming the run).
+    """
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return []
+    client = MlflowClient()
+    query = (f"tags.`{TRIALS_TAG}` = '1' and tags.`{UNIVERSE_TAG}` = '{universe}' "
+             f"and tags.`{FREQUENCY_TAG}` = '{bar_frequency}'")
+    records: list[TrialRecord] = []
+    token = None
+    with tempfile.TemporaryDirectory(prefix="sentio-trials-") as tmp:
+        while True:
+            page = client.search_runs([experiment.experiment_id], filter_string=query, run_view_type=ViewType.ALL,
+                                      max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+            for run in page:
+                records += _run_trials(client, run.info.run_id, Path(tmp))
+            token = page.token
+            if not token:
+                break
+    return relevant(records, cfg.experiment, universe, bar_frequency)
+
+
+def _run_trials(client: MlflowClient, run_id: str, tmp: Path) -> list[TrialRecord]:
+    where = f"runs:/{run_id}/{TRIALS_ARTIFACT}"
+    try:
+        local = client.download_artifacts(run_id, TRIALS_ARTIFACT, str(tmp / run_id))
+        rows = read_json(local)
+        if not isinstance(rows, list):
+            raise TypeError(f"a {type(rows).__name__}, not a list")
+        return [TrialRecord.model_validate(r) for r in rows]
+    except (OSError, MlflowException, ValueError, TypeError) as exc:
+        raise DataError(where, "trial records", f"not a readable list of trial records ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); the ledger cannot count this run's trials") from None
+
+
+# --------------------------------------------------------------------------- promotion by hand
+
+
+@reads("registry")
+def promote(cfg: RegistryConfig, version: str, by: str, reason: str) -> dict[str, str]:
+    """Point ``champion`` at ``version`` by hand (a promotion, or a roll-back to an earlier version).
+
+    The version's files are checked against its hash tags and exported to ``registry.export_dir``
+    (all or nothing: on a failure the previous export stays); then the alias moves, the version is
+    tagged with who asked, why and when, and a ``manual-promotion`` run records the change.
+
+    :raises ValueError: the version does not exist or never completed its registration.
+    """
+    if not reason.strip():
+        raise ValueError("a promotion by hand needs a reason (--reason)")
+    configure(cfg)
+    client, name = MlflowClient(), cfg.model_name
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise ValueError(f"model {name!r} has no version {version!r} in {mlflow.get_tracking_uri()}") from None
+    if REGISTER_KEY_TAG in mv.tags and mv.tags.get(COMPLETE_TAG) != "true":
+        raise ValueError(f"{name} version {version} never completed its registration; it cannot be promoted")
+    previous = get_alias_version(name, CHAMPION)
+    stem = Path(cfg.export_dir) / name
+    with tempfile.TemporaryDirectory(prefix="sentio-promote-") as tmp:
+        weights, metadata_json = download_version(name, str(version), Path(tmp))
+        metadata = ExportMetadata.model_validate(read_json(metadata_json))
+        entry = RegistryEntry(model_name=name, version=str(version), alias=CHAMPION)
+        with replacing_export(stem):
+            publish(weights, metadata.model_copy(update={"registry": entry}), stem)
+            load_policy(stem)  # the written pair reads back, content hash included
+            set_alias(name, str(version), CHAMPION)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key, value in ((PROMOTED_BY_TAG, by), (PROMOTED_WHY_TAG, reason), (PROMOTED_AT_TAG, when)):
+        client.set_model_version_tag(name, str(version), key, _clip(value, MAX_TAG_VAL_LENGTH))
+    run_id = log_run(cfg, "manual-promotion", {}, {"kind": "manual-promotion", "model_version": str(version),
+                                                    "previous_champion": previous or "none", "promoted_by": by,
+                                                    "reason": _clip(reason, MAX_TAG_VAL_LENGTH)})
+    return {"model": name, "version": str(version), "previous": previous or "none", "by": by, "at": when,
+            "run_id": run_id, "export": str(stem)}

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING
 
 from sentio_core import algorithms, baselines
 from sentio_core.config import ALGORITHM_NAMES
+from sentio_core.promotion import Check
 
 if TYPE_CHECKING:  # records handed in by the stages (data only)
     from sentio_core.folds import FoldSpan
 
 STRATEGIES = (*ALGORITHM_NAMES, *baselines.NAMES)
 SHORT = {s.name: s.short for s in (*algorithms.REGISTRY, *baselines.REGISTRY)}
-METRICS = ("sharpe", "total_return", "max_drawdown", "turnover", "overrides", "forced_bars", "forced_flat")
+METRICS = ("sharpe", "psr", "sharpe_low", "sharpe_high", "total_return", "max_drawdown", "turnover", "overrides",
+           "forced_bars", "forced_flat")
 MASKED_OR_OVERRIDDEN = ALGORITHM_NAMES  # the learned policies: their overrides and mask counts are reported
 COUNTS = ("overrides", "forced_bars", "forced_flat")  # integer metrics, reported for the learned policies only
 
@@ -60,10 +62,12 @@ def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[floa
                 row[f"{name}_seeds_sharpe_sd"] = round(statistics.stdev(seeds), 4)
                 row[f"{name}_seeds_sharpe_min"] = round(min(seeds), 4)
                 row[f"{name}_seeds_sharpe_max"] = round(max(seeds), 4)
-        for name in MASKED_OR_OVERRIDDEN:  # decisions each mask rule constrained
+        for name in MASKED_OR_OVERRIDDEN:  # decisions each mask rule constrained; results by regime in force
             for key, value in tests.get(name, {}).items():
                 if key.startswith("mask_"):
                     row[f"{name}_{key}"] = int(value)
+                elif key.startswith("regime_") and key.endswith(("_bars", "_sharpe")):
+                    row[f"{name}_{key}"] = int(value) if key.endswith("_bars") else round(value, 4)
         row.update({"train_start": day(span.train_start), "train_end": day(span.train_end),
                     "train_bars": span.train_bars, "test_bars": span.test_bars, "purge_bars": span.purge_bars,
                     "embargo_bars": span.embargo_bars})
@@ -82,6 +86,22 @@ def seed_sharpes(metrics: dict[str, dict[str, float]], algorithm: str) -> list[f
         out.append(metrics[algorithms.seed_name(algorithm, k)]["sharpe"])
         k += 1
     return out
+
+
+REGIME_STRATEGIES = (*ALGORITHM_NAMES, "buy_hold_underlying", baselines.TREND_VOL)
+
+
+def regime_rows(pooled: dict[str, dict[str, float]], n_regimes: int) -> list[dict]:
+    """Over all folds, per strategy and filtered regime in force (0 = calmest): bars, Sharpe, return."""
+    rows = []
+    for name in REGIME_STRATEGIES:
+        if name not in pooled:
+            continue
+        for k in range(n_regimes):
+            m = pooled[name]
+            rows.append({"strategy": name, "regime": k, "bars": int(m[f"regime_{k}_bars"]),
+                         "sharpe": f"{m[f'regime_{k}_sharpe']:.2f}", "return": f"{m[f'regime_{k}_return']:.1%}"})
+    return rows
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
@@ -127,18 +147,35 @@ def mlflow_link(tracking_uri: str, experiment_id: str | None, run_id: str) -> st
     return f"`{run_id}` (browse with `mlflow ui --backend-store-uri {tracking_uri}`)"
 
 
+def gate_rows(checks: Sequence[Check]) -> list[dict]:
+    """The gate as a table: each check's value, what it needs and its verdict."""
+    return [{"check": c.name, "value": "n/a" if c.value is None else f"{c.value:.3f}", "needs": c.threshold,
+             "verdict": c.verdict} for c in checks]
+
+
+def gate_markdown(checks: Sequence[Check]) -> list[str]:
+    """The gate as a markdown table, then each check's detail."""
+    rows = gate_rows(checks)
+    return ["| check | value | needs | verdict |", "|---|---|---|---|",
+            *[f"| {r['check']} | {r['value']} | {r['needs']} | **{r['verdict']}** |" for r in rows], "",
+            *[f"- *{c.name}*: {c.detail}" for c in checks]]
+
+
 @dataclass(frozen=True)
 class Registration:
     """What registration decided and where it went (the run summary's promotion section)."""
 
     version: str
     alias: str
-    reasons: list[str]
+    checks: list[Check]
+    n_trials: int
     parent_run_id: str
     child_run_ids: dict[str, str]
     export: list[str] | None
     tracking_uri: str
     experiment_id: str | None
+    evidence_png: bytes | None = None
+    regimes: list[dict] = ()  # :func:`regime_rows`
 
 
 @dataclass(frozen=True)
@@ -156,12 +193,22 @@ def run_summary_markdown(alignment_lines: list[str], features_line: str, stage_s
     lines = ["# Sentio run summary", ""]
     if registration is not None:
         r = registration
-        lines += ["## Promotion", "", f"- model version {r.version} -> alias **{r.alias}**",
-                  *[f"- {reason}" for reason in r.reasons],
-                  f"- MLflow parent run: {mlflow_link(r.tracking_uri, r.experiment_id, r.parent_run_id)}",
+        lines += ["## Promotion", "", f"Model version {r.version} -> alias **{r.alias}**. The gate, with "
+                  f"{r.n_trials} trials in the ledger (every trained policy of this experiment, universe and bar "
+                  "frequency):", "", *gate_markdown(r.checks), ""]
+        if r.evidence_png is not None:
+            image = base64.b64encode(r.evidence_png).decode()
+            lines += [f"![out-of-sample equity with the bootstrap band](data:image/png;base64,{image})", ""]
+        lines += [f"- MLflow parent run: {mlflow_link(r.tracking_uri, r.experiment_id, r.parent_run_id)}",
                   *[f"  - {name}: {mlflow_link(r.tracking_uri, r.experiment_id, run)}"
                     for name, run in sorted(r.child_run_ids.items())],
                   f"- export: {', '.join(r.export) if r.export else 'none (not a champion)'}", ""]
+    if registration is not None and registration.regimes:
+        lines += ["## Results by regime", "", "Every fold's test bars by the filtered regime in force at the decision "
+                  "(0 = calmest), pooled over folds; per fold in the fold table and the MLflow child runs.", "",
+                  "| strategy | regime | bars | Sharpe | return |", "|---|---|---|---|---|",
+                  *[f"| {r['strategy']} | {r['regime']} | {r['bars']} | {r['sharpe']} | {r['return']} |"
+                    for r in registration.regimes], ""]
     if champion_line is not None:
         lines += ["## Current champion on the newest bars", "", champion_line, ""]
     if drift_markdown is not None:

@@ -32,6 +32,8 @@ class RescoreResult:
 
     :param metrics: strategy (``champion`` and the baselines) -> out-of-sample metrics.
     :param since_test: metrics of the bars after its test window (None when fewer than 2).
+    :param timestamps, returns: the champion's bar returns after costs over those bars, each P&L
+        bar's close (the promotion gate's paired comparison with a candidate).
     """
 
     metrics: dict[str, dict[str, float]]
@@ -40,6 +42,8 @@ class RescoreResult:
     last: str
     bars: int
     new_bars: int
+    timestamps: list[str]
+    returns: list[float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,4 +108,7 @@ def rescore(metadata: ExportMetadata, act: Policy, bars: pl.DataFrame | pl.LazyF
     since = None
     if new >= 2:
         since = performance(paths["champion"].equity[t_end - c + 1:], periods_per_year=freq.periods_per_year)
-    return RescoreResult(metrics, since, market.timestamps[c], market.timestamps[-1], market.n_rows - c, new)
+    champ = paths["champion"]
+    returns = (champ.equity[1:] / champ.equity[:-1] - 1.0).tolist()
+    return RescoreResult(metrics, since, market.timestamps[c], market.timestamps[-1], market.n_rows - c, new,
+                         list(champ.timestamps[1:]), returns)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from prefect import task
 
 from sentio_core import files, plots
-from sentio_core.backtest import Policy, fold_backtest, paths_frame, trades_frame
+from sentio_core.backtest import Policy, fold_backtest, fold_metrics, paths_frame, trades_frame
 from sentio_core.config import Config
 from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tasks.regimes import RegimesOutput
     from tasks.train import TrainOutput
 
-KEY = StageKey("backtest", __name__, fold_backtest)
+KEY = StageKey("backtest", __name__, fold_backtest, fold_metrics)
 
 
 class BacktestOutput(StageOutput):
@@ -62,7 +62,7 @@ def _backtest(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: 
     with fold_market_held(cfg, panel, features, regimes, span) as mkt:
         paths = fold_backtest(cfg, mkt, span, _policies(trained))
         result = FoldResult(fold=fold, test_start=span.test_start, test_end=span.test_end,
-                            metrics={name: p.metrics(mkt.periods_per_year) for name, p in paths.items()})
+                            metrics=fold_metrics(cfg, mkt, span, paths, [t.algorithm for t in trained]))
     base = KEY.fold_output("json", {"cfg": cfg, "panel": panel, "features": features, "folds": folds, "regimes": regimes,
                                     "trained": trained, "fold": fold})
     stem = str(base)[: -len(".json")]

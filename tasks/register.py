@@ -14,19 +14,24 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.runtime import flow_run
 
-from sentio_core import files, registry
+from sentio_core import files, plots, registry
 from sentio_core.codeversion import project_version
-from sentio_core.config import Config
-from sentio_core.export import export_paths, load_policy, publish
+from sentio_core.config import Config, stable_hash
+from sentio_core.backtest import strategy_returns
+from sentio_core.export import load_policy, publish, replacing_export
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, GateResult
-from sentio_core.registration import plan_registration
+from sentio_core.registration import (FoldReturns, evidence_curves, gate_inputs, gate_record, plan_registration,
+                                     run_trials, variant_label)
+from sentio_core.trials import TRIALS_ARTIFACT, frequency_label, universe_label
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
     from tasks.backtest import BacktestOutput
     from tasks.folds import FoldsOutput
     from tasks.ingest import ManifestOutput
+    from tasks.panel import PanelOutput
+    from tasks.rescore import RescoreOutput
     from tasks.train import TrainOutput
 
 KEY = StageKey("register", __name__, plan_registration)
@@ -44,29 +49,61 @@ class RegisterOutput(StageOutput):
     data_fingerprint: str
     config_hash: str
     code_version: str
+    n_trials: int
+    regimes: dict[str, dict[str, float]] = {}  # strategy -> results by filtered regime in force, pooled over folds
+    evidence_plot: str  # PNG: the candidate's out-of-sample equity, its bootstrap band, the champion's and the baselines'
+
+
+#: Inputs that do not key the registration: bars appended after the last test window (a new
+#: manifest, panel and champion re-score) change no model, so the same models are not registered again.
+UNKEYED = ("cfg", "manifest", "panel", "rescored")
 
 
 def _key(context, parameters) -> str:
-    """The models, their backtests and the registry; not the data fingerprint, so bars appended
-    after the last test window (which change no model) do not register the same models again."""
+    """The models, their backtests and the registry."""
     cfg = parameters["cfg"]
-    return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k not in ("cfg", "manifest")]))
+    return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k not in UNKEYED]))
+
+
+def _fold_returns(backtests: list[BacktestOutput]) -> list[FoldReturns]:
+    out = []
+    for b in backtests:
+        stamps, returns = strategy_returns(files.read_parquet(b.paths_file))
+        out.append(FoldReturns(b.result.fold, stamps, returns))
+    return out
 
 
 @task(name="register", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
 @releasing
-def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained: list[TrainOutput],
-             backtests: list[BacktestOutput], tracking_uri: str) -> RegisterOutput:
-    """Gate, log, register and (champion only) export; returns the decision and the MLflow ids.
+def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: FoldsOutput, trained: list[TrainOutput],
+             backtests: list[BacktestOutput], rescored: RescoreOutput, tracking_uri: str) -> RegisterOutput:
+    """Count the trials, gate, log, register and (champion only) export; returns the decision and the MLflow ids.
 
     :param trained: every fold's trainings (each record names its fold and algorithm).
     :param backtests: one per fold, in fold order.
+    :param rescored: the current champion on the bars after its training window (the gate's comparison).
     """
     by_fold = {(t.fold, t.algorithm): t for t in trained}
+    trainings = {k: t.training for k, t in by_fold.items()}
     code = project_version()
-    plan = plan_registration(cfg, manifest.manifest, manifest.sha256, folds.folds, [b.result for b in backtests],
-                             {k: t.training for k, t in by_fold.items()}, code)
     out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
+    tags = {"data_fingerprint": manifest.sha256, "config_hash": stable_hash(cfg.identity()), "code_version": code}
+    universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
+    frequency = frequency_label(panel.frequency.bar_minutes)
+    returns = _fold_returns(backtests)
+    mine = run_trials(cfg, returns, trainings, tags, universe, frequency)
+    registry.configure(cfg.registry)
+    # every relevant trial: this experiment, universe and bar frequency, across nights and data updates
+    ledger = registry.load_trials(cfg.registry, universe, frequency) + [r for rs in mine.values() for r in rs]
+    evidence = gate_inputs(cfg, returns, ledger, rescored.champion_returns(), panel.frequency.periods_per_year)
+    plan = plan_registration(cfg, manifest.manifest, manifest.sha256, folds.folds, [b.result for b in backtests],
+                             trainings, code, evidence)
+    stem = str(out)[: -len(".json")]
+    curves, band = evidence_curves(evidence, cfg)
+    plot = files.write_bytes(plots.evidence_png(
+        f"out of sample, {len(backtests)} test windows concatenated, after costs ({plan.gate.alias})",
+        list(evidence.timestamps), curves, band, f"{PRIMARY}: 90% stationary-bootstrap band"), f"{stem}-evidence.png")
+    gate_file = files.write_json(gate_record(plan.gate), Path(f"{stem}-gate") / "gate.json")
     # the registered model carries the evidence: its metadata is rebuilt with the out-of-sample
     # results, the data provenance and this run's config before anything is logged
     last = by_fold[(len(backtests) - 1, PRIMARY)]
@@ -74,7 +111,6 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
     metadata = build_metadata(trained_md.header(), trained_md.policy, trained_md.regime_model, trained_md.training,
                               cfg, code, plan.out_of_sample, plan.data)
     model_pth, model_md = publish(Path(last.path), metadata, str(out)[: -len(".json")] + "-model")
-    registry.configure(cfg.registry)
     registry.reap_interrupted(cfg.registry)  # runs and versions a killed registration left behind
     # this registration: these inputs in this flow run (a task retry shares it, another run does not)
     name, key = cfg.registry.model_name, f"{out.stem}/{flow_run.get_id() or 'outside-a-flow'}"
@@ -82,38 +118,37 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
     run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     with registry.parent_run(cfg.registry, run_name, plan.params, {**plan.tags, "gate": plan.gate.alias}) as parent_id:
         children = {}
+        trial_tags = registry.trial_tags(universe, frequency, variant_label(cfg.train))
         for child in plan.children:
             b = backtests[child.fold]
+            # the child's trials (one per seed) with their out-of-sample returns: the ledger's records
+            trials_file = Path(f"{stem}-trials") / child.name / TRIALS_ARTIFACT
+            files.write_json([r.model_dump(mode="json") for r in mine[(child.fold, child.algorithm)]], trials_file)
             children[child.name] = registry.log_child_run(
                 parent_id, child.name, plan.params, child.metrics,
-                [Path(b.plot_file), Path(b.trades_file), Path(b.paths_file)],
-                {**plan.tags, "fold": str(child.fold), "algorithm": child.algorithm})
+                [Path(b.plot_file), Path(b.trades_file), Path(b.paths_file), trials_file],
+                {**plan.tags, **trial_tags, "fold": str(child.fold), "algorithm": child.algorithm})
         registry.log_metrics(parent_id, plan.parent_metrics)
+        registry.log_artifacts(parent_id, [plot, gate_file])
         version = earlier or registry.register_policy(model_pth, model_md, name, parent_id,
                                                       {**plan.tags, registry.REGISTER_KEY_TAG: key})
-        stem = Path(cfg.registry.export_dir) / name
+        export_stem = Path(cfg.registry.export_dir) / name
         # all or nothing, one registration of this export folder at a time: the export is written and
         # verified before the version is complete and aliased; a failure puts the previous pair back
-        with files.exclusive(stem.parent):
-            previous = {p: p.read_bytes() for p in export_paths(stem) if p.is_file()}
-            try:
+        try:
+            with replacing_export(export_stem):
                 exported = None
                 if plan.gate.passed:
                     entry = RegistryEntry(model_name=name, version=version, alias=plan.gate.alias)
                     exported = [str(p) for p in publish(Path(last.path), metadata.model_copy(update={"registry": entry}),
-                                                        stem)]
-                    load_policy(stem)  # the written pair reads back, content hash included
+                                                        export_stem)]
+                    load_policy(export_stem)  # the written pair reads back, content hash included
                 registry.complete_version(name, version)
                 registry.set_alias(name, version, plan.gate.alias)
-            except Exception:
-                if exported and previous:
-                    files.write_together(previous)
-                elif exported:
-                    for p in export_paths(stem):
-                        p.unlink(missing_ok=True)
-                if earlier is None:
-                    registry.delete_version(name, version)
-                raise
+        except Exception:
+            if earlier is None:
+                registry.delete_version(name, version)
+            raise
     experiment = registry.experiment_id(cfg.registry)
     record = {"gate": plan.gate.to_dict(), "version": version, "alias": plan.gate.alias, "parent_run_id": parent_id,
               "child_run_ids": children, "export": exported, "tracking_uri": tracking_uri,
@@ -121,4 +156,6 @@ def register(cfg: Config, manifest: ManifestOutput, folds: FoldsOutput, trained:
     files.write_json(record, out)
     return RegisterOutput(stage="register", path=str(out), sha256=files.file_sha256(out), gate=plan.gate,
                           version=version, alias=plan.gate.alias, parent_run_id=parent_id, child_run_ids=children,
-                          export=exported, tracking_uri=tracking_uri, experiment_id=experiment, **plan.tags)
+                          export=exported, tracking_uri=tracking_uri, experiment_id=experiment,
+                          n_trials=plan.gate.evidence["deflated"]["n_trials"], evidence_plot=str(plot), regimes=plan.regimes,
+                          **plan.tags)

@@ -18,7 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from sentio_core.report import FoldPlot, Registration, run_summary_markdown
+from sentio_core.report import FoldPlot, Registration, regime_rows, run_summary_markdown
 
 if TYPE_CHECKING:
     from tasks.backtest import BacktestOutput
@@ -53,9 +53,17 @@ class Progress:
 
 
 def _registration(reg: RegisterOutput) -> Registration:
-    return Registration(version=reg.version, alias=reg.alias, reasons=reg.gate.reasons, parent_run_id=reg.parent_run_id,
-                        child_run_ids=reg.child_run_ids, export=reg.export, tracking_uri=reg.tracking_uri,
-                        experiment_id=reg.experiment_id)
+    plot = Path(reg.evidence_plot)
+    return Registration(version=reg.version, alias=reg.alias, checks=reg.gate.checks, n_trials=reg.n_trials,
+                        parent_run_id=reg.parent_run_id, child_run_ids=reg.child_run_ids, export=reg.export,
+                        tracking_uri=reg.tracking_uri, experiment_id=reg.experiment_id,
+                        evidence_png=plot.read_bytes() if plot.is_file() else None,
+                        regimes=regime_rows(reg.regimes, _n_regimes(reg.regimes)))
+
+
+def _n_regimes(pooled: dict[str, dict[str, float]]) -> int:
+    keys = next(iter(pooled.values()), {})
+    return sum(1 for k in keys if k.endswith("_bars"))
 
 
 def publish(rows: list[dict], panel: PanelOutput, features: FeaturesOutput, stage_states: dict[str, str],

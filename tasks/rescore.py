@@ -11,6 +11,7 @@ from sentio_core import files, registry
 from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
 from sentio_core.policies import pin_threads
+from sentio_core.promotion import ChampionReturns
 from sentio_core.rescore import champion_path
 from sentio_core.rescore import rescore as rescore_policy
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
@@ -31,6 +32,15 @@ class RescoreOutput(StageOutput):
     mlflow_run_id: str | None = None
     sharpe: float | None = None
     bars: int | None = None
+    version: str | None = None  # the champion's registered version
+
+    def champion_returns(self) -> ChampionReturns:
+        """The champion's bar returns on the bars after its training window and purge, for the gate."""
+        if not self.champion_present:
+            return ChampionReturns(status=self.status)
+        record = files.read_json(self.require())
+        return ChampionReturns(status=self.status, timestamps=record["timestamps"], returns=record["returns"],
+                               version=self.version)
 
     @property
     def champion_present(self) -> bool:
@@ -87,4 +97,4 @@ def rescore(cfg, manifest: ManifestOutput, panel: PanelOutput, features: Feature
     rid = registry.log_run(cfg.registry, "champion-rescore", result.mlflow_metrics(), tags)
     return RescoreOutput(stage="rescore", path=str(out), sha256=files.file_sha256(out), status="scored",
                          summary_line=result.summary_line(), mlflow_run_id=rid,
-                         sharpe=result.metrics["champion"]["sharpe"], bars=result.bars)
+                         sharpe=result.metrics["champion"]["sharpe"], bars=result.bars, version=version)

@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
 INTRADAY = REPO / "data" / "5min"
 SMOKE = REPO / "configs" / "smoke.yaml"
+#: Overrides that let any model through the promotion gate (tests of what follows a promotion).
+RELAXED_GATE = ["promotion.min_deflated_sharpe=0", "promotion.max_pbo=1", "promotion.pbo_min_configurations=1000",
+                "promotion.paired_alpha=1", "promotion.max_drawdown_vs_underlying=null"]
 
 
 @functools.cache

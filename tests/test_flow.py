@@ -9,7 +9,7 @@ import pytest
 
 from sentio_core.config import MASK_RULES
 
-from .conftest import DAILY, SMOKE
+from .conftest import DAILY, RELAXED_GATE, SMOKE
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -172,8 +172,7 @@ def test_champion_is_exported_and_loads_from_the_registry(prefect_harness, tmp_p
     from sentio_core.export import load_policy, read_metadata
     from sentio_core.registry import load_alias
 
-    out = _run(tmp_path, "promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
-               "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-champion")
+    out = _run(tmp_path, *RELAXED_GATE, "registry.model_name=sentio-test-champion")
     reg = out.registration
     assert reg.alias == "champion"
     pth, meta = (tmp_path / "exports" / "sentio-test-champion.pth"), (tmp_path / "exports" / "sentio-test-champion-metadata.json")
@@ -260,8 +259,7 @@ def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness
 def test_the_next_run_rescores_the_exported_champion(prefect_harness, tmp_path):
     """Before retraining, the champion is scored from its test window on: over the same window it
     reproduces the Sharpe its fold's backtest reported."""
-    relaxed = ["promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
-               "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-test-rescore",
+    relaxed = [*RELAXED_GATE, "registry.model_name=sentio-test-rescore",
                "folds.step_bars=1"]  # the last test window ends on the last bar: the re-score covers exactly it
     first = _run(tmp_path, *relaxed)
     assert first.registration.alias == "champion" and first.champion.status == "no champion"

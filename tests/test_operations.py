@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DAILY, REPO, SMOKE, fresh_prefect_home
+from tests.conftest import DAILY, RELAXED_GATE, REPO, SMOKE, fresh_prefect_home
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -122,8 +122,7 @@ def test_two_runs_at_once_keep_the_registry_and_exports_intact(tmp_path):
 
     from sentio_core.export import load_policy
 
-    gate = ["promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
-            "promotion.min_sharpe_margin_vs_flat=-100", "registry.model_name=sentio-concurrent"]
+    gate = [*RELAXED_GATE, "registry.model_name=sentio-concurrent"]
     procs = []
     for name, seed in (("a", 7), ("b", 8)):
         run_dir = tmp_path / name

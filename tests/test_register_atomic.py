@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import REPO, SMOKE
+from .conftest import RELAXED_GATE, REPO, SMOKE
 
 pytestmark = pytest.mark.slow  # trains the smoke folds once, then registers many times
 
-RELAXED = ["promotion.max_drawdown_vs_underlying=null", "promotion.min_sharpe_margin_vs_ppo=-100",
-           "promotion.min_sharpe_margin_vs_flat=-100", "train.timesteps=256", "train.n_steps=64", "train.batch_size=64"]
+RELAXED = [*RELAXED_GATE, "train.timesteps=256", "train.n_steps=64", "train.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,13 @@ def stages(tmp_path_factory):
             fold = [train.fn(cfg, bars, feats, spans, reg, i, algo) for algo in cfg.train.algorithms]
             tests.append(backtest.fn(cfg, bars, feats, spans, reg, fold, i))
             trained += fold
-    return tmp, {"manifest": man, "folds": spans, "trained": trained, "backtests": tests}
+    from tasks.rescore import RescoreOutput
+
+    none = tmp / "no-champion.json"
+    none.write_text('{"status": "no champion"}')
+    rescored = RescoreOutput(stage="rescore", path=str(none), sha256="-", status="no champion", summary_line="- none")
+    return tmp, {"manifest": man, "panel": bars, "folds": spans, "trained": trained, "backtests": tests,
+                 "rescored": rescored}
 
 
 def _cfg(tmp: Path, name: str, *extra: str):
@@ -67,8 +72,8 @@ def _register(stages, name: str, *extra: str):
 
     tmp, records = stages
     cfg = _cfg(tmp, name, *extra)
-    return register.fn(cfg, records["manifest"], records["folds"], records["trained"], records["backtests"],
-                       tracking_uri(cfg.registry))
+    return register.fn(cfg, records["manifest"], records["panel"], records["folds"], records["trained"],
+                       records["backtests"], records["rescored"], tracking_uri(cfg.registry))
 
 
 def _state(name: str, export_dir: Path) -> dict:
@@ -171,7 +176,8 @@ def dying(*a, **k):
 setattr(mod, {attr!r}, dying)
 cfg = load_config({str(SMOKE)!r}, {[f"run.work_dir={tmp / 'work'}", f"registry.export_dir={tmp / name}",
                                     f"registry.model_name={name}", *RELAXED]!r})
-register.fn(cfg, rec["manifest"], rec["folds"], rec["trained"], rec["backtests"], tracking_uri(cfg.registry))
+register.fn(cfg, rec["manifest"], rec["panel"], rec["folds"], rec["trained"], rec["backtests"], rec["rescored"],
+            tracking_uri(cfg.registry))
 """
     return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ), capture_output=True,
                           text=True, timeout=300)
