@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the sentio-retrain Prefect flow (embedded Prefect, no server)")
     p.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
     _common(p)
+
+    p = sub.add_parser("promote", help="point the champion alias at VERSION by hand (a promotion or a roll-back) and "
+                                       "export it; recorded in MLflow with who asked and why")
+    p.add_argument("version", help="the registered model version (registry.model_name)")
+    p.add_argument("--reason", required=True, help="why (kept on the version and in a manual-promotion run)")
+    p.add_argument("--by", default=None, help="who asks (default: the login name)")
+    _common(p)
     return parser
 
 
@@ -363,7 +370,23 @@ def cmd_run(args, cfg) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run}
+def cmd_promote(args, cfg) -> int:
+    import getpass
+
+    from sentio_core import registry
+
+    try:
+        done = registry.promote(cfg.registry, args.version, by=args.by or getpass.getuser(), reason=args.reason)
+    except ValueError as exc:
+        _err(f"promote: {exc}")
+        return EXIT_USAGE
+    print(f"{done['model']} version {done['version']} is the champion (was {done['previous']}); exported to "
+          f"{done['export']}.pth; promoted by {done['by']} at {done['at']}, MLflow run {done['run_id']}")
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run,
+            "promote": cmd_promote}
 
 
 def _one_line(exc: BaseException) -> str:

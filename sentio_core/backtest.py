@@ -314,13 +314,3 @@ def trades_frame(paths: dict[str, StrategyPath]) -> pl.DataFrame:
              for name, p in paths.items() if p.fills is not None]
     return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
 
-
-def strategy_returns(paths: pl.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
-    """A :func:`paths_frame` read back as bar returns: each P&L bar's close and, per strategy, its
-    returns after costs ``equity[t] / equity[t-1] - 1`` (the decision bar's row has none)."""
-    names = [c[: -len("_equity")] for c in paths.columns if c.endswith("_equity")]
-    out = {}
-    for name in names:
-        e = paths[f"{name}_equity"].to_numpy().astype(float)
-        out[name] = e[1:] / e[:-1] - 1.0
-    return [str(t) for t in paths["timestamp"].to_list()[1:]], out

@@ -93,16 +93,7 @@ def _block_sharpe(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def pbo(returns: np.ndarray, n_blocks: int = 16) -> PBOResult:
-    """Probability of backtest overfitting by CSCV.
-
-    :param returns: (T, N) bar returns of N configurations on the same bars (N >= 2).
-    :param n_blocks: S, even: the rows are cut into S contiguous blocks and every choice of S/2
-        blocks is one in-sample half (its complement the out-of-sample half): C(S, S/2) splits.
-    :returns: PBO = share of splits whose in-sample best (by Sharpe) ranks at or below the
-        out-of-sample median, and the logits ``log(w / (1 - w))`` of its relative rank ``w`` (rank
-        / (N + 1), 1 the best), per split.
-    """
+def _check_pbo(returns: np.ndarray, n_blocks: int) -> np.ndarray:
     m = np.asarray(returns, dtype=float)
     if m.ndim != 2 or m.shape[1] < 2:
         raise MetricsError(f"returns must be (T, N) with N >= 2 configurations, got shape {m.shape}")
@@ -112,6 +103,54 @@ def pbo(returns: np.ndarray, n_blocks: int = 16) -> PBOResult:
         raise MetricsError(f"{m.shape[0]} rows are too few for {n_blocks} blocks of at least 2 rows")
     if not np.isfinite(m).all():
         raise MetricsError("returns contain NaN or infinite values")
+    return m
+
+
+def _result(logits: np.ndarray, n_blocks: int, n: int) -> PBOResult:
+    return PBOResult(pbo=float(np.mean(logits <= 0)), logits=logits, n_splits=len(logits), n_blocks=n_blocks,
+                     n_configurations=n)
+
+
+def pbo(returns: np.ndarray, n_blocks: int = 16) -> PBOResult:
+    """Probability of backtest overfitting by CSCV.
+
+    :param returns: (T, N) bar returns of N configurations on the same bars (N >= 2).
+    :param n_blocks: S, even: the rows are cut into S contiguous blocks and every choice of S/2
+        blocks is one in-sample half (its complement the out-of-sample half): C(S, S/2) splits.
+    :returns: PBO = share of splits whose in-sample best (by Sharpe) ranks at or below the
+        out-of-sample median, and the logits ``log(w / (1 - w))`` of its relative rank ``w`` (rank
+        / (N + 1), 1 the best), per split.
+
+    Every split at once: each half's Sharpe ratios come from the blocks' counts, sums and sums of
+    squares (a (C, S) membership matrix times (S, N) block moments); :func:`pbo_reference` is the
+    split-by-split loop it is held equal to.
+    """
+    m = _check_pbo(returns, n_blocks)
+    n = m.shape[1]
+    blocks = np.array_split(np.arange(m.shape[0]), n_blocks)
+    count = np.array([len(b) for b in blocks], dtype=float)
+    total = np.stack([m[b].sum(axis=0) for b in blocks])  # (S, N)
+    squares = np.stack([(m[b] ** 2).sum(axis=0) for b in blocks])
+    member = np.zeros((math.comb(n_blocks, n_blocks // 2), n_blocks))
+    for row, chosen in enumerate(itertools.combinations(range(n_blocks), n_blocks // 2)):
+        member[row, list(chosen)] = 1.0
+
+    def sharpe(w: np.ndarray) -> np.ndarray:
+        k, s1, s2 = (w @ count)[:, None], w @ total, w @ squares
+        var = np.maximum(s2 - s1**2 / k, 0.0) / (k - 1)
+        sd = np.sqrt(var)
+        return np.where(sd > 1e-15, (s1 / k) / np.where(sd > 1e-15, sd, 1.0), 0.0)
+
+    inside, outside = sharpe(member), sharpe(1.0 - member)
+    best = np.argmax(inside, axis=1)
+    rank = stats.rankdata(outside, axis=1)[np.arange(len(best)), best]  # 1 = worst .. N = best (ties averaged)
+    w = rank / (n + 1)
+    return _result(np.log(w / (1 - w)), n_blocks, n)
+
+
+def pbo_reference(returns: np.ndarray, n_blocks: int = 16) -> PBOResult:
+    """:func:`pbo` the slow, obvious way: one split at a time, Sharpe ratios from the rows themselves."""
+    m = _check_pbo(returns, n_blocks)
     blocks = np.array_split(np.arange(m.shape[0]), n_blocks)
     n = m.shape[1]
     logits = []
@@ -120,12 +159,10 @@ def pbo(returns: np.ndarray, n_blocks: int = 16) -> PBOResult:
         outside = np.concatenate([blocks[b] for b in range(n_blocks) if b not in chosen])
         best = int(np.argmax(_block_sharpe(m[inside])))
         oos = _block_sharpe(m[outside])
-        rank = stats.rankdata(oos)[best]  # 1 = worst .. N = best (ties averaged)
+        rank = stats.rankdata(oos)[best]
         w = rank / (n + 1)
         logits.append(math.log(w / (1 - w)))
-    arr = np.asarray(logits)
-    return PBOResult(pbo=float(np.mean(arr <= 0)), logits=arr, n_splits=len(arr), n_blocks=n_blocks,
-                     n_configurations=n)
+    return _result(np.asarray(logits), n_blocks, n)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Sharpe ratio could be luck.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats

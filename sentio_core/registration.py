@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 
 from sentio_core.algorithms import BASELINE, PRIMARY, seed_name
 from sentio_core.baselines import NAMES as CHILD_BASELINES  # every baseline's headline metrics go with each child run
-from sentio_core.evidence import bootstrap_equity_band
 from sentio_core.config import MODEL_SECTIONS, Config, TrainConfig, flatten, reads, stable_hash
-from sentio_core.metrics import pool_regime_slices
+from sentio_core.evidence import bootstrap_equity_band
 from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, TrainingSummary
+from sentio_core.metrics import pool_regime_slices
 from sentio_core.promotion import UNDERLYING, ChampionReturns, GateInputs, GateResult, promotion_gate
 from sentio_core.trials import TrialRecord, group, ledger_stats
 
@@ -44,6 +45,18 @@ class FoldReturns:
     fold: int
     timestamps: list[str]
     returns: dict[str, np.ndarray]
+
+
+def strategy_returns(paths: pl.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A backtest's paths (``backtest.paths_frame``: ``timestamp`` and ``NAME_equity`` per strategy)
+    as bar returns: each P&L bar's close and, per strategy, ``equity[t] / equity[t-1] - 1`` after
+    costs (the first row, the decision bar, has none)."""
+    names = [c[: -len("_equity")] for c in paths.columns if c.endswith("_equity")]
+    out = {}
+    for name in names:
+        e = paths[f"{name}_equity"].to_numpy().astype(float)
+        out[name] = e[1:] / e[:-1] - 1.0
+    return [str(t) for t in paths["timestamp"].to_list()[1:]], out
 
 
 def variant_label(train: TrainConfig) -> str:
@@ -91,7 +104,7 @@ def gate_inputs(cfg: Config, folds: Sequence[FoldReturns], ledger: Sequence[Tria
                 periods_per_year: float) -> GateInputs:
     """The gate's inputs: the folds' test bars concatenated, the run's configurations (algorithm x
     seed) as the PBO matrix, and the ledger's statistics (every relevant trial, this run's included)."""
-    cat = lambda name: np.concatenate([f.returns[name] for f in folds])  # noqa: E731
+    cat = lambda name: np.concatenate([f.returns[name] for f in folds])
     configurations = {col: cat(col) for algo in cfg.train.algorithms for col in seed_columns(algo, folds[0].returns)}
     trials = group(ledger)
     return GateInputs(timestamps=[t for f in folds for t in f.timestamps], candidate=cat(PRIMARY), ppo=cat(BASELINE),
@@ -197,7 +210,7 @@ def evidence_curves(x: GateInputs, cfg: Config) -> tuple[dict[str, np.ndarray], 
     underlying and the champion (from the first bar after its training window and purge, started at
     the candidate's level there; NaN before), and the candidate's stationary-bootstrap band
     (90 %, the paired tests' block length)."""
-    grow = lambda r: np.cumprod(1.0 + r)  # noqa: E731
+    grow = lambda r: np.cumprod(1.0 + r)
     curves = {PRIMARY: grow(x.candidate), BASELINE: grow(x.ppo), UNDERLYING: grow(x.underlying)}
     if x.champion.status == "scored":
         theirs = dict(zip(x.champion.timestamps, x.champion.returns))

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from sentio_core.config import RegistryConfig, reads
 from sentio_core.export import LoadedPolicy, load_policy, publish, replacing_export
 from sentio_core.files import DataError, file_sha256, read_json
-from sentio_core.metadata import ExportMetadata, RegistryEntry
-from sentio_core.trials import TRIALS_ARTIFACT, TrialRecord, relevant
+from sentio_core.metadata import RegistryEntry
 
 OBS_PREFIX, MASK_PREFIX = "obs_", "mask_"
 NONFINITE_TAG = "sentio.nonfinite_metrics"
@@ -52,6 +51,7 @@ HOST_TAG, PID_TAG = "sentio.host", "sentio.pid"  # on every run Sentio starts: w
 TRIALS_TAG, UNIVERSE_TAG, FREQUENCY_TAG, VARIANT_TAG = "sentio.trials", "sentio.universe", "sentio.bar_frequency", "sentio.variant"
 PROMOTED_BY_TAG, PROMOTED_WHY_TAG, PROMOTED_AT_TAG = "sentio.promoted_by", "sentio.promoted_reason", "sentio.promoted_at"
 CHAMPION = "champion"
+TRIALS_ARTIFACT = "trials.json"  # a child run's trial records (``sentio_core.trials.TrialRecord`` as JSON)
 # what the pyfunc needs at load time (sentio_core itself must be importable too); passed
 # explicitly because MLflow's requirement inference costs seconds per log_model
 REQUIREMENT_DISTRIBUTIONS = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "pandas",
@@ -160,7 +160,7 @@ def log_run(cfg: RegistryConfig, prefix: str, metrics: dict[str, float], tags: d
         pipeline carried on from (a champion that could not be re-scored).
     """
     configure(cfg)
-    with parent_run(cfg, f"{prefix}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}", {}, tags) as run_id:
+    with parent_run(cfg, f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", {}, tags) as run_id:
         log_metrics(run_id, metrics)
     if status != "FINISHED":
         MlflowClient().set_terminated(run_id, status=status)
@@ -435,12 +435,13 @@ def trial_tags(universe: str, bar_frequency: str, variant: str) -> dict[str, str
     return {TRIALS_TAG: "1", UNIVERSE_TAG: universe, FREQUENCY_TAG: bar_frequency, VARIANT_TAG: variant}
 
 
-def load_trials(cfg: RegistryConfig, universe: str, bar_frequency: str) -> list[TrialRecord]:
-    """Every trial record logged in ``registry.experiment`` for this universe and bar frequency, by
-    every run that ever logged one (deleted runs included: a trial once tried stays counted).
+def load_trials(cfg: RegistryConfig, universe: str, bar_frequency: str) -> list[tuple[str, Any]]:
+    """The ``trials.json`` of every run in ``registry.experiment`` tagged with this universe and bar
+    frequency (deleted runs included: a trial once tried stays counted), oldest first, as
+    ``(runs:/RUN_ID/trials.json, parsed JSON)``; ``sentio_core.trials.records_from`` checks them.
     Call after :func:`configure`.
 
-    :raises DataError: a run's ``trials.json`` that is not a list of trial records (naming the run).
+    :raises DataError: a run's artifact that cannot be read or is not JSON (naming the run).
     """
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
@@ -448,31 +449,24 @@ def load_trials(cfg: RegistryConfig, universe: str, bar_frequency: str) -> list[
     client = MlflowClient()
     query = (f"tags.`{TRIALS_TAG}` = '1' and tags.`{UNIVERSE_TAG}` = '{universe}' "
              f"and tags.`{FREQUENCY_TAG}` = '{bar_frequency}'")
-    records: list[TrialRecord] = []
+    out: list[tuple[str, Any]] = []
     token = None
     with tempfile.TemporaryDirectory(prefix="sentio-trials-") as tmp:
         while True:
             page = client.search_runs([experiment.experiment_id], filter_string=query, run_view_type=ViewType.ALL,
                                       max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
             for run in page:
-                records += _run_trials(client, run.info.run_id, Path(tmp))
+                where = f"runs:/{run.info.run_id}/{TRIALS_ARTIFACT}"
+                try:
+                    out.append((where, read_json(client.download_artifacts(run.info.run_id, TRIALS_ARTIFACT,
+                                                                            str(Path(tmp) / run.info.run_id)))))
+                except (OSError, MlflowException, ValueError) as exc:
+                    raise DataError(where, "trial records", f"cannot be read ({type(exc).__name__}: {str(exc)[:300]}); "
+                                    "the ledger cannot count this run's trials") from None
             token = page.token
             if not token:
                 break
-    return relevant(records, cfg.experiment, universe, bar_frequency)
-
-
-def _run_trials(client: MlflowClient, run_id: str, tmp: Path) -> list[TrialRecord]:
-    where = f"runs:/{run_id}/{TRIALS_ARTIFACT}"
-    try:
-        local = client.download_artifacts(run_id, TRIALS_ARTIFACT, str(tmp / run_id))
-        rows = read_json(local)
-        if not isinstance(rows, list):
-            raise TypeError(f"a {type(rows).__name__}, not a list")
-        return [TrialRecord.model_validate(r) for r in rows]
-    except (OSError, MlflowException, ValueError, TypeError) as exc:
-        raise DataError(where, "trial records", f"not a readable list of trial records ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}); the ledger cannot count this run's trials") from None
+    return out
 
 
 # --------------------------------------------------------------------------- promotion by hand
@@ -502,13 +496,12 @@ def promote(cfg: RegistryConfig, version: str, by: str, reason: str) -> dict[str
     stem = Path(cfg.export_dir) / name
     with tempfile.TemporaryDirectory(prefix="sentio-promote-") as tmp:
         weights, metadata_json = download_version(name, str(version), Path(tmp))
-        metadata = ExportMetadata.model_validate(read_json(metadata_json))
         entry = RegistryEntry(model_name=name, version=str(version), alias=CHAMPION)
         with replacing_export(stem):
-            publish(weights, metadata.model_copy(update={"registry": entry}), stem)
+            publish(weights, read_json(metadata_json) | {"registry": entry.model_dump(mode="json")}, stem)
             load_policy(stem)  # the written pair reads back, content hash included
             set_alias(name, str(version), CHAMPION)
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     for key, value in ((PROMOTED_BY_TAG, by), (PROMOTED_WHY_TAG, reason), (PROMOTED_AT_TAG, when)):
         client.set_model_version_tag(name, str(version), key, _clip(value, MAX_TAG_VAL_LENGTH))
     run_id = log_run(cfg, "manual-promotion", {}, {"kind": "manual-promotion", "model_version": str(version),

@@ -193,9 +193,9 @@ def run_summary_markdown(alignment_lines: list[str], features_line: str, stage_s
     lines = ["# Sentio run summary", ""]
     if registration is not None:
         r = registration
-        lines += ["## Promotion", "", f"Model version {r.version} -> alias **{r.alias}**. The gate, with "
-                  f"{r.n_trials} trials in the ledger (every trained policy of this experiment, universe and bar "
-                  "frequency):", "", *gate_markdown(r.checks), ""]
+        head = (f"Model version {r.version} -> alias **{r.alias}**. The gate, with {r.n_trials} trials in the ledger "
+                "(every trained policy of this experiment, universe and bar frequency):")
+        lines += ["## Promotion", "", head, "", *gate_markdown(r.checks), ""]
         if r.evidence_png is not None:
             image = base64.b64encode(r.evidence_png).decode()
             lines += [f"![out-of-sample equity with the bootstrap band](data:image/png;base64,{image})", ""]
@@ -204,8 +204,9 @@ def run_summary_markdown(alignment_lines: list[str], features_line: str, stage_s
                     for name, run in sorted(r.child_run_ids.items())],
                   f"- export: {', '.join(r.export) if r.export else 'none (not a champion)'}", ""]
     if registration is not None and registration.regimes:
-        lines += ["## Results by regime", "", "Every fold's test bars by the filtered regime in force at the decision "
-                  "(0 = calmest), pooled over folds; per fold in the fold table and the MLflow child runs.", "",
+        about = ("Every fold's test bars by the filtered regime in force at the decision (0 = calmest), pooled over "
+                 "folds; per fold in the fold table and the MLflow child runs.")
+        lines += ["## Results by regime", "", about, "",
                   "| strategy | regime | bars | Sharpe | return |", "|---|---|---|---|---|",
                   *[f"| {r['strategy']} | {r['regime']} | {r['bars']} | {r['sharpe']} | {r['return']} |"
                     for r in registration.regimes], ""]

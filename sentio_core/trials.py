@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sentio_core.evidence import sharpe_moments
-
-#: The artifact of a child run that holds its trial records.
-TRIALS_ARTIFACT = "trials.json"
+from sentio_core.files import DataError
 
 
 class TrialRecord(BaseModel):
@@ -93,6 +92,23 @@ def universe_label(underlying: str, long: str | None, short: str | None, synthes
 def frequency_label(bar_minutes: float | None) -> str:
     """``1d`` for daily bars, ``5min`` for five-minute bars."""
     return "1d" if bar_minutes is None else f"{bar_minutes:g}min"
+
+
+def records_from(where: str, rows: Any) -> list[TrialRecord]:
+    """A ``trials.json`` artifact's records.
+
+    :raises DataError: naming ``where`` (the run's artifact) when it is not a list of trial records.
+    """
+    if not isinstance(rows, list):
+        raise DataError(where, "trial records", f"a {type(rows).__name__}, not a list of records")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(TrialRecord.model_validate(row))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise DataError(where, "trial records", f"record {i}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return out
 
 
 def relevant(records: Iterable[TrialRecord], experiment: str, universe: str, bar_frequency: str) -> list[TrialRecord]:

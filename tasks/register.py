@@ -7,7 +7,7 @@ fold fails, so a failed run leaves no registered model and no export.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,13 +17,20 @@ from prefect.runtime import flow_run
 from sentio_core import files, plots, registry
 from sentio_core.codeversion import project_version
 from sentio_core.config import Config, stable_hash
-from sentio_core.backtest import strategy_returns
 from sentio_core.export import load_policy, publish, replacing_export
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
-from sentio_core.promotion import PRIMARY, GateResult
-from sentio_core.registration import (FoldReturns, evidence_curves, gate_inputs, gate_record, plan_registration,
-                                     run_trials, variant_label)
-from sentio_core.trials import TRIALS_ARTIFACT, frequency_label, universe_label
+from sentio_core.promotion import PRIMARY, ChampionReturns, GateResult
+from sentio_core.registration import (
+    FoldReturns,
+    evidence_curves,
+    gate_inputs,
+    gate_record,
+    plan_registration,
+    run_trials,
+    strategy_returns,
+    variant_label,
+)
+from sentio_core.trials import TrialRecord, frequency_label, records_from, relevant, universe_label
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
 if TYPE_CHECKING:
@@ -73,6 +80,21 @@ def _fold_returns(backtests: list[BacktestOutput]) -> list[FoldReturns]:
     return out
 
 
+def _champion(rescored: RescoreOutput) -> ChampionReturns:
+    """The champion's bar returns on the bars after its training window and purge (its re-score)."""
+    if not rescored.champion_present:
+        return ChampionReturns(status=rescored.status)
+    record = files.read_json(rescored.require())
+    return ChampionReturns(status=rescored.status, timestamps=record["timestamps"], returns=record["returns"],
+                           version=rescored.version)
+
+
+def _ledger(cfg: Config, universe: str, frequency: str) -> list[TrialRecord]:
+    """Every trial record MLflow holds for this experiment, universe and bar frequency."""
+    found = [r for where, rows in registry.load_trials(cfg.registry, universe, frequency) for r in records_from(where, rows)]
+    return relevant(found, cfg.registry.experiment, universe, frequency)
+
+
 @task(name="register", cache_key_fn=_key, **RESULTS, retries=2, retry_delay_seconds=5)
 @releasing
 def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: FoldsOutput, trained: list[TrainOutput],
@@ -94,8 +116,8 @@ def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: F
     mine = run_trials(cfg, returns, trainings, tags, universe, frequency)
     registry.configure(cfg.registry)
     # every relevant trial: this experiment, universe and bar frequency, across nights and data updates
-    ledger = registry.load_trials(cfg.registry, universe, frequency) + [r for rs in mine.values() for r in rs]
-    evidence = gate_inputs(cfg, returns, ledger, rescored.champion_returns(), panel.frequency.periods_per_year)
+    ledger = _ledger(cfg, universe, frequency) + [r for rs in mine.values() for r in rs]
+    evidence = gate_inputs(cfg, returns, ledger, _champion(rescored), panel.frequency.periods_per_year)
     plan = plan_registration(cfg, manifest.manifest, manifest.sha256, folds.folds, [b.result for b in backtests],
                              trainings, code, evidence)
     stem = str(out)[: -len(".json")]
@@ -115,14 +137,14 @@ def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: F
     # this registration: these inputs in this flow run (a task retry shares it, another run does not)
     name, key = cfg.registry.model_name, f"{out.stem}/{flow_run.get_id() or 'outside-a-flow'}"
     earlier = registry.version_for(name, key)  # a retry of a registration that completed its version
-    run_name = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    run_name = f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     with registry.parent_run(cfg.registry, run_name, plan.params, {**plan.tags, "gate": plan.gate.alias}) as parent_id:
         children = {}
         trial_tags = registry.trial_tags(universe, frequency, variant_label(cfg.train))
         for child in plan.children:
             b = backtests[child.fold]
             # the child's trials (one per seed) with their out-of-sample returns: the ledger's records
-            trials_file = Path(f"{stem}-trials") / child.name / TRIALS_ARTIFACT
+            trials_file = Path(f"{stem}-trials") / child.name / registry.TRIALS_ARTIFACT
             files.write_json([r.model_dump(mode="json") for r in mine[(child.fold, child.algorithm)]], trials_file)
             children[child.name] = registry.log_child_run(
                 parent_id, child.name, plan.params, child.metrics,

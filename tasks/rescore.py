@@ -11,7 +11,6 @@ from sentio_core import files, registry
 from sentio_core.export import load_policy, read_metadata
 from sentio_core.files import DataError
 from sentio_core.policies import pin_threads
-from sentio_core.promotion import ChampionReturns
 from sentio_core.rescore import champion_path
 from sentio_core.rescore import rescore as rescore_policy
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
@@ -33,14 +32,6 @@ class RescoreOutput(StageOutput):
     sharpe: float | None = None
     bars: int | None = None
     version: str | None = None  # the champion's registered version
-
-    def champion_returns(self) -> ChampionReturns:
-        """The champion's bar returns on the bars after its training window and purge, for the gate."""
-        if not self.champion_present:
-            return ChampionReturns(status=self.status)
-        record = files.read_json(self.require())
-        return ChampionReturns(status=self.status, timestamps=record["timestamps"], returns=record["returns"],
-                               version=self.version)
 
     @property
     def champion_present(self) -> bool:

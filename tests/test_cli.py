@@ -96,8 +96,9 @@ def test_console_script_runs():
 
 @pytest.mark.slow
 def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
-    """`sentio run` needs no server, keeps its state in PREFECT_HOME, and a second run is all Cached
-    but the re-score of a champion the first run exported."""
+    """`sentio run` needs no server, keeps its state in PREFECT_HOME and prints the gate; `sentio
+    promote` makes its version the champion by hand; a second run is all Cached but the re-score
+    of that champion."""
     import os
 
     exe = REPO / ".venv" / "bin" / "sentio"
@@ -111,12 +112,20 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     assert "mppo_sharpe" in first.stdout and "promotion: " in first.stdout and "run finished" in first.stdout
     assert "INFO" not in first.stdout + first.stderr  # MLflow's chatter is kept out of the terminal
     assert (tmp_path / "prefect").is_dir() and any((tmp_path / "prefect").rglob("*.db"))
+    assert "trials in the ledger" in first.stdout and "deflated Sharpe" in first.stdout  # the gate's table
+    # whatever the gate said, an operator can make version 1 the champion by hand (and must say why)
+    promote = [*cmd, "promote", "1", "--reason", "reviewed by hand", "--by", "ops", "--config", str(SMOKE),
+               "--set", f"registry.export_dir={tmp_path / 'exports'}"]
+    promoted = subprocess.run(promote, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert promoted.returncode == 0 and "version 1 is the champion" in promoted.stdout, promoted.stderr[-2000:]
+    assert (tmp_path / "exports" / "sentio-maskable-ppo.pth").is_file()
+    unknown = subprocess.run([*promote[:2], "99", *promote[3:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "has no version '99'" in unknown.stderr
     second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     stages_line = next(line for line in second.stdout.splitlines() if line.startswith("stages:"))
-    # a champion exported by the first run is new input to the second run's re-score, and only that runs
-    exported = "exported: " in first.stdout
-    assert stages_line == ("stages: 16 (15 Cached, 1 Completed)" if exported else "stages: 16 (16 Cached)")
+    # the champion is new input to the second run's re-score, and only that runs
+    assert stages_line == "stages: 16 (15 Cached, 1 Completed)"
 
 
 @pytest.mark.slow

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from sentio_core.evidence import (
+    bootstrap_equity_band,
     deflated_sharpe,
     deflated_sharpe_from_moments,
     expected_max_sharpe,
     paired_sharpe_test,
     pbo,
+    pbo_reference,
     psr_from_moments,
     sharpe_moments,
 )
@@ -139,3 +141,28 @@ def test_paired_test_is_reproducible_and_checks_its_input():
         paired_sharpe_test(a, b[:-1], seed=0)
     with pytest.raises(MetricsError, match="block"):
         paired_sharpe_test(a, b, block=0.5, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_vectorised_pbo_equals_the_split_by_split_reference(seed):
+    rng = np.random.default_rng(seed)
+    m = rng.normal(0.0, 0.01, size=(203, 5)) + rng.normal(0.0, 0.002, size=5)  # uneven blocks, drifting columns
+    m[:, 3] = 0.0  # a flat configuration: Sharpe 0 in every half
+    for blocks in (4, 8, 10):
+        fast, slow = pbo(m, n_blocks=blocks), pbo_reference(m, n_blocks=blocks)
+        assert fast.pbo == slow.pbo and fast.n_splits == slow.n_splits == math.comb(blocks, blocks // 2)
+        np.testing.assert_allclose(fast.logits, slow.logits, rtol=0, atol=1e-12)
+
+
+def test_the_bootstrap_equity_band_holds_the_path_and_widens_with_time():
+    r = np.random.default_rng(0).normal(0.0005, 0.01, 500)
+    lo, hi = bootstrap_equity_band(r, n=400, alpha=0.1, seed=1)
+    growth = np.cumprod(1 + r)
+    assert lo.shape == hi.shape == (500,) and np.all(lo <= hi)
+    inside = np.mean((lo <= growth) & (growth <= hi))
+    assert inside > 0.8  # the realised path is one of the paths the band describes
+    assert hi[-1] - lo[-1] > 5 * (hi[10] - lo[10])  # uncertainty compounds
+    again = bootstrap_equity_band(r, n=400, alpha=0.1, seed=1)
+    np.testing.assert_array_equal(lo, again[0])
+    with pytest.raises(MetricsError, match="alpha"):
+        bootstrap_equity_band(r, alpha=1.5, seed=0)

@@ -153,7 +153,7 @@ def test_drawdown_matches_slow_reference():
 def test_bootstrap_contains_estimate_and_is_deterministic():
     rng = np.random.default_rng(0)
     r = rng.normal(0.0005, 0.01, 2000)
-    stat = lambda x: sharpe(x, DAILY_PPY)  # noqa: E731
+    stat = lambda x: sharpe(x, DAILY_PPY)
     lo, hi = block_bootstrap_ci(r, stat, block=10, n=300, seed=1)
     assert lo < stat(r) < hi
     assert block_bootstrap_ci(r, stat, block=10, n=300, seed=1) == (lo, hi)
@@ -217,3 +217,48 @@ def test_bad_uncertainty_arguments():
         cvar(r, level=0.0)
     with pytest.raises(MetricsError, match="returns must be finite"):
         sortino(np.array([0.1, np.nan]), 252)
+
+
+# --------------------------------------------------------------------------- slices and intervals
+
+
+def test_regime_slices_by_hand():
+    from sentio_core.metrics import regime_slices
+
+    r = np.array([0.01, -0.02, 0.03, 0.00, 0.02])
+    equity = 100 * np.concatenate([[1.0], np.cumprod(1 + r)])
+    out = regime_slices(equity, np.array([0, 1, 0, 1, 0]), 3, 252)
+    calm = r[[0, 2, 4]]
+    assert out["regime_0_bars"] == 3 and out["regime_0_mean"] == pytest.approx(0.02)
+    assert out["regime_0_sd"] == pytest.approx(0.01)  # sd of (0.01, 0.03, 0.02)
+    assert out["regime_0_sharpe"] == pytest.approx(2.0 * np.sqrt(252))
+    assert out["regime_0_return"] == pytest.approx(np.prod(1 + calm) - 1)
+    assert out["regime_1_return"] == pytest.approx(0.98 * 1.0 - 1)
+    assert out["regime_2_bars"] == 0 and out["regime_2_sharpe"] == 0.0 and out["regime_2_return"] == 0.0
+    with pytest.raises(MetricsError, match="one regime per bar"):
+        regime_slices(equity, np.zeros(4, dtype=int), 3, 252)
+
+
+def test_pooled_regime_slices_equal_the_slices_of_the_joined_series():
+    from sentio_core.metrics import pool_regime_slices, regime_slices
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.normal(0.001, 0.01, n), rng.integers(0, 3, n)) for n in (40, 55, 31)]
+    eq = lambda r: np.concatenate([[1.0], np.cumprod(1 + r)])
+    pooled = pool_regime_slices([regime_slices(eq(r), g, 3, 252) for r, g in parts], 3, 252)
+    joined = regime_slices(eq(np.concatenate([r for r, _ in parts])), np.concatenate([g for _, g in parts]), 3, 252)
+    for key, value in joined.items():
+        assert pooled[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+
+
+def test_sharpe_uncertainty_is_the_psr_and_a_seeded_bootstrap_interval():
+    from sentio_core.metrics import sharpe_uncertainty
+
+    r = np.random.default_rng(3).normal(0.001, 0.01, 250)
+    equity = np.concatenate([[1.0], np.cumprod(1 + r)])
+    out = sharpe_uncertainty(equity, 252, seed=4)
+    assert out["psr"] == pytest.approx(probabilistic_sharpe(r))
+    assert out["sharpe_low"] < sharpe(r, 252) < out["sharpe_high"]
+    assert out == sharpe_uncertainty(equity, 252, seed=4)
+    assert sharpe_uncertainty(np.array([1.0, 1.01, 1.02]), 252, seed=0) == {"psr": probabilistic_sharpe([0.01, 1.02 / 1.01 - 1]),
+                                                                          "sharpe_low": 0.0, "sharpe_high": 0.0}

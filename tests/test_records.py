@@ -9,7 +9,7 @@ from sentio_core.data import AlignmentReport, Manifest, SourceRecord
 from sentio_core.folds import FoldSpan
 from sentio_core.frequency import BarFrequency
 from sentio_core.metadata import FoldResult, TrainingSummary
-from sentio_core.promotion import GateResult
+from sentio_core.promotion import Check, GateResult
 from sentio_core.regimes import RegimeModel
 
 SPAN = FoldSpan(fold=1, train_start="2015-04-01T00:00:00-04:00", train_end="2019-03-01T00:00:00-05:00",
@@ -39,7 +39,9 @@ def _records():
     manifest = Manifest(symbols=["TQQQ", "SQQQ", "QQQ"], files=[SourceRecord(path="data/daily/QQQ.csv", symbol="QQQ", sha256="e" * 64)])
     report = AlignmentReport(3, "2015-01-02", "2025-04-21", {"QQQ": {"rows": 3, "dropped": 0, "first_dropped": None,
                                                                      "last_dropped": None}})
-    gate = GateResult(False, "challenger", ["FAIL: mean Sharpe"], {"maskable_ppo": {"mean_sharpe": -0.2}})
+    gate = GateResult(False, "challenger", [Check("deflated Sharpe", 0.3, ">= 0.95", "FAIL", "2 trials"),
+                                            Check("PBO", None, "<= 0.2", "reported", "1 configuration")],
+                      {"maskable_ppo": {"mean_sharpe": -0.2}}, {"deflated": {"n_trials": 2}})
     return [
         ManifestOutput(stage="ingest", manifest=manifest, **common),
         ValidationOutput(stage="validate", files=3, **common),
@@ -51,11 +53,12 @@ def _records():
         BacktestOutput(stage="backtest", result=FoldResult(fold=1, test_start="a", test_end="b", metrics=METRICS),
                        paths_file="/w/p.parquet", trades_file="/w/t.parquet", plot_file="/w/p.png", **common),
         RescoreOutput(stage="rescore", status="scored", summary_line="- 300 bars", mlflow_run_id="r1", sharpe=0.4,
-                      bars=300, **common),
+                      bars=300, version="2", **common),
         DriftOutput(stage="drift", summary={"psi_mean": 2.3}, markdown="## Drift", mlflow_run_id="r2", **common),
         RegisterOutput(stage="register", gate=gate, version="3", alias="challenger", parent_run_id="p",
                        child_run_ids={"ppo-fold-1": "c"}, export=None, tracking_uri="sqlite:///m.db", experiment_id="1",
-                       data_fingerprint="d" * 64, config_hash="c" * 16, code_version="0" * 16, **common),
+                       data_fingerprint="d" * 64, config_hash="c" * 16, code_version="0" * 16, n_trials=2,
+                       evidence_plot="/w/e.png", regimes={"ppo": {"regime_0_bars": 10.0}}, **common),
     ]
 
 

@@ -20,8 +20,18 @@ from sentio_core.config import RegistryConfig, flatten, load_config
 from sentio_core.export import load_policy, save_policy
 from sentio_core.files import DataError
 from sentio_core.registry import (
-    NONFINITE_TAG, configure, get_alias_version, load_alias, log_child_run, log_metrics, model_input, parent_run,
-    register_policy, set_alias, split_model_input, tracking_uri,
+    NONFINITE_TAG,
+    configure,
+    get_alias_version,
+    load_alias,
+    log_child_run,
+    log_metrics,
+    model_input,
+    parent_run,
+    register_policy,
+    set_alias,
+    split_model_input,
+    tracking_uri,
 )
 
 from .test_export import N_ACTIONS, OBS_DIM, random_masks, trained
@@ -217,3 +227,86 @@ def test_changed_weights_in_the_registry_are_refused_by_the_version_tag(store, r
             load_alias(name, "champion")
     finally:
         weights.write_bytes(original)
+
+
+# --------------------------------------------------------------------------- the trial ledger
+
+
+def _records(config_hash: str, seeds: int, fold: int = 0, universe: str = "QQQ/TQQQ/SQQQ") -> list[dict]:
+    from sentio_core.trials import TrialRecord
+
+    rng = np.random.default_rng(fold + 10 * seeds)
+    return [TrialRecord(experiment="sentio-test", universe=universe, bar_frequency="1d", config_hash=config_hash,
+                        algorithm="maskable_ppo", variant="mlp", seed=7 + k, seed_index=k, fold=fold, chosen=k == 0,
+                        data_fingerprint="d1", code_version="c1", timestamps=[f"2024-01-0{i + 1}" for i in range(5)],
+                        returns=rng.normal(0, 0.01, 5).tolist()).model_dump(mode="json") for k in range(seeds)]
+
+
+def _log_trials(store, tmp: Path, name: str, rows: list[dict], universe: str = "QQQ/TQQQ/SQQQ") -> str:
+    from sentio_core.files import write_json
+    from sentio_core.registry import TRIALS_ARTIFACT, trial_tags
+
+    path = write_json(rows, tmp / name / TRIALS_ARTIFACT)
+    with parent_run(store.cfg, f"retrain-{name}", {}, {}) as parent_id:
+        return log_child_run(parent_id, f"maskable_ppo-fold-0-{name}", {}, {}, [path], trial_tags(universe, "1d", "mlp"))
+
+
+def test_the_ledger_reads_every_run_s_trials_back_deleted_runs_included(store, tmp_path):
+    from sentio_core.registry import load_trials
+    from sentio_core.trials import group, ledger_stats, records_from
+
+    _log_trials(store, tmp_path, "night1", _records("h1", seeds=2))
+    gone = _log_trials(store, tmp_path, "night2", _records("h2", seeds=3))
+    _log_trials(store, tmp_path, "other-universe", _records("h3", seeds=4, universe="SPY/UPRO/SPXU"), "SPY/UPRO/SPXU")
+    MlflowClient().delete_run(gone)  # a trial once tried stays counted
+    found = load_trials(store.cfg, "QQQ/TQQQ/SQQQ", "1d")
+    records = [r for where, rows in found for r in records_from(where, rows)]
+    assert len(found) == 2 and all(where.startswith("runs:/") for where, _ in found)
+    assert sorted((r.config_hash, r.seed_index) for r in records) == [("h1", 0), ("h1", 1), ("h2", 0), ("h2", 1), ("h2", 2)]
+    assert ledger_stats(group(records)).n_trials == 5
+    assert load_trials(store.cfg, "QQQ/TQQQ/SQQQ", "5min") == []
+
+
+def test_a_damaged_trials_artifact_names_the_run(store, tmp_path):
+    from sentio_core.trials import records_from
+
+    with pytest.raises(DataError, match=r"runs:/abc/trials.json.*not a list"):
+        records_from("runs:/abc/trials.json", {"seed": 1})
+    bad = _records("h9", seeds=1)
+    bad[0]["returns"] = "lots"
+    with pytest.raises(DataError, match=r"runs:/abc/trials.json.*record 0: returns"):
+        records_from("runs:/abc/trials.json", bad)
+
+
+# --------------------------------------------------------------------------- promotion by hand
+
+
+def test_promote_by_hand_exports_the_version_moves_the_alias_and_records_who_and_why(store, registered):
+    from sentio_core.registry import PROMOTED_BY_TAG, PROMOTED_WHY_TAG, promote
+
+    cfg = store.cfg
+    set_alias(cfg.model_name, registered.versions[0], "champion")
+    done = promote(cfg, registered.versions[1], by="ops@desk", reason="roll forward after review")
+    assert get_alias_version(cfg.model_name, "champion") == registered.versions[1] and done["previous"] == registered.versions[0]
+    exported = load_policy(Path(cfg.export_dir) / cfg.model_name)
+    assert exported.algorithm == "ppo" and exported.metadata["registry"]["version"] == registered.versions[1]
+    tags = MlflowClient().get_model_version(cfg.model_name, registered.versions[1]).tags
+    assert tags[PROMOTED_BY_TAG] == "ops@desk" and tags[PROMOTED_WHY_TAG] == "roll forward after review"
+    run = MlflowClient().get_run(done["run_id"])
+    assert run.data.tags["kind"] == "manual-promotion" and run.data.tags["previous_champion"] == registered.versions[0]
+    back = promote(cfg, registered.versions[0], by="ops@desk", reason="roll back")  # a roll-back is a promotion too
+    assert get_alias_version(cfg.model_name, "champion") == registered.versions[0] and back["previous"] == registered.versions[1]
+    assert load_policy(Path(cfg.export_dir) / cfg.model_name).algorithm == "maskable_ppo"
+
+
+def test_promote_refuses_an_unknown_version_or_no_reason_and_leaves_the_export(store, registered):
+    from sentio_core.registry import promote
+
+    cfg = store.cfg
+    stem = Path(cfg.export_dir) / cfg.model_name
+    before = {p.name: p.read_bytes() for p in stem.parent.glob(f"{cfg.model_name}*")}
+    with pytest.raises(ValueError, match="has no version '99'"):
+        promote(cfg, "99", by="me", reason="typo")
+    with pytest.raises(ValueError, match="needs a reason"):
+        promote(cfg, registered.versions[0], by="me", reason="  ")
+    assert {p.name: p.read_bytes() for p in stem.parent.glob(f"{cfg.model_name}*")} == before
