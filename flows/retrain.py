@@ -2,7 +2,9 @@
 
 ingest -> validate -> panel -> features -> folds -> re-score the champion on the newest bars
 -> per fold (sub-flow ``sentio-folds`` on the configured task runner): regimes -> train MaskablePPO
-and PPO -> backtest -> drift report -> register (gate, MLflow, export) -> report.
+and PPO -> backtest -> drift report -> register (gate, MLflow, export) -> report. With
+``folds.scheme: cpcv`` the folds are the combinatorial splits and the run ends with their backtest
+paths (``cpcv-paths``) instead of drift and registration: a research evaluation.
 
 A training task that crashes is retried (``run.train_retries``); a fold that still fails is
 reported by fold while the other folds finish, and the run then fails without registering
@@ -23,6 +25,7 @@ from sentio_core.config import Config, check_feature_patterns, load_config, pref
 from sentio_core.report import fold_rows
 from tasks import report
 from tasks.backtest import BacktestOutput, backtest
+from tasks.cpcv import CPCVOutput, cpcv
 from tasks.drift import drift
 from tasks.features import FeaturesOutput, features
 from tasks.folds import FoldsOutput, folds
@@ -59,9 +62,10 @@ class RunResult:
     folds: list[dict]
     alignment: list[str]
     n_features: int
-    registration: RegisterOutput
+    registration: RegisterOutput | None  # None for a combinatorial evaluation (folds.scheme cpcv)
     drift: dict[str, float]
     champion: RescoreOutput
+    cpcv: CPCVOutput | None = None
 
 
 def _call(task, states: dict[str, str], name: str, refresh: bool, *args: Any):
@@ -157,11 +161,16 @@ def sentio_retrain(config: str = "configs/base.yaml", overrides: list[str] | Non
     regime_outputs = [work.regimes for work in per_fold]
     trained = [t for work in per_fold for t in work.trained]
     backtests = [work.backtest for work in per_fold]
+    rows = fold_rows(spans.folds, [(r.train_shares, r.test_shares) for r in regime_outputs],
+                     [b.result.metrics for b in backtests])
+    if cfg.folds.scheme == "cpcv":  # research evaluation: the paths, no registration, no drift (walk-forward only)
+        evaluated = _call(cpcv, states, "cpcv-paths", refresh, cfg, man, bars, spans, trained, backtests)
+        report.publish(rows, bars, feats, states, backtests=backtests, champion=rescored, cpcv=evaluated)
+        return RunResult(stages=states, folds=rows, alignment=bars.alignment.lines(), n_features=feats.n_features,
+                         registration=None, drift={}, champion=rescored, cpcv=evaluated)
     drifted = _call(drift, states, "drift", refresh, cfg, bars, feats, spans, regime_outputs[-1])
     registered = _call(register, states, "register", refresh, cfg, man, bars, spans, trained, backtests, rescored,
                        registry.tracking_uri(cfg.registry))
-    rows = fold_rows(spans.folds, [(r.train_shares, r.test_shares) for r in regime_outputs],
-                     [b.result.metrics for b in backtests])
     report.publish(rows, bars, feats, states, registered, backtests, drifted, rescored)
     return RunResult(stages=states, folds=rows, alignment=bars.alignment.lines(), n_features=feats.n_features,
                      registration=registered, drift=drifted.summary, champion=rescored)

@@ -360,12 +360,19 @@ def cmd_run(args, cfg) -> int:
     print(f"features: {result.n_features}")
     print(format_table(summary_rows(result.folds)))
     reg = result.registration
-    print(f"promotion: {reg.alias} (model {reg.version}); {reg.n_trials} trials in the ledger")
-    print(format_table(gate_rows(reg.gate.checks)))
-    for check in reg.gate.checks:
-        print(f"  {check.name}: {check.detail}")
-    if reg.export:
-        print("exported: " + ", ".join(reg.export))
+    if result.cpcv is not None:  # a combinatorial evaluation: the paths, nothing registered
+        c = result.cpcv
+        print(f"cpcv: {c.splits} splits, {c.paths} backtest paths; annualised Sharpe of each path "
+              f"(research evaluation: nothing registered, {c.n_trials_logged} trials logged)")
+        print(format_table([{"strategy": name, **{k: f"{v:.0f}" if k == "paths" else f"{v:.2f}" for k, v in s.items()}}
+                            for name, s in c.summary.items()]))
+    if reg is not None:
+        print(f"promotion: {reg.alias} (model {reg.version}); {reg.n_trials} trials in the ledger")
+        print(format_table(gate_rows(reg.gate.checks)))
+        for check in reg.gate.checks:
+            print(f"  {check.name}: {check.detail}")
+        if reg.export:
+            print("exported: " + ", ".join(reg.export))
     print(f"run finished in {elapsed:.1f}s")
     return 0
 

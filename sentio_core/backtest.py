@@ -270,8 +270,36 @@ def reference_path(market: Market, cfg: Config, test_rows: tuple[int, int], poli
 @reads("universe", "env", "masks", "costs", "baseline")
 def fold_backtest(cfg: Config, market: Market, span: FoldSpan,
                   policies: dict[str, tuple[Policy, bool]]) -> dict[str, StrategyPath]:
-    """Policies and baselines over the fold's test rows (see :func:`backtest_fold`)."""
-    return backtest_fold(market, cfg, span.test_rows, policies)
+    """Policies and baselines over the fold's test rows (see :func:`backtest_fold`). A
+    combinatorial split's test groups are backtested one by one, each from flat at the close
+    before it, and chained (:func:`chain`)."""
+    parts = [backtest_fold(market, cfg, rows, policies) for rows in span.testing_ranges]
+    return parts[0] if len(parts) == 1 else {name: chain([p[name] for p in parts]) for name in parts[0]}
+
+
+def chain(paths: Sequence[StrategyPath]) -> StrategyPath:
+    """Backtests of separate windows as one path: each later window's equity (and costs, peak and
+    shares) scaled to start where the one before ended, its decision bar dropped, so the path's bar
+    returns are the windows' bar returns in order; counts are summed."""
+    out = paths[0]
+    for p in paths[1:]:
+        scale = out.equity[-1] / p.equity[0]
+        shift = len(out.timestamps) - 1
+        fills = out.fills
+        if p.fills is not None:
+            moved = Fills(p.fills.bar + shift, p.fills.symbol, p.fills.shares * scale, p.fills.price)
+            fills = moved if fills is None else Fills(*(np.concatenate([getattr(fills, f), getattr(moved, f)])
+                                                        for f in ("bar", "symbol", "shares", "price")))
+        peak = None
+        if out.rule_peak is not None and p.rule_peak is not None:
+            peak = np.concatenate([out.rule_peak, p.rule_peak[1:] * scale])
+        out = StrategyPath(
+            out.name, [*out.timestamps, *p.timestamps[1:]], np.concatenate([out.equity, p.equity[1:] * scale]),
+            np.concatenate([out.exposure, p.exposure]), np.concatenate([out.turnover, p.turnover]),
+            np.concatenate([out.costs, p.costs * scale]), np.concatenate([out.levels, p.levels]),
+            out.overrides + p.overrides, fills, out.forced_bars + p.forced_bars, out.forced_flat + p.forced_flat,
+            {k: out.constrained.get(k, 0) + p.constrained.get(k, 0) for k in {**out.constrained, **p.constrained}}, peak)
+    return out
 
 
 @reads("regimes", "seed")
@@ -281,15 +309,14 @@ def fold_metrics(cfg: Config, market: Market, span: FoldSpan, paths: dict[str, S
     Sharpe ratio and bootstrap interval (:func:`metrics.sharpe_uncertainty`, seeded by the fold),
     and the named strategies (the learned ones and the baselines, not each seed) their results by
     the filtered regime in force at each decision (:func:`metrics.regime_slices`)."""
-    first = span.test_rows[0] - 1
+    decisions = np.concatenate([np.arange(c - 1, d - 1) for c, d in span.testing_ranges])  # the row before each bar
     out = {}
     for name, p in paths.items():
         m = p.metrics(market.periods_per_year)
         if name in learned:
             m |= sharpe_uncertainty(p.equity, market.periods_per_year, seed=cfg.seed + 1000 * span.fold)
         if market.regime is not None and (name in learned or name in baselines.NAMES):
-            m |= regime_slices(p.equity, market.regime[first: first + len(p.equity) - 1], cfg.regimes.n_regimes,
-                               market.periods_per_year)
+            m |= regime_slices(p.equity, market.regime[decisions], cfg.regimes.n_regimes, market.periods_per_year)
         out[name] = m
     return out
 

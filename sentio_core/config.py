@@ -258,18 +258,27 @@ class RegimeConfig(_Section):
 class FoldConfig(_Section):
     n_folds: int = Field(5, ge=1, le=100)
     test_bars: int = Field(250, ge=1, le=MAX_SPAN_BARS)
-    scheme: Literal["expanding", "rolling"] = "expanding"
+    scheme: Literal["expanding", "rolling", "cpcv"] = Field(
+        "expanding", description="expanding / rolling walk-forward, or cpcv: combinatorial purged cross-validation, a "
+                                 "research evaluation (cpcv_groups groups, cpcv_test_groups tested per split; nothing "
+                                 "is registered).")
     train_bars: int | None = Field(None, ge=1, le=MAX_SPAN_BARS, description="Training window length for the rolling scheme.")
     min_train_bars: int = Field(500, ge=1, le=MAX_SPAN_BARS)
     purge_bars: int | None = Field(None, ge=0, le=MAX_SPAN_BARS, description="Bars dropped between train and test; null = lookback + reward horizon.")
     embargo_bars: int = Field(0, ge=0, le=MAX_SPAN_BARS, description="Bars after each test window that belong to no test window.")
     step_bars: int = Field(1, ge=1, le=MAX_WINDOW_BARS, description="The fold layout ends on a multiple of this many bars: bars appended "
                                                 "since then move no window, so their trainings stay cached (nightly runs).")
+    cpcv_groups: int = Field(6, ge=3, le=16, description="cpcv: contiguous groups the usable bars are cut into.")
+    cpcv_test_groups: int = Field(2, ge=1, le=15, description="cpcv: groups tested per split (C(groups, test_groups) "
+                                                              "splits, C(groups - 1, test_groups - 1) backtest paths).")
 
     @model_validator(mode="after")
     def _rolling(self) -> "FoldConfig":
         if self.scheme == "rolling" and self.train_bars is None:
             raise ValueError("folds.scheme 'rolling' needs folds.train_bars; set it or use scheme 'expanding'")
+        if self.cpcv_test_groups >= self.cpcv_groups:
+            raise ValueError(f"folds.cpcv_test_groups ({self.cpcv_test_groups}) must be below folds.cpcv_groups "
+                             f"({self.cpcv_groups})")
         return self
 
 

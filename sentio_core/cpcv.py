@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Ranges = tuple[tuple[int, int], ...]
-
+from sentio_core.config import Config, reads
+from sentio_core.metrics import sharpe
+from sentio_core.ranges import Ranges, merge, subtract
 
 class CPCVError(ValueError):
     """Settings that leave a split without training rows or a group without bars."""
@@ -49,28 +50,6 @@ class Split:
     @property
     def test_bars(self) -> int:
         return sum(b - a for a, b in self.test_ranges)
-
-
-def merge(ranges: Sequence[tuple[int, int]]) -> Ranges:
-    """Sorted, non-empty, touching or overlapping ranges joined."""
-    out: list[list[int]] = []
-    for a, b in sorted((int(a), int(b)) for a, b in ranges if b > a):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return tuple((a, b) for a, b in out)
-
-
-def subtract(ranges: Ranges, cut: Ranges) -> Ranges:
-    """``ranges`` less every row in ``cut``."""
-    out = []
-    for a, b in ranges:
-        pieces = [(a, b)]
-        for c, d in cut:
-            pieces = [p for x, y in pieces for p in ((x, min(y, c)), (max(x, d), y)) if p[1] > p[0]]
-        out += pieces
-    return merge(out)
 
 
 class CombinatorialPurged:
@@ -134,9 +113,54 @@ class CombinatorialPurged:
         return [[testing[g][j] for g in range(self.n_groups)] for j in range(self.n_paths)]
 
 
+@reads("folds")
+def splitter(cfg: Config, purge_bars: int) -> CombinatorialPurged:
+    """The config's splitter (``folds.cpcv_groups``, ``folds.cpcv_test_groups``), purge and embargo ``purge_bars``."""
+    return CombinatorialPurged(cfg.folds.cpcv_groups, cfg.folds.cpcv_test_groups, purge_bars, purge_bars)
+
+
 def path_returns(paths: list[list[int]], group_returns: dict[tuple[int, int], np.ndarray]) -> list[np.ndarray]:
     """Each path's bar returns, its groups in order.
 
     :param group_returns: ``(split, group)`` -> that split's out-of-sample bar returns on the group.
     """
     return [np.concatenate([group_returns[(split, g)] for g, split in enumerate(path)]) for path in paths]
+
+
+@dataclass(frozen=True)
+class PathSharpes:
+    """One strategy's backtest paths: each path's annualised Sharpe ratio and their distribution."""
+
+    strategy: str
+    sharpes: list[float]
+
+    def summary(self) -> dict[str, float]:
+        x = np.asarray(self.sharpes)
+        q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
+        return {"paths": float(x.size), "mean": float(x.mean()), "sd": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+                "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]), "max": float(q[4]),
+                "share_positive": float(np.mean(x > 0))}
+
+
+def split_groups(returns: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """A split's chained test returns cut back into its test groups (``sizes``: each group's bars, in order)."""
+    if sum(sizes) != returns.size:
+        raise ValueError(f"{returns.size} returns do not cover test groups of {list(sizes)} bars")
+    return np.split(returns, np.cumsum(sizes)[:-1])
+
+
+def path_sharpes(cv: CombinatorialPurged, groups_of: Sequence[tuple[tuple[int, ...], Sequence[int]]],
+                 returns: Sequence[dict[str, np.ndarray]], strategies: Sequence[str],
+                 periods_per_year: float) -> dict[str, PathSharpes]:
+    """Per strategy, the Sharpe ratio of each of the ``phi`` backtest paths.
+
+    :param groups_of: per split (in order), its test groups and their sizes in bars.
+    :param returns: per split, strategy -> its chained out-of-sample returns over the test groups.
+    """
+    out = {}
+    for name in strategies:
+        by_group = {}
+        for i, ((groups, sizes), split) in enumerate(zip(groups_of, returns, strict=True)):
+            by_group.update({(i, g): r for g, r in zip(groups, split_groups(split[name], sizes))})
+        out[name] = PathSharpes(name, [sharpe(r, periods_per_year) for r in path_returns(cv.paths(), by_group)])
+    return out

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sentio_core.config import Config, FoldConfig, reads
 from sentio_core.features import COLUMN_BLOCK, first_complete_row
+from sentio_core.cpcv import CPCVError, splitter
+from sentio_core.ranges import Ranges, count, hull, subtract
 
 
 class FoldError(ValueError):
@@ -154,6 +156,26 @@ class FoldSpan(BaseModel):
     test_rows: tuple[int, int]
     panel_fingerprint: str | None = None  # the panel up to the test end: what the regime fit reads
     fingerprint: str | None = None  # panel and features up to the test end: what training and backtests read
+    # a combinatorial purged split (folds.scheme cpcv): its training ranges, and its test groups with
+    # their rows; train_rows / test_rows are then the hulls. Empty for a walk-forward fold.
+    train_ranges: tuple[tuple[int, int], ...] = ()
+    test_groups: tuple[int, ...] = ()
+    test_ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def training_ranges(self) -> Ranges:
+        """The rows the fold's models are fitted on: one range, or a split's several."""
+        return self.train_ranges or (self.train_rows,)
+
+    @property
+    def testing_ranges(self) -> Ranges:
+        """The rows backtested out of sample: one window, or one range per test group of a split."""
+        return self.test_ranges or (self.test_rows,)
+
+    @property
+    def end_row(self) -> int:
+        """One past the last row any of the fold's work reads."""
+        return max(self.train_rows[1], self.test_rows[1])
 
     def inner_split(self, validation_bars: int) -> tuple[tuple[int, int], tuple[int, int] | None]:
         """The training rows policies learn from and the inner validation slice: the training
@@ -163,6 +185,8 @@ class FoldSpan(BaseModel):
 
         :raises FoldError: when the slice and its purge leave fewer than ``purge_bars + 2`` rows to learn from.
         """
+        if self.train_ranges:
+            return self._inner_split_ranges(validation_bars)
         a, b = self.train_rows
         if validation_bars == 0:
             return (a, b), None
@@ -173,13 +197,30 @@ class FoldSpan(BaseModel):
                             f"train.validation_bars or add data")
         return (a, learn_end), (b - validation_bars, b)
 
+    def _inner_split_ranges(self, validation_bars: int) -> tuple[Ranges, tuple[int, int] | None]:
+        """A split's: the slice is the last ``validation_bars`` rows of its longest training range,
+        purged on both sides from the rows learned (the rows after it may follow it in time)."""
+        ranges = self.train_ranges
+        if validation_bars == 0:
+            return ranges, None
+        a, b = max(ranges, key=lambda r: r[1] - r[0])
+        if b - a < validation_bars + self.purge_bars + 2:
+            raise FoldError(f"train.validation_bars ({validation_bars}) and the purge ({self.purge_bars}) do not fit "
+                            f"split {self.fold}'s longest training range ({b - a} bars); lower train.validation_bars "
+                            f"or use fewer folds.cpcv_test_groups")
+        slice_ = (b - validation_bars, b)
+        learn = subtract(ranges, ((slice_[0] - self.purge_bars, b + self.purge_bars),))
+        return learn, slice_
+
     def summary(self) -> dict:
         """The public description (``sentio folds``): window timestamps and sizes."""
         return {k: getattr(self, k) for k in SUMMARY_KEYS}
 
     def window(self) -> dict:
-        """Everything that places the fold, without its fingerprints."""
-        return self.model_dump(mode="json", exclude={"panel_fingerprint", "fingerprint"})
+        """Everything that places the fold, without its fingerprints (a walk-forward fold's empty
+        split fields are left out: its digest is what it was before splits existed)."""
+        empty = {k for k in ("train_ranges", "test_groups", "test_ranges") if not getattr(self, k)}
+        return self.model_dump(mode="json", exclude={"panel_fingerprint", "fingerprint", *empty})
 
 
 @reads("folds", "env")
@@ -194,12 +235,44 @@ def fold_spans(cfg: Config, feats: pl.DataFrame | pl.LazyFrame) -> list[FoldSpan
     def iso(i: int) -> str:
         return stamps[i].isoformat()
 
+    if cfg.folds.scheme == "cpcv":
+        return _cpcv_spans(cfg, n_used, offset, iso)
+
     return [FoldSpan(fold=f.fold, train_start=iso(f.train_start), train_end=iso(f.train_end - 1),
                      test_start=iso(f.test_start), test_end=iso(f.test_end - 1), purge_bars=f.purge_bars,
                      embargo_bars=f.embargo_bars, train_bars=f.train_bars, test_bars=f.test_bars,
                      train_rows=(offset + f.train_start, offset + f.train_end),
                      test_rows=(offset + f.test_start, offset + f.test_end))
             for f in from_config(cfg.folds, cfg.purge_bars).folds(n_used)]
+
+
+def cpcv_purge_bars(cfg: Config, warmup_rows: int) -> int:
+    """The purge before and the embargo after each test block of a combinatorial split: the
+    observation window and the longest feature window (the table's warm-up, ``warmup_rows``: 68 on
+    the daily data, the weekly features) plus the reward horizon, so that no training row's
+    observation or reward reaches into a test block; at least the configured purge and embargo."""
+    window = cfg.env.lookback_bars + warmup_rows + cfg.env.reward_horizon_bars
+    return max(window, cfg.purge_bars, cfg.folds.embargo_bars)
+
+
+def _cpcv_spans(cfg: Config, n_used: int, offset: int, iso: Callable[[int], str]) -> list[FoldSpan]:
+    gap = cpcv_purge_bars(cfg, offset)
+    cv = splitter(cfg, gap)
+    try:
+        splits = cv.splits(n_used)
+    except CPCVError as exc:
+        raise FoldError(str(exc)) from None
+    groups = cv.groups(n_used)
+    out = []
+    for s in splits:
+        train, tests = s.train_ranges, tuple(groups[g] for g in s.groups)
+        (a, b), (c, d) = hull(train), hull(tests)
+        out.append(FoldSpan(fold=s.index, train_start=iso(a), train_end=iso(b - 1), test_start=iso(c), test_end=iso(d - 1),
+                            purge_bars=gap, embargo_bars=gap, train_bars=count(train), test_bars=count(tests),
+                            train_rows=(offset + a, offset + b), test_rows=(offset + c, offset + d),
+                            train_ranges=tuple((offset + x, offset + y) for x, y in train), test_groups=s.groups,
+                            test_ranges=tuple((offset + x, offset + y) for x, y in tests)))
+    return out
 
 
 def with_fingerprints(spans: list[FoldSpan], bars: pl.DataFrame | pl.LazyFrame,
@@ -219,7 +292,7 @@ def fold_fingerprint(bars: pl.DataFrame | pl.LazyFrame, feats: pl.DataFrame | pl
 
     The tables may be scanned lazily: :data:`~sentio_core.features.COLUMN_BLOCK` columns are read at a time."""
     bars = bars.lazy()
-    end = span.test_rows[1]
+    end = span.end_row
     last = bars.select(pl.col("timestamp").unique().sort()).collect()["timestamp"][end - 1]
     digest = hashlib.sha256(json.dumps(span.window(), sort_keys=True).encode())
     # the panel's rows up to the fold's last bar, by symbol then time: their row numbers, once

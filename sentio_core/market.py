@@ -18,6 +18,7 @@ import polars as pl
 from sentio_core.config import Config, MaskConfig, reads
 from sentio_core.features import COLUMN_BLOCK, feature_columns
 from sentio_core.masks import level_risk
+from sentio_core.ranges import Ranges, as_ranges, count, take
 from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -143,15 +144,15 @@ def _symbol(bars: Frame, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
 
 
 def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
-         train_rows: tuple[int, int]) -> Leg:
+         train_rows: tuple[int, int] | Ranges) -> Leg:
     s = _symbol(bars, symbol, ("open", "close", "volume"))
     close = s["close"].to_numpy().astype(float)
     dv = close * s["volume"].to_numpy().astype(float)
     logret = np.concatenate([[np.nan], np.diff(np.log(close))])
     sigma = pl.Series(logret).rolling_std(vol_bars, min_samples=2).to_numpy()
     mean_dv = pl.Series(dv).rolling_mean(liquidity_bars, min_samples=1).to_numpy()
-    a, b = train_rows
-    moves = close[a + 1: b] / close[a: b - 1] - 1.0  # one-bar moves inside the training rows
+    # one-bar moves inside the training rows (each range on its own: no move across a gap)
+    moves = np.concatenate([close[a + 1: b] / close[a: b - 1] - 1.0 for a, b in as_ranges(train_rows)])
     worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
     worst_rise = float(max(0.0, moves.max())) if moves.size else 0.0
     return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction,
@@ -178,18 +179,17 @@ def select_features(columns: list[str], patterns: list[str] | None) -> list[str]
     return chosen
 
 
-def normalise(x: np.ndarray, train_rows: tuple[int, int], clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normalise(x: np.ndarray, train_rows: tuple[int, int] | Ranges, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-score ``x`` (T, F) with the mean and std of ``train_rows`` only; clip; NaN -> 0."""
     mean, std = train_statistics(np.asfortranarray(x, dtype=float), train_rows)
     return apply_normalisation(x, mean, std, clip), mean, std
 
 
-def train_statistics(x: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of ``x`` (T, F), the mean and std of ``train_rows``, NaN ignored; a column with
-    no spread gets std 1. Each column is summed on its own (contiguous: numpy's pairwise sums), so
-    a block of columns gives the same statistics as the whole table."""
-    a, b = train_rows
-    x = np.asfortranarray(x[a:b])
+def train_statistics(x: np.ndarray, train_rows: tuple[int, int] | Ranges) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (T, F), the mean and std of ``train_rows`` (one range or several), NaN
+    ignored; a column with no spread gets std 1. Each column is summed on its own (contiguous:
+    numpy's pairwise sums), so a block of columns gives the same statistics as the whole table."""
+    x = np.asfortranarray(take(x, as_ranges(train_rows)))
     mean = np.nan_to_num(np.nanmean(x, axis=0), nan=0.0)
     std = np.nanstd(x, axis=0)
     return mean, np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
@@ -254,7 +254,7 @@ def deduplicate(corr: np.ndarray, constant: np.ndarray, max_corr: float) -> tupl
     return kept, dropped
 
 
-def training_matrix(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int],
+def training_matrix(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int] | Ranges,
                     clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training rows of columns ``names``, normalised as the observation will be.
 
@@ -265,20 +265,20 @@ def training_matrix(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int
 
     :returns: ``(z, mean, std)``: (n_train, F) float32, and (F,) each.
     """
-    a, b = train_rows
-    train = feats.slice(a, b - a)
-    z = np.empty((b - a, len(names)), dtype=np.float32)
+    ranges = as_ranges(train_rows)
+    n = count(ranges)
+    z = np.empty((n, len(names)), dtype=np.float32)
     mean, std = np.empty(len(names)), np.empty(len(names))
     for at in range(0, len(names), COLUMN_BLOCK):
         block = names[at: at + COLUMN_BLOCK]
-        x = train.select(block).collect().to_numpy().astype(float)
+        x = np.concatenate([feats.slice(a, b - a).select(block).collect().to_numpy().astype(float) for a, b in ranges])
         cols = slice(at, at + len(block))
-        mean[cols], std[cols] = train_statistics(x, (0, b - a))
+        mean[cols], std[cols] = train_statistics(x, (0, n))
         z[:, cols] = apply_normalisation(x, mean[cols], std[cols], clip)
     return z, mean, std
 
 
-def fit_features(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int], clip: float,
+def fit_features(feats: pl.LazyFrame, names: list[str], train_rows: tuple[int, int] | Ranges, clip: float,
                  max_corr: float) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, str]]:
     """The feature columns kept by :func:`deduplicate` and their normalisation, fitted on the
     training rows only (:func:`training_matrix`, then :func:`correlation`; the float32 training
@@ -317,7 +317,7 @@ def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str,
 
 
 def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFrame | None,
-                 train_rows: tuple[int, int], periods_per_year: float,
+                 train_rows: tuple[int, int] | Ranges, periods_per_year: float,
                  fitted: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> Market:
     """Arrays of one fold.
 
@@ -332,8 +332,8 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         the training rows of the selected columns, float32, and frees them).
     :param regime_probs: ``timestamp, regime_0..K-1`` filtered probabilities (train start to test end)
         or None; rows outside get a uniform prior and are never observed by a fold's episodes.
-    :param train_rows: feature-table rows ``[a, b)`` of the training window (normalisation statistics
-        and de-duplication).
+    :param train_rows: feature-table rows ``[a, b)`` of the training window, or several such ranges
+        (a combinatorial split's), for the normalisation statistics and the de-duplication.
     :param fitted: ``(feature names, mean, std)`` of an already trained policy: its features and
         normalisation are applied instead of fitting new ones, and nothing is de-duplicated
         (re-scoring a champion).
@@ -406,7 +406,7 @@ def _blocks(feats: pl.LazyFrame, blocks: list[list[str]], regime_probs: np.ndarr
 def fold_market(cfg: Config, bars: pl.DataFrame, feats: pl.DataFrame, regime_probs: pl.DataFrame | None,
                 span: FoldSpan, periods_per_year: float) -> Market:
     """The fold's market arrays, normalised with its training rows only."""
-    return build_market(cfg, bars, feats, regime_probs, span.train_rows, periods_per_year)
+    return build_market(cfg, bars, feats, regime_probs, span.training_ranges, periods_per_year)
 
 
 def action_meanings(cfg: Config, market: Market) -> list[str]:

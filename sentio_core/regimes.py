@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from sentio_core.config import Config, RegimeConfig, reads
+from sentio_core.ranges import take
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
     from sentio_core.folds import FoldSpan
@@ -196,11 +197,24 @@ class FoldRegimes:
 @reads("regimes", "seed", "universe")
 def fold_regimes(cfg: Config, bars: pl.DataFrame | pl.LazyFrame, span: FoldSpan) -> FoldRegimes:
     """Fit the regime model on one fold's training rows (seeded with ``cfg.fold_seed``), then
-    filter forward through its test rows."""
+    filter forward through its test rows.
+
+    A combinatorial split's training ranges are fitted as one series (each gap joins two returns
+    that are not neighbours: a handful of transitions among thousands), and the filter runs from its
+    first row to its last, through the test blocks: the filter is causal, and the model's parameters
+    never saw a test row."""
     r = underlying_returns(cfg, bars)
-    (a, b), (c, d) = span.train_rows, span.test_rows
-    model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.fold_seed(span.fold))
+    if not span.train_ranges:
+        (a, b), (c, d) = span.train_rows, span.test_rows
+        model = fit_regimes(r[a:b], cfg.regimes, seed=cfg.fold_seed(span.fold))
+        probs = forward_filter(model, r[a:d])
+        timestamps = underlying(cfg, bars)["timestamp"]
+        return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(probs[: b - a]),
+                           regime_shares(probs[c - a:]))
+    model = fit_regimes(take(r, span.train_ranges), cfg.regimes, seed=cfg.fold_seed(span.fold))
+    a, d = min(span.train_rows[0], span.test_rows[0]), span.end_row
     probs = forward_filter(model, r[a:d])
+    shifted = lambda ranges: tuple((x - a, y - a) for x, y in ranges)  # noqa: E731
     timestamps = underlying(cfg, bars)["timestamp"]
-    return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(probs[: b - a]),
-                       regime_shares(probs[c - a:]))
+    return FoldRegimes(model, regime_frame(timestamps[a:d], probs), regime_shares(take(probs, shifted(span.train_ranges))),
+                       regime_shares(take(probs, shifted(span.testing_ranges))))

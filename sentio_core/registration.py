@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from sentio_core.algorithms import BASELINE, PRIMARY, seed_name
 from sentio_core.baselines import NAMES as CHILD_BASELINES  # every baseline's headline metrics go with each child run
@@ -17,6 +16,7 @@ from sentio_core.config import MODEL_SECTIONS, Config, TrainConfig, flatten, rea
 from sentio_core.evidence import bootstrap_equity_band
 from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, TrainingSummary
 from sentio_core.metrics import pool_regime_slices
+from sentio_core.returns import FoldReturns
 from sentio_core.promotion import UNDERLYING, ChampionReturns, GateInputs, GateResult, promotion_gate
 from sentio_core.trials import TrialRecord, group, ledger_stats
 
@@ -36,27 +36,6 @@ def child_metrics(algorithm: str, fold_metrics: dict[str, dict[str, float]], tra
         out.update({f"{base}.{k}": float(v) for k, v in fold_metrics[base].items() if k in CHILD_BASELINE_METRICS})
     out.update({f"train.{k}": float(getattr(training, k)) for k in CHILD_TRAINING_METRICS})
     return out
-
-
-@dataclass(frozen=True)
-class FoldReturns:
-    """One fold's out-of-sample bar returns after costs, per strategy (``backtest.strategy_returns``)."""
-
-    fold: int
-    timestamps: list[str]
-    returns: dict[str, np.ndarray]
-
-
-def strategy_returns(paths: pl.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
-    """A backtest's paths (``backtest.paths_frame``: ``timestamp`` and ``NAME_equity`` per strategy)
-    as bar returns: each P&L bar's close and, per strategy, ``equity[t] / equity[t-1] - 1`` after
-    costs (the first row, the decision bar, has none)."""
-    names = [c[: -len("_equity")] for c in paths.columns if c.endswith("_equity")]
-    out = {}
-    for name in names:
-        e = paths[f"{name}_equity"].to_numpy().astype(float)
-        out[name] = e[1:] / e[:-1] - 1.0
-    return [str(t) for t in paths["timestamp"].to_list()[1:]], out
 
 
 def variant_label(train: TrainConfig) -> str:

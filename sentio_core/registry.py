@@ -152,16 +152,19 @@ def parent_run(cfg: RegistryConfig, run_name: str, params: dict[str, str], tags:
 
 @reads("registry")
 def log_run(cfg: RegistryConfig, prefix: str, metrics: dict[str, float], tags: dict[str, str],
-            status: str = "FINISHED") -> str:
-    """A standalone run ``PREFIX-<UTC time>`` with ``metrics`` (nightly drift, champion re-score);
-    configures MLflow first. Returns the run id.
+            status: str = "FINISHED", params: dict[str, str] | None = None, artifacts: Sequence[Path] = ()) -> str:
+    """A standalone run ``PREFIX-<UTC time>`` with ``metrics`` (nightly drift, champion re-score,
+    combinatorial paths); configures MLflow first. Returns the run id.
 
     :param status: how the run ends: ``FINISHED``, or ``FAILED`` to record a failure that the
         pipeline carried on from (a champion that could not be re-scored).
+    :param params: the flattened config, when the run computed something from it.
+    :param artifacts: files logged at the run's artifact root.
     """
     configure(cfg)
-    with parent_run(cfg, f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", {}, tags) as run_id:
+    with parent_run(cfg, f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", params or {}, tags) as run_id:
         log_metrics(run_id, metrics)
+        log_artifacts(run_id, artifacts)
     if status != "FINISHED":
         MlflowClient().set_terminated(run_id, status=status)
     return run_id

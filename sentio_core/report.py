@@ -46,6 +46,8 @@ def fold_rows(spans: Sequence[FoldSpan], regime_shares: Sequence[tuple[list[floa
     rows = []
     for i, span in enumerate(spans):
         row = {"fold": span.fold, "test_start": day(span.test_start), "test_end": day(span.test_end)}
+        if span.test_groups:  # a combinatorial split: its test groups
+            row["test_groups"] = ",".join(map(str, span.test_groups))
         if i in failures:
             row["error"] = failures[i]
         tests = fold_metrics[i] if i < len(fold_metrics) else {}

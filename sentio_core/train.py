@@ -30,6 +30,7 @@ from sentio_core.env import ObservationLayout, TradingEnv
 from sentio_core.market import Market
 from sentio_core.metadata import SeedSummary, TrainingSummary
 from sentio_core.policies import Algorithm, build_model, model_spec, pin_threads, reads_masks
+from sentio_core.ranges import Ranges, as_ranges
 from sentio_core.vec_env import EngineVecEnv
 
 if TYPE_CHECKING:  # a record handed in by the folds stage (data only)
@@ -194,11 +195,13 @@ class TrainResult:
     validation_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> VecEnv:
-    """``train.n_envs`` environments over the training rows, random episode starts: portfolios of
-    the vectorised engine (:class:`EngineVecEnv`)."""
-    first, last = rows[0], rows[1] - 1
-    return EngineVecEnv(market, cfg, first, last, cfg.train.n_envs, cfg.env.episode_bars, cfg.train.reward_scale)
+def vec_env(market: Market, cfg: Config, rows: tuple[int, int] | Ranges) -> VecEnv:
+    """``train.n_envs`` environments over the training rows (one range or a split's several), random
+    episode starts: portfolios of the vectorised engine (:class:`EngineVecEnv`)."""
+    ranges = as_ranges(rows)
+    windows = [(a, b - 1) for a, b in ranges]
+    return EngineVecEnv(market, cfg, *windows[0], cfg.train.n_envs, cfg.env.episode_bars, cfg.train.reward_scale,
+                        windows=windows if len(windows) > 1 else None)
 
 
 def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> DummyVecEnv:
@@ -208,16 +211,16 @@ def reference_vec_env(market: Market, cfg: Config, rows: tuple[int, int]) -> Dum
     return DummyVecEnv([lambda: TradingEnv(market, cfg, first, last, cfg.env.episode_bars)] * cfg.train.n_envs)
 
 
-def fold_model(algorithm: Algorithm, market: Market, cfg: Config, rows: tuple[int, int], seed: int) -> BaseAlgorithm:
+def fold_model(algorithm: Algorithm, market: Market, cfg: Config, rows: tuple[int, int] | Ranges, seed: int) -> BaseAlgorithm:
     """A fresh model of ``algorithm`` on :func:`vec_env` over ``rows``, with the network the config
     asks for on this market's observations (:func:`sentio_core.policies.model_spec`)."""
     spec = model_spec(cfg.train, ObservationLayout.of(market, cfg), market.feature_names, market.norm_mean, market.norm_std)
     return build_model(algorithm, vec_env(market, cfg, rows), cfg.train, seed, spec)
 
 
-def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int], seed: int,
+def train_policy(algorithm: Algorithm, market: Market, cfg: Config, train_rows: tuple[int, int] | Ranges, seed: int,
                  budget: Budget | None = None, on_progress=None, validation_rows: tuple[int, int] | None = None) -> TrainResult:
-    """Train ``algorithm`` on ``market``'s training rows ``[a, b)``.
+    """Train ``algorithm`` on ``market``'s training rows ``[a, b)`` (or several ranges).
 
     :param seed: the run's seed (torch, numpy, sampling, episode starts).
     :param budget: defaults to the config's ``train`` budget.

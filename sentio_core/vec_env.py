@@ -25,17 +25,32 @@ from sentio_core.market import Market
 class EngineVecEnv(VecEnv):
     """``n_envs`` trading environments over the decision rows ``[first, last)``, episodes of
     ``episode_bars`` decisions (the whole window when None or longer); the learner is handed
-    ``reward_scale`` times the environment's reward (``train.reward_scale``)."""
+    ``reward_scale`` times the environment's reward (``train.reward_scale``).
+
+    :param windows: several decision windows ``[(first, last), ...]`` instead of one (a
+        combinatorial split's training ranges): every episode lies inside one window, its start
+        drawn uniformly over all the starts the windows hold (a window shorter than an episode is
+        one whole-window episode, drawn in proportion to its length).
+    """
 
     render_mode = None
 
     def __init__(self, market: Market, cfg: Config, first: int, last: int, n_envs: int, episode_bars: int | None,
-                 reward_scale: float = 1.0):
-        if not 0 <= first < last <= market.n_rows - 1:
-            raise ValueError(f"decision window [{first}, {last}) does not fit {market.n_rows} rows")
+                 reward_scale: float = 1.0, windows: Sequence[tuple[int, int]] | None = None):
+        windows = list(windows) if windows else [(first, last)]
+        for a, b in windows:
+            if not 0 <= a < b <= market.n_rows - 1:
+                raise ValueError(f"decision window [{a}, {b}) does not fit {market.n_rows} rows")
         self.engine = Engine(market, cfg, n_envs)
-        self.first, self.last = first, last
-        self.episode_bars = episode_bars if episode_bars is not None and episode_bars < last - first else None
+        self.first, self.last = windows[0][0], windows[-1][1]
+        self.episode_bars = episode_bars if episode_bars is not None and episode_bars < self.last - self.first else None
+        self._several = None
+        if len(windows) > 1:  # episode starts and ends per window, weighted by the starts each holds
+            starts = np.array([a for a, _ in windows])
+            ends = np.array([b for _, b in windows])
+            fits = (ends - starts > episode_bars) if episode_bars is not None else np.zeros(len(windows), dtype=bool)
+            weight = np.where(fits, ends - starts - (episode_bars or 0) + 1, ends - starts)
+            self._several = (starts, ends, fits, np.cumsum(weight))
         bound = max(cfg.env.clip_obs, 10.0)  # as the reference environment's space
         obs_space = gym.spaces.Box(-bound, bound, shape=(self.engine.obs_dim,), dtype=np.float32)
         super().__init__(n_envs, obs_space, gym.spaces.Discrete(len(market.levels)))
@@ -52,10 +67,21 @@ class EngineVecEnv(VecEnv):
         return seeds
 
     def _windows(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._several is not None:
+            return self._draw_several(k)
         if self.episode_bars is None:
             return np.full(k, self.first), np.full(k, self.last)
         start = self._rng.integers(self.first, self.last - self.episode_bars + 1, size=k)
         return start, start + self.episode_bars
+
+    def _draw_several(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        starts, ends, fits, cum = self._several
+        u = self._rng.integers(0, cum[-1], size=k)
+        w = np.searchsorted(cum, u, side="right")  # the window each draw falls in
+        offset = u - np.concatenate([[0], cum[:-1]])[w]
+        start = np.where(fits[w], starts[w] + offset, starts[w])
+        end = np.where(fits[w], start + (self.episode_bars or 0), ends[w])
+        return start, end
 
     def reset(self) -> np.ndarray:
         self.engine.reset_all(*self._windows(self.num_envs))

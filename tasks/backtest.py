@@ -13,6 +13,7 @@ from sentio_core.export import load_policy
 from sentio_core.metadata import FoldResult
 from sentio_core.algorithms import seed_name
 from sentio_core.policies import pin_threads, reads_masks
+from sentio_core.returns import FoldReturns, fold_returns
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 from tasks.fold_inputs import fold_market_held
 
@@ -33,6 +34,10 @@ class BacktestOutput(StageOutput):
     paths_file: str
     trades_file: str
     plot_file: str
+
+    def returns(self) -> FoldReturns:
+        """Every strategy's out-of-sample bar returns, read back from the paths file."""
+        return fold_returns(self.result.fold, files.read_parquet(self.paths_file))
 
 
 def _policy(pth: str) -> tuple[Policy, bool]:

@@ -29,7 +29,7 @@ from sentio_core.memory import release
 
 RECORD_SERIALIZER = "sentio-record"
 STAGE_MODULES = ("tasks.ingest", "tasks.validate", "tasks.panel", "tasks.features", "tasks.folds", "tasks.regimes",
-                 "tasks.train", "tasks.backtest", "tasks.rescore", "tasks.drift", "tasks.register")
+                 "tasks.train", "tasks.backtest", "tasks.rescore", "tasks.drift", "tasks.register", "tasks.cpcv")
 _LOG = logging.getLogger("sentio.cache")
 
 

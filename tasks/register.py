@@ -20,16 +20,7 @@ from sentio_core.config import Config, stable_hash
 from sentio_core.export import load_policy, publish, replacing_export
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, ChampionReturns, GateResult
-from sentio_core.registration import (
-    FoldReturns,
-    evidence_curves,
-    gate_inputs,
-    gate_record,
-    plan_registration,
-    run_trials,
-    strategy_returns,
-    variant_label,
-)
+from sentio_core.registration import evidence_curves, gate_inputs, gate_record, plan_registration, run_trials, variant_label
 from sentio_core.trials import TrialRecord, frequency_label, records_from, relevant, universe_label
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
@@ -72,14 +63,6 @@ def _key(context, parameters) -> str:
     return KEY.checked(cfg, KEY.compute(cfg, *[v for k, v in parameters.items() if k not in UNKEYED]))
 
 
-def _fold_returns(backtests: list[BacktestOutput]) -> list[FoldReturns]:
-    out = []
-    for b in backtests:
-        stamps, returns = strategy_returns(files.read_parquet(b.paths_file))
-        out.append(FoldReturns(b.result.fold, stamps, returns))
-    return out
-
-
 def _champion(rescored: RescoreOutput) -> ChampionReturns:
     """The champion's bar returns on the bars after its training window and purge (its re-score)."""
     if not rescored.champion_present:
@@ -112,7 +95,7 @@ def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: F
     tags = {"data_fingerprint": manifest.sha256, "config_hash": stable_hash(cfg.identity()), "code_version": code}
     universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
     frequency = frequency_label(panel.frequency.bar_minutes)
-    returns = _fold_returns(backtests)
+    returns = [b.returns() for b in backtests]
     mine = run_trials(cfg, returns, trainings, tags, universe, frequency)
     registry.configure(cfg.registry)
     # every relevant trial: this experiment, universe and bar frequency, across nights and data updates

@@ -22,6 +22,7 @@ from sentio_core.report import FoldPlot, Registration, regime_rows, run_summary_
 
 if TYPE_CHECKING:
     from tasks.backtest import BacktestOutput
+    from tasks.cpcv import CPCVOutput
     from tasks.drift import DriftOutput
     from tasks.features import FeaturesOutput
     from tasks.panel import PanelOutput
@@ -68,7 +69,7 @@ def _n_regimes(pooled: dict[str, dict[str, float]]) -> int:
 
 def publish(rows: list[dict], panel: PanelOutput, features: FeaturesOutput, stage_states: dict[str, str],
             registered: RegisterOutput | None = None, backtests: list[BacktestOutput] = (),
-            drift: DriftOutput | None = None, champion: RescoreOutput | None = None) -> None:
+            drift: DriftOutput | None = None, champion: RescoreOutput | None = None, cpcv: CPCVOutput | None = None) -> None:
     """Create the fold table artifact and a run summary artifact (gate, registry, curves, drift)."""
     create_table_artifact(rows, key="sentio-folds",
                           description="Purged walk-forward folds: dates, regime shares, out-of-sample metrics after costs")
@@ -78,6 +79,6 @@ def publish(rows: list[dict], panel: PanelOutput, features: FeaturesOutput, stag
         panel.alignment.lines(), features.line(), stage_states,
         registration=_registration(registered) if registered is not None else None,
         champion_line=champion.summary_line if champion is not None else None,
-        drift_markdown=drift.markdown if drift is not None else None, plots=plots)
+        drift_markdown=drift.markdown if drift is not None else cpcv.markdown if cpcv is not None else None, plots=plots)
     create_markdown_artifact(markdown, key="sentio-run-summary",
                              description="Promotion decision, MLflow runs, drift, equity curves, stage states")

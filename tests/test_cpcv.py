@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentio_core.cpcv import CombinatorialPurged, CPCVError, merge, path_returns, subtract
+from sentio_core.cpcv import CombinatorialPurged, CPCVError, path_returns
+from sentio_core.ranges import as_ranges, merge, subtract, take
 
 
 def test_golden_splits_of_six_groups_two_tested():
@@ -67,6 +68,12 @@ def test_path_returns_follow_the_groups_in_order():
 def test_ranges_helpers():
     assert merge([(5, 7), (0, 2), (2, 3), (6, 9), (4, 4)]) == ((0, 3), (5, 9))
     assert subtract(((0, 10),), ((2, 4), (8, 12))) == ((0, 2), (4, 8))
+    assert as_ranges((3, 9)) == ((3, 9),) and as_ranges([(0, 2), (5, 7)]) == ((0, 2), (5, 7))
+    x = np.arange(10)
+    assert take(x, ((0, 2), (5, 7))).tolist() == [0, 1, 5, 6] and take(x, ((3, 5),)).base is x
+    for bad in ([(5, 7), (0, 2)], [(0, 3), (2, 5)], [(2, 2)], []):
+        with pytest.raises(ValueError, match="sorted, disjoint, non-empty"):
+            as_ranges(bad)
 
 
 def test_bad_settings_say_what_to_change():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sentio_core.metadata import SeedSummary
-from sentio_core.registration import FoldReturns, gate_inputs, run_trials, seed_columns, strategy_returns, variant_label
+from sentio_core.registration import gate_inputs, run_trials, seed_columns, variant_label
+from sentio_core.returns import FoldReturns, strategy_returns
 from sentio_core.trials import TrialRecord, frequency_label, group, ledger_stats, relevant, universe_label
 
 from .fixtures_market import smoke_cfg
