@@ -219,3 +219,17 @@ def bootstrap_equity_band(returns, *, block: float | None = None, n: int = 1000,
     paths = np.cumprod(1.0 + r[idx], axis=1)
     lo, hi = np.quantile(paths, [alpha / 2, 1 - alpha / 2], axis=0)
     return lo, hi
+
+
+def sharpe_interval(returns, *, block: float | None = None, n: int = 2000, alpha: float = 0.05,
+                    seed: int) -> tuple[float, float]:
+    """The ``1 - alpha`` percentile interval of the per-bar Sharpe ratio under a stationary bootstrap
+    (mean block ``block``, default ``T ** (1/3)`` bars): :func:`metrics.block_bootstrap_ci` with the
+    Sharpe ratio computed for every resample at once."""
+    r = _check_returns(returns)
+    if not 0 < alpha < 1:
+        raise MetricsError(f"alpha must be in (0, 1), got {alpha!r}")
+    block = max(1.0, r.size ** (1 / 3)) if block is None else float(block)
+    idx = _stationary_indices(np.random.default_rng(seed), r.size, n, block)
+    lo, hi = np.quantile(_block_sharpe(r[idx].T), [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

@@ -29,7 +29,8 @@ import numpy as np
 
 from sentio_core.algorithms import BASELINE, PRIMARY  # the promoted algorithm, and the baseline it must beat
 from sentio_core.config import PromotionConfig
-from sentio_core.evidence import expected_max_sharpe, paired_sharpe_test, pbo, psr_from_moments, sharpe_moments
+from sentio_core.evidence import (expected_max_sharpe, paired_sharpe_test, pbo, psr_from_moments, sharpe_interval,
+                                  sharpe_moments)
 from sentio_core.metrics import MetricsError
 from sentio_core.trials import LedgerStats
 
@@ -145,16 +146,20 @@ def champion_overlap(timestamps: Sequence[str], candidate: np.ndarray,
             [timestamps[i] for i in rows])
 
 
-def _deflated(x: GateInputs, cfg: PromotionConfig) -> tuple[Check, dict]:
+def _deflated(x: GateInputs, cfg: PromotionConfig, seed: int) -> tuple[Check, dict]:
     sr, skew, kurt, n = sharpe_moments(x.candidate)
     sr0 = expected_max_sharpe(x.ledger.n_trials, x.ledger.var_sharpe)
     dsr = psr_from_moments(sr, n, skew, kurt, sr0)
+    psr = psr_from_moments(sr, n, skew, kurt, 0.0)
     scale = math.sqrt(x.periods_per_year)
-    ev = {"sharpe_ann": sr * scale, "skewness": skew, "kurtosis": kurt, "bars": n, "psr": psr_from_moments(sr, n, skew, kurt, 0.0),
-          "expected_max_sharpe_ann": sr0 * scale, "deflated_sharpe": dsr, **x.ledger.to_dict()}
-    detail = (f"Sharpe {sr * scale:.2f} a year over {n} bars (skew {skew:.2f}, kurtosis {kurt:.1f}) against "
-              f"{sr0 * scale:.2f}, the expected best of {x.ledger.n_trials} skill-free trials (sd of the trials' "
-              f"Sharpe {math.sqrt(x.ledger.var_sharpe) * scale:.2f} a year)")
+    low, high = (v * scale for v in sharpe_interval(x.candidate, block=cfg.bootstrap_block_bars, n=cfg.bootstrap_samples,
+                                                    alpha=0.05, seed=seed + 3))
+    ev = {"sharpe_ann": sr * scale, "sharpe_low_ann": low, "sharpe_high_ann": high, "skewness": skew, "kurtosis": kurt,
+          "bars": n, "psr": psr, "expected_max_sharpe_ann": sr0 * scale, "deflated_sharpe": dsr, **x.ledger.to_dict()}
+    detail = (f"Sharpe {sr * scale:.2f} a year (95% bootstrap interval [{low:.2f}, {high:.2f}], probabilistic Sharpe "
+              f"{psr:.3f}) over {n} bars (skew {skew:.2f}, kurtosis {kurt:.1f}) against {sr0 * scale:.2f}, the expected "
+              f"best of {x.ledger.n_trials} skill-free trials (sd of the trials' Sharpe "
+              f"{math.sqrt(x.ledger.var_sharpe) * scale:.2f} a year)")
     return Check("deflated Sharpe", dsr, f">= {cfg.min_deflated_sharpe}", _verdict(dsr >= cfg.min_deflated_sharpe), detail), ev
 
 
@@ -216,7 +221,7 @@ def promotion_gate(folds: list[dict[str, dict[str, float]]], x: GateInputs, cfg:
     sizes = {x.candidate.size, x.ppo.size, x.underlying.size, len(x.timestamps), *(c.size for c in x.configurations.values())}
     if len(sizes) != 1:
         raise ValueError(f"promotion_gate: the return series must cover the same bars, got lengths {sorted(sizes)}")
-    dsr_check, dsr = _deflated(x, cfg)
+    dsr_check, dsr = _deflated(x, cfg, seed)
     pbo_check, overfit = _overfitting(x, cfg)
     vs_ppo = _paired("ppo", x.candidate, x.ppo, cfg, seed, x.periods_per_year)
     vs_und = _paired(UNDERLYING, x.candidate, x.underlying, cfg, seed + 1, x.periods_per_year)

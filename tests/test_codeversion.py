@@ -31,18 +31,21 @@ GOLDEN = {
     "validate": COMMON | {"data", "frequency", "universe", "validation"},
     "panel": COMMON | {"data", "frequency", "universe"},
     "features": COMMON | {"features", "frequency"},
-    "folds": COMMON | {"features", "folds", "frequency"},
-    "regimes": COMMON | {"regimes"},
+    # the combinatorial splitter lives beside its paths' Sharpe ratios (metrics)
+    "folds": COMMON | {"cpcv", "features", "folds", "frequency", "metrics", "ranges"},
+    "regimes": COMMON | {"ranges", "regimes"},
     "train": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks",
-                       "metadata", "metrics", "policies", "train", "vec_env"} | MODEL,  # validation runs the backtest on the inner slice
+                       "metadata", "metrics", "policies", "ranges", "train", "vec_env"} | MODEL,  # validation runs the backtest on the inner slice
     "backtest": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
-                          "metrics", "plots", "policies"} | MODEL,
+                          "metrics", "plots", "policies", "ranges", "returns"} | MODEL,
     "rescore": COMMON | {"backtest", "baselines", "costs", "engine", "env", "export", "features", "frequency", "market", "masks", "metadata",
-                         "metrics", "policies", "regimes", "registry", "rescore"} | MODEL,
-    "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "regimes",
+                         "metrics", "policies", "ranges", "regimes", "registry", "rescore"} | MODEL,
+    "drift": COMMON | {"drift", "export", "features", "frequency", "market", "masks", "metadata", "policies", "ranges", "regimes",
                        "registry"} | MODEL,
     "register": COMMON | {"baselines", "evidence", "export", "metadata", "metrics", "plots", "policies", "promotion",
-                          "registration", "registry", "trials"} | MODEL,
+                          "registration", "registry", "returns", "trials"} | MODEL,
+    "cpcv": COMMON | {"baselines", "cpcv", "evidence", "export", "metadata", "metrics", "policies", "promotion", "ranges",
+                      "registration", "registry", "returns", "trials"} | MODEL,
 }
 
 

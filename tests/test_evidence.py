@@ -166,3 +166,13 @@ def test_the_bootstrap_equity_band_holds_the_path_and_widens_with_time():
     np.testing.assert_array_equal(lo, again[0])
     with pytest.raises(MetricsError, match="alpha"):
         bootstrap_equity_band(r, alpha=1.5, seed=0)
+
+
+def test_the_vectorised_sharpe_interval_is_the_bootstrap_ci_of_the_sharpe():
+    from sentio_core.evidence import sharpe_interval
+    from sentio_core.metrics import block_bootstrap_ci
+
+    r = np.random.default_rng(2).normal(0.0005, 0.01, 300)
+    fast = sharpe_interval(r, n=500, alpha=0.1, seed=9)
+    slow = block_bootstrap_ci(r, lambda x: sharpe_moments(x)[0], block=300 ** (1 / 3), n=500, alpha=0.1, seed=9)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
