@@ -56,12 +56,15 @@ def seed_columns(algorithm: str, returns: dict[str, np.ndarray]) -> list[str]:
 
 @reads(*MODEL_SECTIONS)
 def run_trials(cfg: Config, folds: Sequence[FoldReturns], trainings: dict[tuple[int, str], TrainingSummary],
-               tags: dict[str, str], universe: str, bar_frequency: str) -> dict[tuple[int, str], list[TrialRecord]]:
+               tags: dict[str, str], universe: str, bar_frequency: str,
+               policies: dict[tuple[int, str], list[str]] | None = None) -> dict[tuple[int, str], list[TrialRecord]]:
     """This run's trials: every seed of every fold and algorithm, with its out-of-sample returns.
 
     :param tags: the run's ``config_hash``, ``data_fingerprint`` and ``code_version``.
+    :param policies: ``(fold, algorithm)`` -> each seed's weights SHA-256, in seed order.
     :returns: ``(fold, algorithm)`` -> its seeds' records, in seed order.
     """
+    policies = policies or {}
     out: dict[tuple[int, str], list[TrialRecord]] = {}
     for f in folds:
         for algo in cfg.train.algorithms:
@@ -74,7 +77,8 @@ def run_trials(cfg: Config, folds: Sequence[FoldReturns], trainings: dict[tuple[
                 seed=seeds[k] if k < len(seeds) else -1, seed_index=k, fold=f.fold,
                 chosen=len(columns) == 1 or (k < len(seeds) and seeds[k] == training.seed),
                 data_fingerprint=tags["data_fingerprint"], code_version=tags["code_version"],
-                timestamps=f.timestamps, returns=f.returns[col].tolist()) for k, col in enumerate(columns)]
+                timestamps=f.timestamps, returns=f.returns[col].tolist(),
+                policy_sha256=(policies.get((f.fold, algo)) or [""] * len(columns))[k]) for k, col in enumerate(columns)]
     return out
 
 

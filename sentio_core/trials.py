@@ -48,6 +48,7 @@ class TrialRecord(BaseModel):
     code_version: str
     timestamps: list[str]  # each P&L bar's close
     returns: list[float]  # bar returns after costs, fractions
+    policy_sha256: str = ""  # the trained policy's weights (its export's SHA-256): the same policy is the same trial
 
     @property
     def trial_key(self) -> tuple[str, str, str, int, str, str]:
@@ -117,13 +118,21 @@ def relevant(records: Iterable[TrialRecord], experiment: str, universe: str, bar
 
 
 def group(records: Iterable[TrialRecord]) -> list[Trial]:
-    """Trials from records, in first-seen order; a (trial, fold) logged twice counts once."""
+    """Trials from records, in first-seen order; a (trial, fold) logged twice counts once, and so does
+    a trial whose folds' policies are all the same policies as an earlier trial's (the same trained
+    weights registered again, after a code change elsewhere or on a night whose new bars moved no
+    fold: the same policies looked at again, not a new try)."""
     folds: dict[tuple, dict[int, TrialRecord]] = {}
     for r in records:
         folds.setdefault(r.trial_key, {}).setdefault(r.fold, r)
-    out = []
+    out, seen = [], set()
     for key, by_fold in folds.items():
         order = sorted(by_fold)
+        policies = tuple((f, by_fold[f].algorithm, by_fold[f].policy_sha256) for f in order)
+        if all(p for *_, p in policies):
+            if policies in seen:
+                continue
+            seen.add(policies)
         out.append(Trial(key, tuple(order), np.concatenate([np.asarray(by_fold[f].returns, dtype=float) for f in order])))
     return out
 

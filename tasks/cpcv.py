@@ -76,7 +76,7 @@ def cpcv(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: Folds
     universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
     frequency = frequency_label(panel.frequency.bar_minutes)
     by_split = {(t.fold, t.algorithm): t.training for t in trained}
-    records = [r for rs in run_trials(cfg, returns, by_split, tags, universe, frequency).values() for r in rs]
+    records = [r for rs in run_trials(cfg, returns, by_split, tags, universe, frequency, {(t.fold, t.algorithm): t.policy_hashes() for t in trained}).values() for r in rs]
     trials_file = files.write_json([r.model_dump(mode="json") for r in records],
                                    out.with_suffix("") / registry.TRIALS_ARTIFACT)
     metrics = {f"cpcv.{name}.{k}": v for name, s in summary.items() for k, v in s.items()}

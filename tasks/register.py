@@ -96,7 +96,7 @@ def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: F
     universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
     frequency = frequency_label(panel.frequency.bar_minutes)
     returns = [b.returns() for b in backtests]
-    mine = run_trials(cfg, returns, trainings, tags, universe, frequency)
+    mine = run_trials(cfg, returns, trainings, tags, universe, frequency, {(t.fold, t.algorithm): t.policy_hashes() for t in trained})
     registry.configure(cfg.registry)
     # every relevant trial: this experiment, universe and bar frequency, across nights and data updates
     ledger = _ledger(cfg, universe, frequency) + [r for rs in mine.values() for r in rs]

@@ -37,6 +37,10 @@ class TrainOutput(StageOutput):
     training: TrainingSummary
     seed_paths: list[str] = []  # every seed's export, in seed order (the chosen seed's is ``path``); one seed: empty
 
+    def policy_hashes(self) -> list[str]:
+        """Each seed's weights SHA-256, in seed order (the trial ledger's identity of a trained policy)."""
+        return [files.file_sha256(p) for p in self.seed_paths] if self.seed_paths else [self.sha256]
+
 
 @releasing
 def _train(cfg: Config, panel: PanelOutput, features: FeaturesOutput, folds: FoldsOutput, regimes: RegimesOutput,

@@ -36,6 +36,17 @@ def test_the_same_trial_logged_twice_counts_once():
     assert stats.n_trials == 1 and stats.var_sharpe == 0.0
 
 
+def test_the_same_trained_policies_registered_again_are_one_trial():
+    """A registration re-run after a code change elsewhere logs the same weights under a new code
+    version: the same policies looked at again, not a new try. New weights are a new trial."""
+    first = [record(fold=f, policy_sha256=f"w{f}") for f in (0, 1)]
+    again = [record(fold=f, policy_sha256=f"w{f}", code_version="c2") for f in (0, 1)]
+    retrained = [record(fold=f, policy_sha256=f"x{f}", code_version="c3") for f in (0, 1)]
+    assert len(group(first + again)) == 1 and len(group(first + again + retrained)) == 2
+    unknown = [record(fold=f, code_version="c4") for f in (0, 1)]  # records from before weights were recorded
+    assert len(group(first + unknown)) == 2
+
+
 def test_ledger_stats_is_the_count_and_the_sample_variance_of_per_bar_sharpe():
     rs = [(0.01, 0.02, 0.03), (0.01, -0.01, 0.0, 0.02), (-0.02, 0.01, -0.01)]
     trials = group([record(k, returns=r) for k, r in enumerate(rs)])
@@ -73,10 +84,11 @@ def test_run_trials_records_every_seed_and_marks_the_chosen_one():
     folds = [_fold(0, 2), _fold(1, 2)]
     trainings = {(f, a): summary(8 if a == "ppo" else 7) for f in (0, 1) for a in cfg.train.algorithms}
     tags = {"config_hash": "h", "data_fingerprint": "d", "code_version": "c"}
-    out = run_trials(cfg, folds, trainings, tags, "QQQ/TQQQ/SQQQ", "1d")
+    hashes = {k: [f"{k[0]}{k[1]}-{s}" for s in (0, 1)] for k in trainings}
+    out = run_trials(cfg, folds, trainings, tags, "QQQ/TQQQ/SQQQ", "1d", hashes)
     assert sorted(out) == [(0, "maskable_ppo"), (0, "ppo"), (1, "maskable_ppo"), (1, "ppo")]
     ppo = out[(1, "ppo")]
-    assert [(r.seed, r.seed_index, r.chosen) for r in ppo] == [(7, 0, False), (8, 1, True)]
+    assert [(r.seed, r.seed_index, r.chosen, r.policy_sha256) for r in ppo] == [(7, 0, False, "1ppo-0"), (8, 1, True, "1ppo-1")]
     assert ppo[1].returns == folds[1].returns["ppo_seed1"].tolist() and ppo[1].timestamps == folds[1].timestamps
     assert seed_columns("ppo", folds[0].returns) == ["ppo_seed0", "ppo_seed1"]
     assert seed_columns("ppo", _fold(0, 1).returns) == ["ppo"]
