@@ -135,14 +135,15 @@ def test_comments_and_docstrings_rerun_nothing(tree, module):
 
 def test_a_new_key_in_one_config_section_reruns_only_its_readers(tree):
     """A new schema key in ``drift`` changes the drift section's values and its class: drift,
-    register (which records the whole model config) and the champion re-score (which validates
-    the champion's own config through every section's class) run again, nothing else."""
+    register and the CPCV paths (which record the whole model config and hash it into the trials)
+    and the champion re-score (which validates the champion's own config through every section's
+    class) run again, nothing else."""
     def add_key(text: str) -> str:
         anchor = "class DriftConfig(_Section):\n"
         return text.replace(anchor, anchor + "    new_knob: int = 3\n")
 
     changed = _rerun_after(tree, "sentio_core/config.py", add_key)
-    assert changed == {name for name, key in _keys().items() if "drift" in key.schema} == {"drift", "register", "rescore"}
+    assert changed == {name for name, key in _keys().items() if "drift" in key.schema} == {"drift", "register", "rescore", "cpcv"}
 
 
 def test_config_code_outside_the_sections_reruns_every_stage(tree):
@@ -214,4 +215,4 @@ def test_the_champion_rescore_runs_every_sections_schema_but_reads_no_value():
 def test_a_cost_schema_edit_reruns_the_stages_that_run_it(tree):
     changed = _rerun_after(tree, "sentio_core/config.py", lambda text: text.replace(
         'raise KeyError(f"costs.half_spread_bps has no entry', 'raise LookupError(f"costs.half_spread_bps has no entry'))
-    assert changed == {"train", "backtest", "rescore", "register"}
+    assert changed == {"train", "backtest", "rescore", "register", "cpcv"}
