@@ -24,7 +24,12 @@ def equity_drawdown_png(title: str, timestamps: list[str], curves: dict[str, np.
     top.set_ylabel("equity (x start)")
     top.legend(fontsize=7, ncol=3, loc="upper left")
     bottom.set_ylabel("drawdown")
-    for ax in (top, bottom):
+    return _png(fig, (top, bottom), dpi)
+
+
+def _png(fig, axes, dpi: int) -> bytes:
+    """The figure, its axes gridded and small-labelled, as PNG bytes; the figure is closed."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -49,10 +54,4 @@ def evidence_png(title: str, timestamps: list[str], curves: dict[str, np.ndarray
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("growth of 1, after costs")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
-    ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig, (ax,), dpi)

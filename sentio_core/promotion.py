@@ -35,6 +35,9 @@ from sentio_core.metrics import MetricsError
 from sentio_core.trials import LedgerStats
 
 PASS, FAIL, REPORTED = "pass", "FAIL", "reported"
+#: The paired comparisons show a two-sided 90 % interval of the Sharpe difference: its lower end is
+#: the bound of a one-sided 5 % test (the default ``paired_alpha``), whatever level the gate uses.
+INTERVAL_TAIL = 0.05
 UNDERLYING = "buy_hold_underlying"
 
 
@@ -124,11 +127,11 @@ def _verdict(ok: bool, gates: bool = True) -> str:
 
 def _paired(name: str, candidate: np.ndarray, other: np.ndarray, cfg: PromotionConfig, seed: int, ppy: float) -> dict:
     t = paired_sharpe_test(candidate, other, block=cfg.bootstrap_block_bars, n=cfg.bootstrap_samples,
-                           alpha=2 * cfg.paired_alpha, seed=seed)  # a two-sided 90 % interval for a one-sided 5 % test
+                           alpha=2 * INTERVAL_TAIL, seed=seed)
     scale = math.sqrt(ppy)
     return {"against": name, "bars": int(candidate.size), "sharpe_difference_ann": t.difference * scale,
             "low_ann": t.low * scale, "high_ann": t.high * scale, "p_value": t.p_value, "block_bars": t.block,
-            "resamples": t.n, "interval": 1 - 2 * cfg.paired_alpha}
+            "resamples": t.n, "interval": 1 - 2 * INTERVAL_TAIL}
 
 
 def _paired_detail(p: dict) -> str:

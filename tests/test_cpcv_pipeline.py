@@ -84,15 +84,21 @@ def test_the_regime_model_of_a_split_never_reads_its_test_blocks():
     assert a.probabilities.height == span.end_row - min(span.train_rows[0], span.test_rows[0])
 
 
-def test_test_groups_are_backtested_one_by_one_and_chained():
+@functools.lru_cache(maxsize=None)
+def _split_market(index: int = 1):
+    """A split's market (test groups (0, 2) for index 1: training rows before, between and after)."""
     from sentio_core.market import fold_market
     from sentio_core.regimes import fold_regimes
 
     cfg, bars, feats, freq, _ = _data()
-    span = fold_spans(cfg, feats)[1]
+    span = fold_spans(cfg, feats)[index]
     with single_blas_thread():
         reg = fold_regimes(cfg, bars, span)
-    market = fold_market(cfg, bars, feats, reg.probabilities, span, freq.periods_per_year)
+    return cfg, span, fold_market(cfg, bars, feats, reg.probabilities, span, freq.periods_per_year)
+
+
+def test_test_groups_are_backtested_one_by_one_and_chained():
+    cfg, span, market = _split_market()
     rule = {"hold": (Schedule(np.full(market.n_rows, len(market.levels) - 1)), True)}
     chained = fold_backtest(cfg, market, span, rule)
     parts = [backtest_fold(market, cfg, rows, rule) for rows in span.testing_ranges]
@@ -106,15 +112,9 @@ def test_test_groups_are_backtested_one_by_one_and_chained():
 
 
 def test_training_episodes_stay_inside_the_training_ranges():
-    from sentio_core.market import fold_market
-    from sentio_core.regimes import fold_regimes
     from sentio_core.vec_env import EngineVecEnv
 
-    cfg, bars, feats, freq, _ = _data()
-    span = fold_spans(cfg, feats)[1]
-    with single_blas_thread():
-        reg = fold_regimes(cfg, bars, span)
-    market = fold_market(cfg, bars, feats, reg.probabilities, span, freq.periods_per_year)
+    cfg, span, market = _split_market()
     windows = [(a, b - 1) for a, b in span.train_ranges]
     env = EngineVecEnv(market, cfg, *windows[0], 64, 50, windows=windows)
     env.seed(0)
