@@ -172,7 +172,7 @@ def gate_metrics(gate: GateResult) -> dict[str, float]:
     """The parent run's ``n_trials`` and each check's value (``gate.deflated_sharpe``, ...) and verdict (1 pass, 0 not)."""
     out = {"n_trials": float(gate.evidence["deflated"]["n_trials"])}
     for c in gate.checks:
-        key = "gate." + c.name.replace(" ", "_").replace("-", "_")
+        key = "gate." + c.name.lower().replace(" ", "_").replace("-", "_")
         if c.value is not None:
             out[key] = float(c.value)
         out[f"{key}.passed"] = float(c.verdict == "pass")
