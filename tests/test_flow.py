@@ -127,7 +127,15 @@ def test_registration_logs_runs_and_sets_an_alias(first_run):
     # every mask rule reports itself in the child runs, with the bars forced to one action and to flat
     assert {"forced_bars", "forced_flat", *(f"mask_{rule}" for rule in MASK_RULES)} <= set(child.data.metrics)
     names = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert any(n.endswith(".png") for n in names) and any("trades" in n for n in names)
+    assert any(n.endswith(".png") for n in names) and any("trades" in n for n in names) and "trials.json" in names
+    assert child.data.tags["sentio.trials"] == "1" and child.data.tags["sentio.universe"] == "QQQ/TQQQ/SQQQ"
+    # the evidence: the ledger's count, every check's value and verdict, results by regime, the gate and its plot
+    metrics = parent.data.metrics
+    assert metrics["n_trials"] == reg.n_trials >= 4 and "gate.deflated_sharpe" in metrics and "gate.pbo.passed" in metrics
+    assert {"regime_0.maskable_ppo.sharpe", "regime_2.ppo.bars"} <= set(metrics)
+    assert {"regime_0_sharpe", "psr", "sharpe_low", "sharpe_high"} <= set(child.data.metrics)
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "gate.json" in parent_files and any(n.endswith("-evidence.png") for n in parent_files)
     version = client.get_model_version("sentio-maskable-ppo", reg.version)
     assert {"data_fingerprint", "config_hash", "code_version"} <= set(version.tags)
     assert mlflow.get_tracking_uri() == reg.tracking_uri
