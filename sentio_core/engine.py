@@ -133,6 +133,15 @@ class Engine:
         self.constrained[rows] = 0
         self._mark()
 
+    def load_state(self, cash: np.ndarray, shares: np.ndarray, peak: np.ndarray, level: np.ndarray, held: np.ndarray,
+                   cooldown: np.ndarray) -> None:
+        """Set every portfolio's money and position as a live book holds them at the close of its
+        decision row (the equity is marked at that close); what a decision on live bars starts from."""
+        self.cash[:], self.shares[:] = cash, shares
+        self.equity = self.cash + (self.shares * self.tab.close[self.t]).sum(axis=1)
+        self.peak[:], self.level[:], self.held[:], self.cooldown[:] = peak, level, held, cooldown
+        self._mark()
+
     @property
     def _row(self) -> np.ndarray | int:
         """The decision row(s) to index the tables with: one shared row (the tables' rows broadcast

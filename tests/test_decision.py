@@ -1,0 +1,95 @@
+"""The decision API on live bars: replaying a test window bar by bar, with the portfolio carried by
+the engine, gives exactly the backtest's levels; bad bars and portfolios are refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sentio.cli import main
+from sentio_core.backtest import backtest_fold
+from sentio_core.data import build_manifest, build_panel
+from sentio_core.decision import Decider, DecisionError, Portfolio
+from sentio_core.engine import Engine
+from sentio_core.features import feature_table
+from sentio_core.market import build_market
+from sentio_core.regimes import forward_filter, regime_frame, underlying_returns
+from sentio_core.rescore import row_of
+
+from .conftest import SMOKE
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A MaskablePPO trained by `sentio train` on the smoke config's latest fold, and its backtest
+    over its test window built as the champion re-score builds it (the export's own fitted state)."""
+    tmp = tmp_path_factory.mktemp("decision")
+    assert main(["train", "--timesteps", "512", "--output", str(tmp / "policy"), "--config", str(SMOKE),
+                 "--set", f"run.work_dir={tmp / 'work'}"]) == 0
+    decider = Decider(tmp / "policy")
+    cfg, spec = decider.cfg, decider.spec
+    bars, _, freq = build_panel(cfg, build_manifest(cfg))
+    feats = feature_table(cfg, bars, freq)
+    stamps = feats["timestamp"]
+    a, c, d = (row_of(stamps, spec.train_window[0]), row_of(stamps, spec.test_window[0]),
+               row_of(stamps, spec.test_window[1]) + 1)
+    probs = forward_filter(decider.regime_model, underlying_returns(cfg, bars)[a:])
+    norm = spec.observation.normalisation
+    market = build_market(cfg, bars, feats, regime_frame(stamps[a:], probs), (a, c), freq.periods_per_year,
+                          fitted=(spec.observation.features, norm.mean, norm.std))
+    act = lambda o, m: decider.policy.act(o, m)  # noqa: E731
+    path = backtest_fold(market, cfg, (c - a, d - a), {"policy": (act, True)})["policy"]
+    return decider, bars, market, path, c - a
+
+
+def test_replaying_the_test_window_bar_by_bar_gives_the_backtest_levels(exported):
+    decider, bars, market, path, first = exported
+    cfg = decider.cfg
+    carrier = Engine(market, cfg, 1)  # the live book: carried forward by the engine, one bar at a time
+    carrier.reset_all(np.array([first - 1]), np.array([first - 1 + len(path.levels)]))
+    symbols = [leg.symbol for leg in market.legs]
+    levels = []
+    for k in range(len(path.levels)):
+        t = int(carrier.t[0])
+        now = market.timestamps[t]
+        live = bars.filter(pl.col("timestamp") <= pl.lit(now).str.to_datetime(time_zone="America/New_York"))
+        book = Portfolio(cash=float(carrier.cash[0]), shares=dict(zip(symbols, carrier.shares[0].tolist())),
+                         peak=float(carrier.peak[0]), level=float(market.levels[carrier.level[0]]),
+                         held=int(carrier.held[0]), cooldown=int(carrier.cooldown[0]))
+        decision = decider.decide(live, book)
+        assert decision.timestamp == now
+        levels.append(decision.level)
+        carrier.step(np.array([decision.action]))
+    assert levels == path.levels.tolist()
+
+
+def test_the_decision_says_why_each_level_is_forbidden(exported):
+    decider, bars, market, _, _ = exported
+    stopped = Portfolio(cash=70_000.0, shares={}, peak=100_000.0)  # 30 % down: past the drawdown budget
+    decision = decider.decide(bars, stopped)
+    assert decision.level == 0.0 and decision.mask == [lv == 0 for lv in market.levels]
+    assert set(decision.forbidden) == {f"{lv:g}" for lv in market.levels if lv != 0}
+    assert set(decision.forbidden.values()) == {"drawdown"} and decision.cooldown > 0
+    assert len(decision.observation) == decider.policy.obs_dim
+
+
+def test_bad_bars_and_portfolios_are_refused_by_name(exported):
+    decider, bars, *_ = exported
+    book = Portfolio(cash=100_000.0, shares={}, peak=100_000.0)
+    with pytest.raises(DecisionError, match="missing columns"):
+        decider.decide(bars.drop("volume"), book)
+    with pytest.raises(DecisionError, match="no bars of SQQQ"):
+        decider.decide(bars.filter(pl.col("symbol") != "SQQQ"), book)
+    last = bars["timestamp"].max()
+    with pytest.raises(DecisionError, match="stale symbols .*TQQQ"):
+        decider.decide(bars.filter(~((pl.col("symbol") == "TQQQ") & (pl.col("timestamp") == last))), book)
+    swapped = pl.concat([bars.filter(pl.col("symbol") == "QQQ").reverse(), bars.filter(pl.col("symbol") != "QQQ")])
+    with pytest.raises(DecisionError, match="QQQ row 1 .* out of order or repeated"):
+        decider.decide(swapped, book)
+    with pytest.raises(DecisionError, match="too few"):
+        decider.decide(bars.group_by("symbol").tail(40), book)
+    with pytest.raises(DecisionError, match="does not trade"):
+        decider.decide(bars, Portfolio(cash=1.0, shares={"SPY": 1.0}, peak=1.0))
+    with pytest.raises(DecisionError, match="not one of the policy's levels"):
+        decider.decide(bars, Portfolio(cash=1.0, shares={}, peak=1.0, level=0.3))
