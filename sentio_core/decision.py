@@ -13,8 +13,10 @@ export's feature list, mean and std), and the engine's masks and observation
 the observation's lookback must be defined; beyond that, the exponential averages (EWMA, MACD,
 RSI) and the regime filter start from the window's first bar and forget it geometrically, so the
 window needs a burn-in for the last bar to carry the values a full history gives.
-:meth:`Decider.required_bars` is the least the features need and :attr:`Decider.window_bars`
-(required + ``burn_in``, 500 by default) what the replay test holds equal to the backtest.
+:meth:`Decider.required_bars` is the least the features need (90 daily bars by default) and
+:meth:`Decider.window_bars` what a decision uses and the replay tests hold equal to the backtest:
+required + the larger of 500 bars and 150 higher-timeframe periods (840 daily bars, 150 weeks;
+on 5-minute bars 150 sessions).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sentio_core.regimes import RegimeModel, forward_filter, regime_frame, under
 
 BAR_COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
 BURN_IN_BARS = 500
+BURN_IN_PERIODS = 150
 
 
 class DecisionError(ValueError):
@@ -96,8 +99,18 @@ class Decider:
         return warmup + self.cfg.env.lookback_bars + max(self.cfg.env.vol_bars, self.cfg.env.liquidity_bars) + 1
 
     def window_bars(self, bars_per_session: float = 1.0) -> int:
-        """The bars per symbol a decision uses: :meth:`required_bars` plus the burn-in."""
-        return self.required_bars(bars_per_session) + self.burn_in
+        """The bars per symbol a decision uses: :meth:`required_bars` plus the burn-in: at least
+        ``burn_in`` bars and :data:`BURN_IN_PERIODS` higher-timeframe periods (the weekly RSI's
+        Wilder smoothing forgets its start by (13/14)^n: 150 weeks leave 1e-5 of it)."""
+        return self.required_bars(bars_per_session) + max(self.burn_in, self.period_bars(bars_per_session) * BURN_IN_PERIODS)
+
+    def period_bars(self, bars_per_session: float = 1.0) -> int:
+        """Bars in one higher-timeframe period (a week of daily bars, a session of intraday ones)."""
+        period = self.cfg.features.higher_timeframe
+        if period == "auto":
+            period = "1d" if bars_per_session > 1 else "1w"
+        sessions = {"1d": 1, "1w": 5, "1mo": 21, "none": 0}[period]
+        return int(round(sessions * bars_per_session))
 
     def decide(self, bars: pl.DataFrame, portfolio: Portfolio) -> Decision:
         """The policy's decision at the close of the latest bar.

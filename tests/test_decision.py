@@ -17,16 +17,19 @@ from sentio_core.market import build_market
 from sentio_core.regimes import forward_filter, regime_frame, underlying_returns
 from sentio_core.rescore import row_of
 
-from .conftest import SMOKE
+from .conftest import REPO, SMOKE
+
+pytestmark = pytest.mark.slow  # a training, then one decision per test bar (about 75 ms each on daily bars)
+
+INTRADAY = REPO / "configs" / "intraday.yaml"
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A MaskablePPO trained by `sentio train` on the smoke config's latest fold, and its backtest
-    over its test window built as the champion re-score builds it (the export's own fitted state)."""
-    tmp = tmp_path_factory.mktemp("decision")
-    assert main(["train", "--timesteps", "512", "--output", str(tmp / "policy"), "--config", str(SMOKE),
-                 "--set", f"run.work_dir={tmp / 'work'}"]) == 0
+def _exported(tmp, config, *sets: str):
+    """A MaskablePPO trained by `sentio train` on the config's latest fold, and its backtest over its
+    test window built as the champion re-score builds it (the export's own fitted state)."""
+    argv = ["train", "--timesteps", "512", "--output", str(tmp / "policy"), "--config", str(config),
+            "--set", f"run.work_dir={tmp / 'work'}"]
+    assert main([*argv, *[x for s in sets for x in ("--set", s)]]) == 0
     decider = Decider(tmp / "policy")
     cfg, spec = decider.cfg, decider.spec
     bars, _, freq = build_panel(cfg, build_manifest(cfg))
@@ -43,17 +46,39 @@ def exported(tmp_path_factory):
     return decider, bars, market, path, c - a
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return _exported(tmp_path_factory.mktemp("decision"), SMOKE)
+
+
 def test_replaying_the_test_window_bar_by_bar_gives_the_backtest_levels(exported):
-    decider, bars, market, path, first = exported
+    """Daily: the smoke fold's 120 test bars."""
+    assert _replay(*exported) == exported[3].levels.tolist()
+
+
+def test_replaying_five_minute_bars_gives_the_backtest_levels(tmp_path):
+    """5-minute bars: the first 240 decisions of the latest test window (three sessions and more:
+    the session-close rule, the overnight gaps and the higher-timeframe features all bind)."""
+    exported = _exported(tmp_path, INTRADAY, "train.n_steps=64", "train.batch_size=64", "train.validation_bars=0")
+    assert _replay(*exported, decisions=240) == exported[3].levels[:240].tolist()
+
+
+def market_stamp(bars: pl.DataFrame, iso: str):
+    """An ISO timestamp as a literal comparable with the panel's timestamps."""
+    return pl.lit(iso).str.to_datetime(time_zone=bars["timestamp"].dtype.time_zone)
+
+
+def _replay(decider, bars, market, path, first, decisions: int | None = None) -> list[float]:
+    """The decisions over the test window, the book carried forward by the engine one bar at a time."""
     cfg = decider.cfg
-    carrier = Engine(market, cfg, 1)  # the live book: carried forward by the engine, one bar at a time
+    carrier = Engine(market, cfg, 1)  # the live book
     carrier.reset_all(np.array([first - 1]), np.array([first - 1 + len(path.levels)]))
     symbols = [leg.symbol for leg in market.legs]
     levels = []
-    for k in range(len(path.levels)):
+    for k in range(decisions or len(path.levels)):
         t = int(carrier.t[0])
         now = market.timestamps[t]
-        live = bars.filter(pl.col("timestamp") <= pl.lit(now).str.to_datetime(time_zone="America/New_York"))
+        live = bars.filter(pl.col("timestamp") <= market_stamp(bars, now))
         book = Portfolio(cash=float(carrier.cash[0]), shares=dict(zip(symbols, carrier.shares[0].tolist())),
                          peak=float(carrier.peak[0]), level=float(market.levels[carrier.level[0]]),
                          held=int(carrier.held[0]), cooldown=int(carrier.cooldown[0]))
@@ -61,7 +86,7 @@ def test_replaying_the_test_window_bar_by_bar_gives_the_backtest_levels(exported
         assert decision.timestamp == now
         levels.append(decision.level)
         carrier.step(np.array([decision.action]))
-    assert levels == path.levels.tolist()
+    return levels
 
 
 def test_the_decision_says_why_each_level_is_forbidden(exported):
