@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="recompute every stage instead of using the cache")
     _common(p)
 
+    p = sub.add_parser("decide", help="one decision of an exported policy on the latest bars: print it as JSON")
+    p.add_argument("--model", required=True, help="the export (PATH.pth or its stem), e.g. trained_models/sentio-maskable-ppo")
+    p.add_argument("--data", required=True, help="folder (or file) of bars of every symbol the policy reads")
+    p.add_argument("--portfolio", required=True, help="JSON: cash, shares per leg, peak, level, held, cooldown")
+    _common(p)
+
     p = sub.add_parser("promote", help="point the champion alias at VERSION by hand (a promotion or a roll-back) and "
                                        "export it; recorded in MLflow with who asked and why")
     p.add_argument("version", help="the registered model version (registry.model_name)")
@@ -377,6 +383,27 @@ def cmd_run(args, cfg) -> int:
     return 0
 
 
+def cmd_decide(args, cfg) -> int:
+    from sentio_core.data import load_panel
+    from sentio_core.decision import Decider, DecisionError, read_portfolio
+
+    try:
+        portfolio = read_portfolio(args.portfolio)
+    except DecisionError as exc:
+        _err(f"decide: {exc}")
+        return EXIT_USAGE
+    decider = Decider(args.model)
+    symbols = list(dict.fromkeys([decider.cfg.universe.underlying, *(leg.symbol for leg in decider.spec.legs)]))
+    bars, _ = load_panel(args.data, symbols, decider.cfg.data.timezone)
+    try:
+        decision = decider.decide(bars, portfolio)
+    except DecisionError as exc:
+        _err(f"decide: {exc}")
+        return EXIT_USAGE if str(exc).startswith("portfolio") else EXIT_DATA
+    print(json.dumps(decision.to_dict()))
+    return 0
+
+
 def cmd_promote(args, cfg) -> int:
     import getpass
 
@@ -393,7 +420,7 @@ def cmd_promote(args, cfg) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run,
-            "promote": cmd_promote}
+            "promote": cmd_promote, "decide": cmd_decide}
 
 
 def _one_line(exc: BaseException) -> str:

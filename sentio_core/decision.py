@@ -65,6 +65,41 @@ class Portfolio:
     cooldown: int = 0
 
 
+def read_portfolio(path: str | Path) -> Portfolio:
+    """A portfolio from JSON: ``{"cash": ..., "shares": {SYMBOL: ...}, "peak": ..., "level": ...,
+    "held": ..., "cooldown": ...}`` (level, held and cooldown default to flat, 0 and 0).
+
+    :raises DecisionError: naming the file and the field that is missing or malformed.
+    """
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DecisionError(f"{path}: not a readable JSON portfolio ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise DecisionError(f"{path}: a portfolio is a JSON object, got {type(doc).__name__}")
+    fields = {"cash": float, "peak": float, "level": float, "held": int, "cooldown": int}
+    unknown = sorted(set(doc) - {*fields, "shares"})
+    if unknown:
+        raise DecisionError(f"{path}: unknown portfolio fields {unknown} (known: {sorted([*fields, 'shares'])})")
+    out: dict = {}
+    for name, kind in fields.items():
+        if name not in doc:
+            if name in ("cash", "peak"):
+                raise DecisionError(f"{path}: the portfolio has no {name!r}")
+            continue
+        value = doc[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise DecisionError(f"{path}: portfolio field {name!r} must be {'an integer' if kind is int else 'a number'}, "
+                                f"got {value!r}")
+        out[name] = kind(value)
+    shares = doc.get("shares", {})
+    if not isinstance(shares, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in shares.values()):
+        raise DecisionError(f"{path}: portfolio field 'shares' must map symbols to numbers, got {shares!r}")
+    return Portfolio(shares={str(k): float(v) for k, v in shares.items()}, **out)
+
+
 @dataclass(frozen=True)
 class Decision:
     timestamp: str  # the latest bar's close: the decision is filled at the next bar's open

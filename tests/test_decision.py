@@ -118,3 +118,22 @@ def test_bad_bars_and_portfolios_are_refused_by_name(exported):
         decider.decide(bars, Portfolio(cash=1.0, shares={"SPY": 1.0}, peak=1.0))
     with pytest.raises(DecisionError, match="not one of the policy's levels"):
         decider.decide(bars, Portfolio(cash=1.0, shares={}, peak=1.0, level=0.3))
+
+
+def test_sentio_decide_prints_the_decision_as_json(exported, tmp_path, capsys):
+    import json
+
+    decider = exported[0]
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps({"cash": 100_000.0, "shares": {}, "peak": 100_000.0}))
+    model = str(decider.path)
+    assert main(["decide", "--model", model, "--data", str(REPO / "data" / "daily"), "--portfolio", str(book)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    direct = decider.decide(exported[1], Portfolio(cash=100_000.0, shares={}, peak=100_000.0))
+    assert out == json.loads(json.dumps(direct.to_dict()))
+    book.write_text(json.dumps({"cash": "lots", "peak": 1.0}))
+    assert main(["decide", "--model", model, "--data", str(REPO / "data" / "daily"), "--portfolio", str(book)]) == 2
+    assert "portfolio field 'cash' must be a number" in capsys.readouterr().err
+    book.write_text(json.dumps({"cash": 1.0, "peak": 1.0, "margin": 2}))
+    assert main(["decide", "--model", model, "--data", str(REPO / "data" / "daily"), "--portfolio", str(book)]) == 2
+    assert "unknown portfolio fields ['margin']" in capsys.readouterr().err
