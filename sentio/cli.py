@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portfolio", required=True, help="JSON: cash, shares per leg, peak, level, held, cooldown")
     _common(p)
 
+    p = sub.add_parser("serve", help="the decision API over HTTP on 127.0.0.1: POST /decide, GET /health, GET /model; "
+                                     "reloads the champion export when it changes")
+    p.add_argument("--model", default=None, help="the export's stem (default registry.export_dir/registry.model_name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _common(p)
+
     p = sub.add_parser("promote", help="point the champion alias at VERSION by hand (a promotion or a roll-back) and "
                                        "export it; recorded in MLflow with who asked and why")
     p.add_argument("version", help="the registered model version (registry.model_name)")
@@ -404,6 +411,15 @@ def cmd_decide(args, cfg) -> int:
     return 0
 
 
+def cmd_serve(args, cfg) -> int:
+    from sentio.service import serve
+
+    stem = args.model or str(Path(cfg.registry.export_dir) / cfg.registry.model_name)
+    print(f"serving {stem} on http://{args.host}:{args.port} (POST /decide, GET /health, GET /model)", file=sys.stderr)
+    serve(stem, args.host, args.port)
+    return 0
+
+
 def cmd_promote(args, cfg) -> int:
     import getpass
 
@@ -420,7 +436,7 @@ def cmd_promote(args, cfg) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "features": cmd_features, "folds": cmd_folds, "train": cmd_train, "run": cmd_run,
-            "promote": cmd_promote, "decide": cmd_decide}
+            "promote": cmd_promote, "decide": cmd_decide, "serve": cmd_serve}
 
 
 def _one_line(exc: BaseException) -> str:

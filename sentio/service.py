@@ -1,0 +1,168 @@
+"""``sentio serve``: the decision API over HTTP on 127.0.0.1 (FastAPI).
+
+- ``POST /decide`` with ``{"bars": [{timestamp, symbol, open, high, low, close, volume}, ...],
+  "portfolio": {cash, shares, peak, level, held, cooldown}}`` returns the decision
+  (:class:`sentio_core.decision.Decision`) and the identity of the model that made it.
+- ``GET /health`` says whether a model is loaded; ``GET /model`` is its identity: registered
+  version, algorithm, data range, code version, weights hash, when it was loaded.
+
+The model is the champion export (``registry.export_dir/registry.model_name``). Before each
+request the service looks at the export's two files (size and modification time); when they
+changed it loads the new pair, verified by its content hash, and swaps it in with one reference
+assignment. A request takes the reference once, at its start, so it is served entirely by one
+model, old or new, never half of each. A pair caught between its two renames fails the hash check,
+so the old model stays and the next request tries again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from sentio_core.decision import Decider, DecisionError, Portfolio
+from sentio_core.export import export_paths
+from sentio_core.files import DataError
+
+
+class Bar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: str = Field(description="ISO 8601 with its UTC offset, the bar's close time as the data files hold it")
+    symbol: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class PortfolioIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cash: float
+    shares: dict[str, float] = {}
+    peak: float
+    level: float = 0.0
+    held: int = 0
+    cooldown: int = 0
+
+
+class DecideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bars: list[Bar] = Field(min_length=1)
+    portfolio: PortfolioIn
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded model and what identifies it."""
+
+    decider: Decider
+    identity: dict[str, Any]
+    stamp: tuple  # (size, mtime_ns) of the weights and the metadata when loaded
+
+
+def _stamp(stem: Path) -> tuple:
+    return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in export_paths(stem))
+
+
+def _identity(decider: Decider) -> dict[str, Any]:
+    md = decider.metadata
+    return {"model": str(decider.path), "algorithm": md.algorithm,
+            "version": md.registry.version if md.registry else None,
+            "alias": md.registry.alias if md.registry else None,
+            "data": {"first_train": md.data.first_train, "last_test": md.data.last_test} if md.data else None,
+            "code_version": md.code_version, "weights_sha256": md.weights_sha256,
+            "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+class Champion:
+    """The served model, reloaded when the export's files change."""
+
+    def __init__(self, stem: str | Path):
+        self.stem = Path(str(stem).removesuffix(".pth"))
+        self._lock = threading.Lock()
+        self.current: Loaded | None = None
+        self.error: str | None = None
+        self.refresh()
+
+    def refresh(self) -> Loaded | None:
+        """Load the export when its files changed since the loaded model; keep the old one if it fails."""
+        try:
+            stamp = _stamp(self.stem)
+        except OSError as exc:
+            self.error = f"no export at {self.stem}: {exc.strerror}"
+            return self.current
+        if self.current is not None and stamp == self.current.stamp:
+            return self.current
+        with self._lock:
+            if self.current is not None and stamp == self.current.stamp:
+                return self.current
+            try:
+                decider = Decider(self.stem)
+            except (DataError, OSError, ValueError) as exc:  # mid-swap or damaged: the old model serves on
+                self.error = f"{type(exc).__name__}: {exc}"
+                return self.current
+            self.current = Loaded(decider, _identity(decider), stamp)  # one assignment: the swap
+            self.error = None
+        return self.current
+
+
+def _bars_frame(bars: list[Bar], tz: str) -> pl.DataFrame:
+    frame = pl.DataFrame([b.model_dump() for b in bars])
+    try:
+        stamps = frame["timestamp"].str.to_datetime(time_unit="us").dt.convert_time_zone(tz)
+    except pl.exceptions.PolarsError as exc:
+        raise DecisionError(f"bars: timestamps must be ISO 8601 with a UTC offset ({str(exc).splitlines()[0]})") from None
+    return frame.with_columns(stamps.alias("timestamp"))
+
+
+def create_app(stem: str | Path) -> FastAPI:
+    champion = Champion(stem)
+    app = FastAPI(title="Sentio decisions", description=__doc__.split("\n")[0])
+
+    def model() -> Loaded:
+        loaded = champion.refresh()
+        if loaded is None:
+            raise HTTPException(status_code=503, detail=f"no model loaded: {champion.error}")
+        return loaded
+
+    @app.get("/health")
+    def health() -> dict:
+        loaded = champion.refresh()
+        return {"status": "ok" if loaded else "no model", "model": loaded.identity if loaded else None,
+                "error": champion.error}
+
+    @app.get("/model")
+    def identity() -> dict:
+        return model().identity
+
+    @app.post("/decide")
+    def decide(request: DecideRequest) -> dict:
+        loaded = model()  # taken once: this request is served by this model alone
+        started = time.perf_counter()
+        try:
+            bars = _bars_frame(request.bars, loaded.decider.cfg.data.timezone)
+            decision = loaded.decider.decide(bars, Portfolio(**request.portfolio.model_dump()))
+        except DecisionError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        return {"decision": decision.to_dict(), "model": loaded.identity,
+                "seconds": round(time.perf_counter() - started, 6)}
+
+    app.state.champion = champion
+    return app
+
+
+def serve(stem: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(stem), host=host, port=port, log_level="warning")
