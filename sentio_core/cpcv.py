@@ -30,6 +30,7 @@ from sentio_core.config import Config, reads
 from sentio_core.metrics import sharpe
 from sentio_core.ranges import Ranges, merge, subtract
 
+
 class CPCVError(ValueError):
     """Settings that leave a split without training rows or a group without bars."""
 

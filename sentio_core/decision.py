@@ -145,7 +145,7 @@ class Decider:
         if period == "auto":
             period = "1d" if bars_per_session > 1 else "1w"
         sessions = {"1d": 1, "1w": 5, "1mo": 21, "none": 0}[period]
-        return int(round(sessions * bars_per_session))
+        return round(sessions * bars_per_session)
 
     def decide(self, bars: pl.DataFrame, portfolio: Portfolio) -> Decision:
         """The policy's decision at the close of the latest bar.

@@ -46,12 +46,11 @@ def markdown(out_summary: dict[str, dict[str, float]], splits: int, paths: int, 
     head = "| strategy | " + " | ".join(SUMMARY_COLUMNS) + " |"
     rows = [f"| {name} | " + " | ".join(f"{s[c]:.0f}" if c == "paths" else f"{s[c]:.2f}" for c in SUMMARY_COLUMNS) + " |"
             for name, s in out_summary.items()]
-    return "\n".join([
-        "## Combinatorial purged cross-validation", "",
-        f"{groups} groups, {k} tested per split: {splits} splits, {paths} backtest paths over every group; purge "
-        f"and embargo {purge} bars around each test block. Annualised Sharpe ratio of each path, out of sample, "
-        "after costs. Research evaluation: nothing is registered.", "",
-        head, "|---" * (len(SUMMARY_COLUMNS) + 1) + "|", *rows])
+    about = (f"{groups} groups, {k} tested per split: {splits} splits, {paths} backtest paths over every group; purge "
+             f"and embargo {purge} bars around each test block. Annualised Sharpe ratio of each path, out of sample, "
+             "after costs. Research evaluation: nothing is registered.")
+    return "\n".join(["## Combinatorial purged cross-validation", "", about, "",
+                      head, "|---" * (len(SUMMARY_COLUMNS) + 1) + "|", *rows])
 
 
 @task(name="cpcv-paths", cache_key_fn=KEY.cache_key_fn, **RESULTS, retries=2, retry_delay_seconds=5)

@@ -41,7 +41,7 @@ def _exported(tmp, config, *sets: str):
     norm = spec.observation.normalisation
     market = build_market(cfg, bars, feats, regime_frame(stamps[a:], probs), (a, c), freq.periods_per_year,
                           fitted=(spec.observation.features, norm.mean, norm.std))
-    act = lambda o, m: decider.policy.act(o, m)  # noqa: E731
+    act = lambda o, m: decider.policy.act(o, m)
     path = backtest_fold(market, cfg, (c - a, d - a), {"policy": (act, True)})["policy"]
     return decider, bars, market, path, c - a
 

@@ -58,7 +58,7 @@ def _request(bars: pl.DataFrame, decider: Decider) -> dict:
 
 
 def test_health_model_and_a_decision_equal_to_the_librarys(served):
-    url, stem, (decider, bars, *_), _ = served
+    url, _, (decider, bars, *_), _ = served
     with httpx.Client(base_url=url, timeout=30) as client:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["model"]["algorithm"] == "maskable_ppo"
