@@ -16,8 +16,8 @@ from sentio_core.config import MODEL_SECTIONS, Config, TrainConfig, flatten, rea
 from sentio_core.evidence import bootstrap_equity_band
 from sentio_core.metadata import DataProvenance, FoldResult, OutOfSample, TrainingSummary
 from sentio_core.metrics import pool_regime_slices
-from sentio_core.returns import FoldReturns
 from sentio_core.promotion import UNDERLYING, ChampionReturns, GateInputs, GateResult, promotion_gate
+from sentio_core.returns import FoldReturns
 from sentio_core.trials import TrialRecord, group, ledger_stats
 
 if TYPE_CHECKING:  # records handed in by the stages (data only)
@@ -36,6 +36,11 @@ def child_metrics(algorithm: str, fold_metrics: dict[str, dict[str, float]], tra
         out.update({f"{base}.{k}": float(v) for k, v in fold_metrics[base].items() if k in CHILD_BASELINE_METRICS})
     out.update({f"train.{k}": float(getattr(training, k)) for k in CHILD_TRAINING_METRICS})
     return out
+
+
+def run_tags(cfg: Config, data_fingerprint: str, code_version: str) -> dict[str, str]:
+    """What identifies a run's models: ``data_fingerprint``, ``config_hash`` and ``code_version``."""
+    return {"data_fingerprint": data_fingerprint, "config_hash": stable_hash(cfg.identity()), "code_version": code_version}
 
 
 def variant_label(train: TrainConfig) -> str:
@@ -131,8 +136,7 @@ def plan_registration(cfg: Config, manifest: Manifest, data_fingerprint: str, sp
     """
     gate = promotion_gate([f.metrics for f in folds], evidence, cfg.promotion, cfg.seed)
     regimes = pooled_regimes(cfg, folds, evidence.periods_per_year)
-    tags = {"data_fingerprint": data_fingerprint, "config_hash": stable_hash(cfg.identity()),
-            "code_version": code_version}
+    tags = run_tags(cfg, data_fingerprint, code_version)
     children = [ChildRun(f.fold, algo, child_metrics(algo, f.metrics, trainings[(f.fold, algo)]))
                 for f in folds for algo in cfg.train.algorithms]
     data = DataProvenance(fingerprint=data_fingerprint,

@@ -15,9 +15,9 @@ from prefect.artifacts import create_markdown_artifact
 from sentio_core import baselines, files, registry
 from sentio_core.algorithms import NAMES as ALGORITHMS
 from sentio_core.codeversion import project_version
-from sentio_core.config import Config, flatten, stable_hash
+from sentio_core.config import Config, flatten
 from sentio_core.cpcv import path_sharpes, splitter
-from sentio_core.registration import run_trials, variant_label
+from sentio_core.registration import run_tags, run_trials, variant_label
 from sentio_core.trials import frequency_label, universe_label
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
@@ -71,7 +71,7 @@ def cpcv(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: Folds
     files.write_json({"summary": summary, "sharpes": {k: p.sharpes for k, p in result.items()}}, out)
     create_markdown_artifact(text, key="sentio-cpcv", description="CPCV: the distribution of backtest-path Sharpe ratios")
     # every split's trainings are trials of the ledger (a split's returns are its test groups, chained)
-    tags = {"data_fingerprint": manifest.sha256, "config_hash": stable_hash(cfg.identity()), "code_version": project_version()}
+    tags = run_tags(cfg, manifest.sha256, project_version())
     universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
     frequency = frequency_label(panel.frequency.bar_minutes)
     by_split = {(t.fold, t.algorithm): t.training for t in trained}

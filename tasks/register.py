@@ -16,11 +16,19 @@ from prefect.runtime import flow_run
 
 from sentio_core import files, plots, registry
 from sentio_core.codeversion import project_version
-from sentio_core.config import Config, stable_hash
+from sentio_core.config import Config
 from sentio_core.export import load_policy, publish, replacing_export
 from sentio_core.metadata import ExportMetadata, RegistryEntry, build_metadata
 from sentio_core.promotion import PRIMARY, ChampionReturns, GateResult
-from sentio_core.registration import evidence_curves, gate_inputs, gate_record, plan_registration, run_trials, variant_label
+from sentio_core.registration import (
+    evidence_curves,
+    gate_inputs,
+    gate_record,
+    plan_registration,
+    run_tags,
+    run_trials,
+    variant_label,
+)
 from sentio_core.trials import TrialRecord, frequency_label, records_from, relevant, universe_label
 from tasks.common import RESULTS, StageKey, StageOutput, releasing
 
@@ -92,7 +100,7 @@ def register(cfg: Config, manifest: ManifestOutput, panel: PanelOutput, folds: F
     trainings = {k: t.training for k, t in by_fold.items()}
     code = project_version()
     out = KEY.output(cfg, "json", folds, trained, backtests, tracking_uri)
-    tags = {"data_fingerprint": manifest.sha256, "config_hash": stable_hash(cfg.identity()), "code_version": code}
+    tags = run_tags(cfg, manifest.sha256, code)
     universe = universe_label(cfg.universe.underlying, cfg.universe.long, cfg.universe.short, cfg.universe.synthesize)
     frequency = frequency_label(panel.frequency.bar_minutes)
     returns = [b.returns() for b in backtests]
