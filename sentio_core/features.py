@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -234,34 +234,70 @@ def cross_asset_exprs(universe: UniverseConfig, cfg: FeatureConfig) -> list[pl.E
     return out
 
 
+def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
+                   calendar: str, tz: str, columns: Collection[str] | None = None,
+                   group: int | None = None) -> Iterator[pl.DataFrame]:
+    """The feature table in blocks of columns, each with the panel's rows in time order: each
+    symbol's per-symbol features (``group`` expressions at a time, all when None) and higher-timeframe
+    features, then last ``timestamp`` with the cross-asset and clock features.
+
+    Each symbol's features are computed over that symbol's whole series, with the expressions
+    evaluated ``.over("symbol")`` as on the long panel (polars' rolling kernels differ in the last
+    bits between grouped and plain evaluation). ``columns`` keeps only those features (the others
+    are never computed).
+
+    :raises ValueError: when the symbols' timestamps differ (the blocks are placed side by side by row).
+    """
+    keep = (lambda name: True) if columns is None else set(columns).__contains__
+    period = htf_period(cfg, freq)
+    exprs = per_symbol_exprs(cfg)
+    closes: dict[str, pl.Series] = {}
+    stamps: pl.Series | None = None
+    for sym in universe.panel_symbols:
+        # the symbol's bars read once (a few columns: 2M bars, about 100 MB), not once per group
+        bars = panel.lazy().filter(pl.col("symbol") == sym).sort("timestamp").collect()
+        if stamps is None:
+            stamps = bars["timestamp"]
+        elif not bars["timestamp"].equals(stamps):
+            raise ValueError("the panel is not aligned: every symbol must have the same timestamps")
+        mine = [e for e in exprs if keep(f"{sym}_{e.meta.output_name()}")]
+        step = group or max(len(mine), 1)
+        for at in range(0, len(mine), step):
+            yield _floats(bars.select([e.over("symbol").name.prefix(f"{sym}_") for e in mine[at: at + step]]))
+        if period is not None:
+            htf = htf_features(bars.lazy(), cfg, period)
+            names = [n for n in htf.collect_schema().names() if n not in bars.columns and keep(f"{sym}_{n}")]
+            if names:
+                yield _floats(htf.sort("timestamp").select(pl.col(names).name.prefix(f"{sym}_")).collect())
+        closes[f"_{sym}_close"] = bars["close"]
+    assert stamps is not None
+    wide = pl.DataFrame({"timestamp": stamps, **closes}).lazy()
+    wide = wide.with_columns([e for e in cross_asset_exprs(universe, cfg) if keep(e.meta.output_name())])
+    if freq.intraday:
+        wide = clock_features(wide, stamps, freq, calendar, tz).sort("timestamp")  # the join may reorder rows
+    names = [n for n in wide.collect_schema().names() if n != "timestamp" and n not in closes and keep(n)]
+    yield _floats(wide.select("timestamp", *names).collect())
+
+
+def _floats(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every feature column as Float64, NaN as null (a window that could not be computed): one pass
+    over the block (cheaper in polars than a cast inside each windowed expression)."""
+    floats = [c for c in frame.columns if c != "timestamp"]
+    return frame.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None)) if floats else frame
+
+
 def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
-                   calendar: str, tz: str) -> pl.DataFrame:
+                   calendar: str, tz: str, columns: Collection[str] | None = None) -> pl.DataFrame:
     """Feature table: one row per timestamp, ``timestamp`` plus one float column per feature.
 
     :param panel: aligned long panel (``timestamp, symbol, open, high, low, close, volume``).
+    :param columns: compute only these features (a decision on live bars needs its policy's only),
+        in the table's order; None for all.
     :returns: rows in time order; the first rows hold nulls until each window has filled.
     """
-    per_symbol = [e.over("symbol") for e in per_symbol_exprs(cfg)]
-    lazy = panel.lazy().sort("symbol", "timestamp").with_columns(per_symbol)
-    period = htf_period(cfg, freq)
-    if period is not None:
-        lazy = htf_features(lazy, cfg, period)
-    names = [n for n in lazy.collect_schema().names() if n not in ("timestamp", "symbol", "open", "high", "low")]
-    wide: pl.LazyFrame | None = None
-    for sym in universe.panel_symbols:
-        part = lazy.filter(pl.col("symbol") == sym).select(
-            "timestamp",
-            *[pl.col(n).alias(f"{sym}_{n}") for n in names if n not in ("close", "volume")],
-            pl.col("close").alias(f"_{sym}_close"),
-        )
-        wide = part if wide is None else wide.join(part, on="timestamp", how="inner")
-    assert wide is not None
-    wide = wide.sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
-    if freq.intraday:
-        wide = clock_features(wide, panel["timestamp"], freq, calendar, tz)
-    out = wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect()
-    floats = [c for c in out.columns if c != "timestamp"]
-    return out.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None))
+    parts = list(_feature_parts(panel, universe, cfg, freq, calendar, tz, columns))
+    *blocks, last = parts
+    return pl.concat([last.select("timestamp"), *blocks, last.drop("timestamp")], how="horizontal")
 
 
 COLUMN_BLOCK = 8  # columns of a scanned table read at a time: 2M bars x 8 floats, 128 MB
@@ -273,55 +309,24 @@ def write_features(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
                    calendar: str, tz: str, out: str | Path) -> Path:
     """:func:`build_features` written to ``out`` (Parquet) without holding the table in memory.
 
-    Each symbol's features are computed :data:`EXPR_GROUP` expressions at a time over that symbol's
-    whole history (the same expressions, so the same values: exponential averages see every earlier
-    bar) and parked in Parquet parts; the cross-asset and clock features are computed on the closes;
-    then the parts are read back :data:`SLICE_ROWS` rows at a time and written side by side. The
-    panel may be scanned lazily. Peak memory: one group of one symbol, or one slice of every column.
+    The blocks of :func:`build_features` (:data:`EXPR_GROUP` per-symbol expressions at a time over
+    that symbol's whole history: the same expressions, so the same values) are parked in Parquet
+    parts, then read back :data:`SLICE_ROWS` rows at a time and written side by side. The panel
+    may be scanned lazily. Peak memory: one group of one symbol, or one slice of every column.
     """
-    panel = panel.lazy()
     out = Path(out)
-    period = htf_period(cfg, freq)
-    exprs = per_symbol_exprs(cfg)
-    groups = [exprs[i: i + EXPR_GROUP] for i in range(0, len(exprs), EXPR_GROUP)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         parts: list[Path] = []
-
-        def park(frame: pl.DataFrame) -> None:
+        for frame in _feature_parts(panel, universe, cfg, freq, calendar, tz, group=EXPR_GROUP):
             parts.append(Path(tmp) / f"part-{len(parts):03d}.parquet")
-            floats = [c for c in frame.columns if c != "timestamp"]
-            frame.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None)).write_parquet(parts[-1])
-
-        closes: pl.DataFrame | None = None
-        heights: list[int] = []
-        for sym in universe.panel_symbols:
-            # the symbol's bars read once (a few columns: 2M bars, about 100 MB), not once per group
-            bars = panel.filter(pl.col("symbol") == sym).sort("timestamp").collect().lazy()
-            for group in groups:
-                # .over as in build_features: polars' rolling kernels differ in the last bits between
-                # grouped and plain evaluation, and the two paths must agree exactly
-                park(bars.select([e.over("symbol").name.prefix(f"{sym}_") for e in group]).collect())
-            if period is not None:
-                htf = htf_features(bars, cfg, period)
-                names = [n for n in htf.collect_schema().names() if n not in bars.collect_schema().names()]
-                park(htf.sort("timestamp").select(pl.col(names).name.prefix(f"{sym}_")).collect())
-            close = bars.select("timestamp", pl.col("close").alias(f"_{sym}_close")).collect()
-            heights.append(close.height)
-            closes = close if closes is None else closes.join(close, on="timestamp", how="inner")
-        assert closes is not None
-        if any(h != closes.height for h in heights):  # the parts are placed side by side by row
-            raise ValueError("the panel is not aligned: every symbol must have the same timestamps")
-        wide = closes.lazy().sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
-        if freq.intraday:
-            wide = clock_features(wide, closes["timestamp"], freq, calendar, tz)
-        park(wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect())
+            frame.write_parquet(parts[-1])
+        rows = pl.scan_parquet(parts[-1]).select(pl.len()).collect().item()
         stamps = pl.scan_parquet(parts[-1]).select("timestamp")
-        scans = [pl.scan_parquet(p) for p in parts[:-1]] + [pl.scan_parquet(parts[-1]).drop("timestamp")]
-        order = [stamps] + scans[:-1] + [scans[-1]]
+        order = [stamps] + [pl.scan_parquet(p) for p in parts[:-1]] + [pl.scan_parquet(parts[-1]).drop("timestamp")]
 
         def slices() -> Iterator[pl.DataFrame]:
-            for at in range(0, closes.height, SLICE_ROWS):
+            for at in range(0, rows, SLICE_ROWS):
                 yield pl.concat([s.slice(at, SLICE_ROWS).collect() for s in order], how="horizontal")
 
         return files.write_parquet_slices(slices(), out)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import polars as pl
+import polars.testing
 import pytest
 
 from sentio_core.config import REPO_ROOT, FeatureConfig, UniverseConfig
@@ -376,3 +377,50 @@ def test_rsi_bars_renames_columns(daily: Dataset) -> None:
     assert_matches_reference(f10["QQQ_rsi_10"], ref_rsi(q["close"], 10), "QQQ_rsi_10")
     assert_same_features(f10.drop(f"{s}_rsi_10" for s in SYMBOLS),
                          daily.features.drop(f"{s}_rsi_14" for s in SYMBOLS), "rsi_bars changes only RSI")
+
+
+# --- 7. the per-symbol assembly equals the long-panel query; a column subset equals its columns ----
+
+def long_panel_features(panel: pl.DataFrame, cfg: FeatureConfig, freq: BarFrequency) -> pl.DataFrame:
+    """The reference: every expression ``.over("symbol")`` on the long panel in one lazy query,
+    each symbol's columns joined on the timestamp, then the cross-asset and clock features (the
+    library builds the same table a symbol at a time, and only the columns asked for)."""
+    from sentio_core.features import clock_features, cross_asset_exprs, htf_features, htf_period, per_symbol_exprs
+
+    universe = UniverseConfig()
+    lazy = panel.lazy().sort("symbol", "timestamp").with_columns([e.over("symbol") for e in per_symbol_exprs(cfg)])
+    period = htf_period(cfg, freq)
+    if period is not None:
+        lazy = htf_features(lazy, cfg, period)
+    names = [n for n in lazy.collect_schema().names() if n not in ("timestamp", "symbol", "open", "high", "low")]
+    wide = None
+    for sym in universe.panel_symbols:
+        part = lazy.filter(pl.col("symbol") == sym).select(
+            "timestamp", *[pl.col(n).alias(f"{sym}_{n}") for n in names if n not in ("close", "volume")],
+            pl.col("close").alias(f"_{sym}_close"))
+        wide = part if wide is None else wide.join(part, on="timestamp", how="inner")
+    wide = wide.sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
+    if freq.intraday:
+        wide = clock_features(wide, panel["timestamp"], freq, CALENDAR, TZ)
+    out = wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect()
+    return out.with_columns(pl.col(feature_columns(out)).cast(pl.Float64).fill_nan(None))
+
+
+@pytest.mark.parametrize("name", ["daily", "intraday_slice"])
+def test_features_equal_the_long_panel_reference_bit_for_bit(name: str, request: pytest.FixtureRequest) -> None:
+    data: Dataset = request.getfixturevalue(name)
+    pl.testing.assert_frame_equal(data.features, long_panel_features(data.panel, FeatureConfig(), data.freq),
+                                  check_exact=True)
+
+
+@pytest.mark.parametrize("name", ["daily", "intraday_slice"])
+def test_a_column_subset_is_those_columns_of_the_whole_table(name: str, request: pytest.FixtureRequest) -> None:
+    """What a live decision computes (its policy's columns only) is exactly those columns, in table order."""
+    data: Dataset = request.getfixturevalue(name)
+    wanted = ["SQQQ_from_high_50", "QQQ_htf_rsi_14", "QQQ_ret_1", "TQQQ_corr_60", "QQQ_macd_hist"]
+    if name != "daily":
+        wanted.append("minutes_to_close")
+    got = build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, columns=wanted)
+    order = [c for c in data.features.columns if c in wanted]
+    assert got.columns == ["timestamp", *order]
+    pl.testing.assert_frame_equal(got, data.features.select("timestamp", *order), check_exact=True)
