@@ -235,9 +235,15 @@ class Engine:
         part[self._index, self.level] = 0.0
         return part
 
-    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+    def masks(self, by: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The composed (N, A) mask after the stop-out check, and the actions each rule removed
-        beyond those the rules above it removed, (N, R) (0 where it yielded)."""
+        beyond those the rules above it removed, (N, R) (0 where it yielded).
+
+        :param by: an (N, A) int array to fill with the index in :attr:`rules` of the rule that
+            removed each action, -1 where the action is allowed (why a decision could not take it).
+        """
+        if by is not None:
+            by[:] = -1
         if not self.rules:
             return self._free
         fits = self._fits() if self.limit is not None else None
@@ -252,9 +258,13 @@ class Engine:
             left = combined.sum(axis=1)
             ok = left > 0
             if ok.all():
+                if by is not None:
+                    by[out & ~combined] = r
                 removed[:, r] = valid - left
                 out, valid = combined, left
-            else:
+            else:  # a rule that would leave a portfolio nothing yields for it
+                if by is not None:
+                    by[out & ~combined & ok[:, None]] = r
                 removed[:, r] = np.where(ok, valid - left, 0)
                 out = np.where(ok[:, None], combined, out)
                 valid = np.where(ok, left, valid)

@@ -218,8 +218,9 @@ class LoadedPolicy:
     def _probabilities(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Probabilities ``(N, n_actions)`` and the leading shape of ``obs``.
 
-        Masked-out logits become -1e8 (probability exactly 0), through sb3's own distributions, so
-        the argmax, ties included, is bit for bit what ``predict(..., deterministic=True)`` returns.
+        Masked-out logits become -1e8 (probability exactly 0), as sb3's distributions compute them
+        (:meth:`_masked_probs`), so the argmax, ties included, is bit for bit what
+        ``predict(..., deterministic=True)`` returns.
         """
         x = np.array(obs, dtype=np.float32)  # a copy: torch refuses read-only arrays (pandas 3 hands those out)
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
@@ -230,12 +231,29 @@ class LoadedPolicy:
         allowed = None if mask is None else self._check_mask(mask, lead).reshape(-1, self.n_actions)
         batch = torch.as_tensor(x.reshape(-1, self.obs_dim))
         with torch.no_grad():
-            if reads_masks(self.algorithm):
-                return self._policy.get_distribution(batch, action_masks=allowed).distribution.probs, lead
-            dist = self._policy.get_distribution(batch).distribution
-            if allowed is not None:
-                dist = torch.distributions.Categorical(logits=torch.where(torch.as_tensor(allowed), dist.logits, -1e8))
-            return dist.probs, lead
+            return self._masked_probs(self._logits(batch), None if allowed is None else torch.as_tensor(allowed)), lead
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The actor's raw logits: the modules sb3's ``get_distribution`` runs, without building
+        its distribution objects (their argument checks cost more than the network here)."""
+        p = self._policy
+        return p.action_net(p.mlp_extractor.forward_actor(p.extract_features(batch, p.pi_features_extractor)))
+
+    def _masked_probs(self, logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        """The probabilities sb3's distributions give, operation for operation. ``Categorical``
+        normalises its logits (``x - logsumexp(x)``) and its probabilities are their softmax;
+        ``MaskableCategorical`` normalises, then sets forbidden normalised logits to -1e8 (or, with
+        no mask, keeps them) and normalises again; an unmasked policy given a mask is masked the
+        same way (:meth:`act`'s override of ``predict``)."""
+        def normalised(x: torch.Tensor) -> torch.Tensor:
+            return x - x.logsumexp(dim=-1, keepdim=True)
+
+        logits = normalised(logits)
+        if allowed is not None:
+            logits = normalised(torch.where(allowed, logits, torch.tensor(-1e8, dtype=logits.dtype)))
+        elif reads_masks(self.algorithm):
+            logits = normalised(logits)
+        return torch.softmax(logits, dim=-1)
 
     def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
         m = np.array(mask)

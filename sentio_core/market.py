@@ -432,7 +432,9 @@ def policy_spec(cfg: Config, market: Market, span: FoldSpan) -> PolicySpec:
         layout="lookback_bars x features (oldest first, row-major), then state",
         state=["exposure", "drawdown", "bars_held/(bars_held+20)", "current_level"], normalisation=normalisation,
         feature_max_corr=market.feature_max_corr, dropped_features=market.dropped_features)
+    legs = [LegSpec(symbol=leg.symbol, direction=leg.direction, worst_drop=leg.worst_drop, worst_rise=leg.worst_rise)
+            for leg in market.legs]
     return PolicySpec(action_meanings=action_meanings(cfg, market), exposure_levels=market.levels.tolist(),
-                      observation=observation, legs=[LegSpec(symbol=leg.symbol, direction=leg.direction) for leg in market.legs],
+                      observation=observation, legs=legs,
                       fold=span.fold, train_window=(span.train_start, span.train_end),
                       test_window=(span.test_start, span.test_end))

@@ -228,6 +228,19 @@ def compose_counted(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, removed
 
 
+def removed_by(masks: list[np.ndarray]) -> np.ndarray:
+    """For each action, the index of the mask that removed it: the first, in priority order, that
+    did not yield (:func:`compose`); -1 where the action stays allowed. Shape (A,)."""
+    out = np.ones(len(masks[0]), dtype=bool) if masks else np.ones(1, dtype=bool)
+    by = np.full(len(out), -1)
+    for r, mask in enumerate(masks):
+        combined = out & mask
+        if combined.any():
+            by[out & ~combined] = r
+            out = combined
+    return by
+
+
 def action_mask(levels: np.ndarray, state: MaskState, cfg: MaskConfig) -> np.ndarray:
     """The composed mask, shape (A,): True where the level may be chosen."""
     return counted_mask(levels, state, cfg)[0]

@@ -55,6 +55,10 @@ class ObservationSpec(_Record):
 class LegSpec(_Record):
     symbol: str
     direction: int
+    # the largest one-bar fall and rise, close to close, in the training rows (the worst-bar gap
+    # rule's moves: a live decision must use these, not its window's); None in older exports
+    worst_drop: float | None = None
+    worst_rise: float | None = None
 
 
 class PolicySpec(_Record):

@@ -50,18 +50,22 @@ class RegimeModel:
         return cls(**d)
 
 
-def forward_filter(model: RegimeModel, returns: np.ndarray) -> np.ndarray:
+def forward_filter(model: RegimeModel, returns: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
     """Filtered probabilities P(regime_t | r_1..r_t), shape (T, n_regimes).
 
     A plain Hamilton/forward recursion with Gaussian emissions; each row depends only on the
     returns up to that row.
+
+    :param prior: P(regime of the first return | the returns before it): the model's initial
+        distribution when None; :func:`predict_next` of the last filtered row to carry a filter on
+        (the rows are then exactly those of one run over both series).
     """
     x = np.asarray(returns, dtype=float) * SCALE
     mu, var = np.asarray(model.means), np.asarray(model.variances)
     trans = np.asarray(model.transition)
     log_b = -0.5 * (np.log(2 * np.pi * var)[None, :] + (x[:, None] - mu[None, :]) ** 2 / var[None, :])
     out = np.empty((len(x), model.n_regimes))
-    prior = np.asarray(model.initial)
+    prior = np.asarray(model.initial if prior is None else prior)
     for t in range(len(x)):
         lik = np.exp(log_b[t] - log_b[t].max())
         post = prior * lik
@@ -69,6 +73,12 @@ def forward_filter(model: RegimeModel, returns: np.ndarray) -> np.ndarray:
         out[t] = post
         prior = post @ trans
     return out
+
+
+def predict_next(model: RegimeModel, filtered: np.ndarray) -> np.ndarray:
+    """P(regime of the next return | the returns so far) from the last filtered row: the
+    :func:`forward_filter` prior that continues it."""
+    return np.asarray(filtered) @ np.asarray(model.transition)
 
 
 def _ordered(backend: str, means, variances, transition, initial, llf: float, n: int) -> RegimeModel:

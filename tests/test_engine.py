@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentio_core.engine import Engine
-from sentio_core.env import TradingEnv
+from sentio_core.env import TradingEnv, mask_state
+from sentio_core.masks import removed_by, rule_masks
 
 from .fixtures_market import random_walk_market, real_fold, synthetic_cfg, with_cfg
 
@@ -95,10 +96,14 @@ def drive(market, cfg, n: int, steps: int, seed: int, lockstep: bool = False) ->
     n_actions = len(market.levels)
     for _ in range(steps):
         obs = engine.observe()
-        masks, _ = engine.masks()
+        by = np.empty((n, len(market.levels)), dtype=int)
+        masks, _ = engine.masks(by)
         for i, env in enumerate(envs):
             np.testing.assert_array_equal(obs[i], env._obs())
             np.testing.assert_array_equal(masks[i], env.action_masks())
+            # the rule each forbidden action was forbidden by (what a live decision reports)
+            state = mask_state(market, env.t, env.book, cfg.masks)
+            np.testing.assert_array_equal(by[i], removed_by(list(rule_masks(market.levels, state, cfg.masks).values())))
         actions = rng.integers(0, n_actions, n)
         reward, costs, term, trunc = engine.step(actions)
         for i, env in enumerate(envs):

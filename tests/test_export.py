@@ -103,6 +103,26 @@ def test_ppo_round_trip_matches_sb3_predict_and_respects_a_mask(models, exported
     np.testing.assert_array_equal(masked, probs.argmax(axis=1))
 
 
+@pytest.mark.parametrize("algorithm", ["maskable_ppo", "ppo"])
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no-mask"])
+def test_probabilities_are_sb3_distributions_bit_for_bit(models, exported, batch, algorithm, masked):
+    """The loaded policy skips sb3's distribution objects (their checks cost more than the network);
+    its probabilities are still theirs to the bit (the reference: ``get_distribution``)."""
+    obs, masks = batch
+    policy = models[algorithm].policy
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        if algorithm == "maskable_ppo":
+            want = policy.get_distribution(x, action_masks=masks if masked else None).distribution.probs
+        else:
+            dist = policy.get_distribution(x).distribution
+            if masked:
+                dist = torch.distributions.Categorical(logits=torch.where(torch.as_tensor(masks), dist.logits, -1e8))
+            want = dist.probs
+    got = load_policy(exported[algorithm][0]).action_probabilities(obs, masks if masked else None)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
 def test_action_probabilities_sum_to_one_and_zero_masked(exported, batch):
     obs, masks = batch
     loaded = load_policy(exported["maskable_ppo"][0])

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from sentio_core.config import RegimeConfig, load_config
-from sentio_core.regimes import RegimeModel, fit_regimes, fold_regimes, forward_filter, regime_shares
+from sentio_core.regimes import RegimeModel, fit_regimes, fold_regimes, forward_filter, predict_next, regime_shares
 
 
 def synthetic_returns(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +43,17 @@ def test_filtered_probability_at_t_ignores_later_bars():
     full = forward_filter(model, r)
     for t in (1, 50, 333, 600, 1000, len(r) - 1):
         np.testing.assert_array_equal(forward_filter(model, r[: t + 1])[t], full[t])
+
+
+def test_a_carried_filter_equals_one_run_bit_for_bit():
+    """A live decision advances the filter one return at a time from the last row's prediction."""
+    r, _ = synthetic_returns(2)
+    model = fit_regimes(r[:600], RegimeConfig(backend="hmm", n_starts=2), seed=0)
+    full = forward_filter(model, r)
+    carried = [forward_filter(model, r[:500])]
+    for x in r[500:]:
+        carried.append(forward_filter(model, np.array([x]), prior=predict_next(model, carried[-1][-1])))
+    np.testing.assert_array_equal(np.concatenate(carried), full)
 
 
 def test_forward_filter_matches_statsmodels_filtered_probabilities():
