@@ -21,21 +21,23 @@ on 5-minute bars 150 sessions).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import datetime as dt
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from sentio_core.config import Config
 from sentio_core.data import align
 from sentio_core.engine import Engine
 from sentio_core.export import LoadedPolicy, load_policy, read_metadata
-from sentio_core.features import feature_table, first_complete_row
-from sentio_core.frequency import bar_frequency
-from sentio_core.market import build_market
-from sentio_core.metadata import ExportMetadata
+from sentio_core.features import build_features
+from sentio_core.frequency import BarFrequency, bar_frequency
+from sentio_core.market import Leg, build_market
+from sentio_core.metadata import ExportMetadata, LegSpec
 from sentio_core.policies import reads_masks
-from sentio_core.regimes import RegimeModel, forward_filter, regime_frame, underlying_returns
+from sentio_core.regimes import RegimeModel, forward_filter, predict_next, regime_frame, underlying_returns
 
 BAR_COLUMNS = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
 BURN_IN_BARS = 500
@@ -116,7 +118,12 @@ class Decision:
 
 
 class Decider:
-    """An exported policy ready to decide on live bars."""
+    """An exported policy ready to decide on live bars.
+
+    :meth:`decide` is one decision from a window of bars (stateless); :meth:`session` keeps the
+    window, the regime filter and the latest bar's market between bars, so a trading loop pays for
+    the newest bar only (:class:`Session`). Both run the same code on the same window.
+    """
 
     def __init__(self, path: str | Path, burn_in: int = BURN_IN_BARS):
         self.path = Path(path)
@@ -127,11 +134,19 @@ class Decider:
         self.regime_model = RegimeModel.from_dict(self.metadata.regime_model)
         self.masked = reads_masks(self.metadata.algorithm)
         self.burn_in = burn_in
+        self.features = [n for n in self.spec.observation.features if not n.startswith("regime_")]
+        self.symbols = list(dict.fromkeys([self.cfg.universe.underlying, *(leg.symbol for leg in self.spec.legs)]))
 
     def required_bars(self, bars_per_session: float = 1.0) -> int:
         """The fewest bars per symbol whose last bar has every feature and a full observation window."""
         warmup = self.cfg.features.warmup_bars(bars_per_session)
-        return warmup + self.cfg.env.lookback_bars + max(self.cfg.env.vol_bars, self.cfg.env.liquidity_bars) + 1
+        return warmup + self.tail_bars()
+
+    def tail_bars(self) -> int:
+        """The latest bars a decision reads beyond the feature table: the observation's lookback and
+        the legs' trailing volatility and dollar volume (the masks' inputs)."""
+        env = self.cfg.env
+        return env.lookback_bars + max(env.vol_bars, env.liquidity_bars) + 1
 
     def window_bars(self, bars_per_session: float = 1.0) -> int:
         """The bars per symbol a decision uses: :meth:`required_bars` plus the burn-in: at least
@@ -156,87 +171,164 @@ class Decider:
         :raises DecisionError: naming the symbol, the rule and the rows: missing columns or symbols,
             bars out of order or repeated, symbols whose latest bars differ (stale), too few bars.
         """
-        panel, freq = self._panel(bars)
-        feats = feature_table(self.cfg, panel, freq)
-        n = feats.height
-        if n < self.required_bars(freq.bars_per_session) or first_complete_row(feats) > n - self.cfg.env.lookback_bars:
-            raise DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
-                                f"send at least {self.required_bars(freq.bars_per_session)} "
-                                f"(recommended {self.window_bars(freq.bars_per_session)})")
-        # the filter starts at the window's second bar (the first has no return), from the model's prior
-        probs = forward_filter(self.regime_model, underlying_returns(self.cfg, panel)[1:])
-        frame = regime_frame(feats["timestamp"][1:], probs)
-        norm = self.spec.observation.normalisation
-        market = build_market(self.cfg, panel, feats, frame, (0, n), freq.periods_per_year,
-                              fitted=(self.spec.observation.features, norm.mean, norm.std))
-        return self._act(market, portfolio)
+        return self.session(bars).decide(portfolio)
 
-    def _panel(self, bars: pl.DataFrame):
-        missing = [c for c in BAR_COLUMNS if c not in bars.columns]
-        if missing:
-            raise DecisionError(f"bars: missing columns {missing} (need {list(BAR_COLUMNS)})")
-        wanted = list(dict.fromkeys([self.cfg.universe.underlying, *(leg.symbol for leg in self.spec.legs)]))
-        under = bars.filter(pl.col("symbol") == wanted[0])["timestamp"]
-        freq = bar_frequency(under) if under.len() > 1 else None
-        window = self.window_bars(freq.bars_per_session if freq else 1.0)
-        frames, last = [], {}
-        for sym in wanted:
-            f = bars.filter(pl.col("symbol") == sym).select(BAR_COLUMNS)
-            if f.height == 0:
-                raise DecisionError(f"bars: no bars of {sym} (the policy reads {wanted})")
-            ts = f["timestamp"]
-            back = ts.diff().dt.total_microseconds().fill_null(1) <= 0
-            if back.any():
-                i = int(back.arg_true()[0])
-                raise DecisionError(f"bars: {sym} row {i} ({ts[i]}) is not after the row before it ({ts[i - 1]}): "
-                                    "out of order or repeated")
-            last[sym] = ts[-1]
-            frames.append(f.tail(window))
+    def session(self, bars: pl.DataFrame) -> Session:
+        """A live session primed with ``bars`` (as :meth:`decide` reads them); :meth:`Session.append`
+        then adds each new bar."""
+        return Session(self, bars)
+
+    def _panel(self, bars: pl.DataFrame) -> tuple[pl.DataFrame, BarFrequency]:
+        """The window's aligned panel (its last :meth:`window_bars` bars per symbol) and frequency."""
+        frames = _by_symbol(bars, self.symbols)
+        under = frames[self.symbols[0]]["timestamp"]
+        if under.len() < 2:
+            raise DecisionError(f"bars: {under.len()} bar of {self.symbols[0]} (need at least {self.required_bars()})")
+        freq = bar_frequency(under)
+        last = {sym: f["timestamp"][-1] for sym, f in frames.items()}
         if len(set(last.values())) > 1:
             newest = max(last.values())
             stale = {s: str(t) for s, t in last.items() if t != newest}
             raise DecisionError(f"bars: stale symbols {stale}: their latest bar is before {newest}")
-        panel, _ = align(frames)
-        if freq is None:
-            raise DecisionError(f"bars: {under.len()} bar of {wanted[0]} (need at least {self.required_bars()})")
+        window = self.window_bars(freq.bars_per_session)
+        panel, _ = align([f.tail(window) for f in frames.values()])
         return panel, freq
 
-    def _act(self, market, portfolio: Portfolio) -> Decision:
-        engine = Engine(market, self.cfg, 1)
+
+class Session:
+    """A live decision loop on one export: the trailing window of bars, the regime filter's state and
+    the latest bar's market, kept between bars.
+
+    :meth:`append` takes the newest bar(s) of every symbol: it checks them, slides the window,
+    advances the regime filter by their returns (the rows one run over the whole series gives), and
+    builds the latest bar's market: the feature table of the window (only the policy's columns),
+    normalised with the export's statistics, and the engine on its last :meth:`Decider.tail_bars`
+    rows. :meth:`decide` then loads the portfolio into the engine and acts: what a trading loop pays
+    once it has the bar.
+    """
+
+    def __init__(self, decider: Decider, bars: pl.DataFrame):
+        self.decider = decider
+        panel, freq = decider._panel(bars)
+        self.freq = freq
+        self.window = decider.window_bars(freq.bars_per_session)
+        returns = underlying_returns(decider.cfg, panel)[1:]  # the first bar has no return
+        frames = {sym: f for (sym,), f in panel.partition_by("symbol", as_dict=True).items()}
+        self._build(frames, forward_filter(decider.regime_model, returns))  # (n - 1, K): a row per bar after the first
+
+    @property
+    def last(self) -> dt.datetime:
+        """The latest bar's timestamp."""
+        return self._frames[self.decider.symbols[0]]["timestamp"][-1]
+
+    def append(self, bars: pl.DataFrame) -> None:
+        """Add the bars after :attr:`last`: one or more timestamps, every symbol at each.
+
+        :raises DecisionError: naming the symbol, the rule and the rows, when columns or symbols are
+            missing, a bar is not after the one before it, or the symbols' new timestamps differ;
+            the session is unchanged.
+        """
+        new = _by_symbol(bars, self.decider.symbols)
+        for sym, frame in new.items():
+            first = frame["timestamp"][0]
+            if first <= self.last:
+                raise DecisionError(f"bars: {sym} row 0 ({first}) is not after the session's latest bar ({self.last})")
+        stamps = new[self.decider.symbols[0]]["timestamp"]
+        differ = {sym: f.height for sym, f in new.items() if not f["timestamp"].equals(stamps)}
+        if differ:
+            raise DecisionError(f"bars: the new bars' timestamps differ between symbols (rows per symbol {differ}): "
+                                f"every symbol needs a bar at each of {stamps.len()} timestamps")
+        under = self.decider.cfg.universe.underlying
+        close = np.concatenate([self._frames[under]["close"].tail(1).to_numpy(), new[under]["close"].to_numpy()])
+        returns = np.log(close[1:] / close[:-1])
+        model = self.decider.regime_model
+        probs = forward_filter(model, returns, prior=predict_next(model, self._probs[-1]))
+        # one chunk per frame: a chunk per appended bar would slow every query on the window
+        frames = {sym: pl.concat([f, new[sym]]).tail(self.window).rechunk() for sym, f in self._frames.items()}
+        self._build(frames, np.concatenate([self._probs, probs])[-(self.window - 1):])
+
+    def _build(self, frames: dict[str, pl.DataFrame], probs: np.ndarray) -> None:
+        """The latest bar's market and engine from the window's bars and filtered regime probabilities
+        (one row per bar after the first); the session takes them only once all is built."""
+        d, cfg = self.decider, self.decider.cfg
+        panel = pl.concat([frames[sym] for sym in sorted(frames)])  # as data.align places them
+        feats = build_features(panel, cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
+                               columns=d.features)
+        n = feats.height
+        # the observation's oldest row must have every feature (the warm-up is over)
+        if n < d.required_bars(self.freq.bars_per_session) or None in feats.row(max(n - cfg.env.lookback_bars, 0)):
+            raise DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
+                                f"send at least {d.required_bars(self.freq.bars_per_session)} "
+                                f"(recommended {d.window_bars(self.freq.bars_per_session)})")
+        k = min(d.tail_bars(), n - 1)
+        tail = pl.concat([frames[sym].tail(k) for sym in sorted(frames)])
+        norm = d.spec.observation.normalisation
+        market = build_market(cfg, tail, feats.tail(k), regime_frame(feats["timestamp"].tail(k), probs[-k:]),
+                              (0, k), self.freq.periods_per_year, fitted=(d.spec.observation.features, norm.mean, norm.std))
+        market = replace(market, legs=[_trained_moves(leg, spec, cfg) for leg, spec in zip(market.legs, d.spec.legs)])
+        engine = Engine(market, cfg, 1)
         t = market.n_rows - 1
-        engine.reset_all(np.array([t]), np.array([t + 1]))
+        engine.reset_all(np.array([t]), np.array([t + 1]))  # one decision, at the latest bar
+        self.market, self.engine, self._frames, self._probs, self._row = market, engine, frames, probs, t
+
+    def decide(self, portfolio: Portfolio) -> Decision:
+        """The policy's decision at the close of the latest bar for this portfolio."""
+        d, market, engine, t = self.decider, self.market, self.engine, self._row
         symbols = [leg.symbol for leg in market.legs]
         unknown = sorted(set(portfolio.shares) - set(symbols))
         if unknown:
             raise DecisionError(f"portfolio: shares of {unknown}, which the policy does not trade (legs {symbols})")
         levels = market.levels
-        matches = np.flatnonzero(np.isclose(levels, portfolio.level, atol=1e-9))
-        if len(matches) == 0:
+        level = next((i for i, lv in enumerate(levels.tolist()) if abs(lv - portfolio.level) <= 1e-9), None)
+        if level is None:
             raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels.tolist()}")
+        # every field of the engine's one portfolio a decision reads is loaded here (its row was set
+        # when the market was built): a decision leaves nothing behind for the next
         engine.load_state(np.array([portfolio.cash]), np.array([[portfolio.shares.get(s, 0.0) for s in symbols]]),
-                          np.array([portfolio.peak]), np.array([int(matches[0])]), np.array([portfolio.held]),
+                          np.array([portfolio.peak]), np.array([level]), np.array([portfolio.held]),
                           np.array([portfolio.cooldown]))
-        mask, _ = engine.masks()
-        forbidden = self._reasons(engine, mask[0])
+        by = np.empty((1, len(levels)), dtype=int)
+        mask, _ = engine.masks(by)
         obs = engine.observe()[0].copy()
-        action = int(self.policy.act(obs, mask[0] if self.masked else None))
+        action = int(d.policy.act(obs, mask[0] if d.masked else None))
         if not mask[0, action]:  # a policy that does not read masks is overridden, as in its backtest
             action = int(engine.nearest_allowed(mask, np.array([action]))[0])
+        forbidden = {f"{levels[a]:g}": engine.rules[r] for a, r in enumerate(by[0]) if r >= 0}
         return Decision(timestamp=market.timestamps[t], level=float(levels[action]), action=action,
                         mask=mask[0].tolist(), forbidden=forbidden, observation=obs.tolist(),
                         equity=float(engine.equity[0]), cooldown=int(engine.cooldown[0]))
 
-    def _reasons(self, engine: Engine, mask: np.ndarray) -> dict[str, str]:
-        """Each forbidden level -> the first rule, in priority order, that removed it (as the masks compose)."""
-        out: dict[str, str] = {}
-        allowed = np.ones_like(mask)
-        for rule, rule_mask in zip(engine.rules, engine.rule_masks()):
-            if rule_mask is None:
-                continue
-            combined = allowed & rule_mask[0]
-            if not combined.any():  # a rule that would leave nothing yields (as in Engine.masks)
-                continue
-            for a in np.flatnonzero(allowed & ~combined):
-                out[f"{engine.tab.levels[a]:g}"] = rule
-            allowed = combined
-        return out
+
+def _trained_moves(leg: Leg, spec: LegSpec, cfg: Config) -> Leg:
+    """The leg with its worst training bar from the export (the worst-bar gap rule's moves are the
+    training window's, not the decision window's)."""
+    if spec.worst_drop is None or spec.worst_rise is None:
+        if cfg.masks.gap_move == "worst_bar" and "drawdown" in cfg.masks.rules:
+            raise DecisionError(f"export: leg {leg.symbol} has no worst training bar (an export from before they were "
+                                "recorded) and the policy's gap rule reads it; re-export the policy")
+        return leg
+    return replace(leg, worst_drop=spec.worst_drop, worst_rise=spec.worst_rise)
+
+
+def _by_symbol(bars: pl.DataFrame, wanted: list[str]) -> dict[str, pl.DataFrame]:
+    """Each wanted symbol's bars, in time order with no repeats.
+
+    :raises DecisionError: missing columns or symbol, or a row not after the one before it.
+    """
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise DecisionError(f"bars: missing columns {missing} (need {list(BAR_COLUMNS)})")
+    parts = bars.select(BAR_COLUMNS).partition_by("symbol", as_dict=True)
+    out = {}
+    for sym in wanted:
+        f = parts.get((sym,))
+        if f is None:
+            raise DecisionError(f"bars: no bars of {sym} (the policy reads {wanted})")
+        ts = f["timestamp"]
+        back = np.flatnonzero(np.diff(ts.to_numpy()) <= np.timedelta64(0))
+        if len(back):
+            i = int(back[0]) + 1
+            raise DecisionError(f"bars: {sym} row {i} ({ts[i]}) is not after the row before it ({ts[i - 1]}): "
+                                "out of order or repeated")
+        out[sym] = f
+    return out

@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import tempfile
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -24,9 +25,6 @@ import polars as pl
 from sentio_core import files
 from sentio_core.config import Config, FeatureConfig, UniverseConfig, reads
 from sentio_core.frequency import BarFrequency
-
-C, O, H, L, V = (pl.col(n) for n in ("close", "open", "high", "low", "volume"))
-
 
 # --- indicator expressions (one symbol's series; evaluated .over("symbol")) -----------------
 
@@ -109,8 +107,19 @@ def lag_autocorr(ret: pl.Expr, bars: int) -> pl.Expr:
     return pl.rolling_corr(ret, ret.shift(1), window_size=bars, min_samples=bars)
 
 
-def per_symbol_exprs(cfg: FeatureConfig) -> list[pl.Expr]:
-    """All per-symbol features, named without the symbol prefix."""
+OHLCV = ("open", "high", "low", "close", "volume")
+
+
+def _ohlcv(symbol: str | None) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """``close, open, high, low, volume`` of one symbol's long frame (None) or of ``symbol``'s columns
+    of a wide frame (``SYMBOL_close``, ...)."""
+    return tuple(pl.col(n if symbol is None else f"{symbol}_{n}") for n in ("close", "open", "high", "low", "volume"))  # type: ignore[return-value]
+
+
+def per_symbol_exprs(cfg: FeatureConfig, symbol: str | None = None) -> list[pl.Expr]:
+    """All per-symbol features: of a one-symbol frame, named without the symbol prefix; or, with
+    ``symbol``, of that symbol's columns of a wide frame, named ``SYMBOL_feature``."""
+    C, O, H, L, V = _ohlcv(symbol)  # the bars' usual letters
     r1 = log_return(C, 1)
     line, sig, hist = macd(C, cfg.macd_fast_bars, cfg.macd_slow_bars, cfg.macd_signal_bars)
     k, d = stochastic(H, L, C, cfg.stoch_bars, cfg.stoch_smooth_bars)
@@ -135,7 +144,7 @@ def per_symbol_exprs(cfg: FeatureConfig) -> list[pl.Expr]:
         ((C - L) / (H - L)).fill_nan(0.5).alias("close_loc"),
         (O / C.shift(1)).log().alias("gap"),
     ]
-    return exprs
+    return exprs if symbol is None else [e.name.prefix(f"{symbol}_") for e in exprs]
 
 
 # --- higher timeframe --------------------------------------------------------------------
@@ -149,28 +158,38 @@ def htf_period(cfg: FeatureConfig, freq: BarFrequency) -> str | None:
     return cfg.higher_timeframe
 
 
-def htf_features(panel: pl.LazyFrame, cfg: FeatureConfig, period: str) -> pl.LazyFrame:
-    """Features of completed higher-timeframe bars, keyed to the bars of the *next* period.
+def htf_names(cfg: FeatureConfig) -> list[str]:
+    """The higher-timeframe features of one symbol, without the symbol prefix."""
+    return ["htf_ret_1", f"htf_rsi_{cfg.htf_rsi_bars}", f"htf_rvol_{cfg.htf_vol_bars}", "htf_range", "htf_close_loc"]
+
+
+def htf_exprs(cfg: FeatureConfig, symbol: str) -> list[pl.Expr]:
+    """:func:`htf_names` of ``symbol``, on a frame of higher-timeframe bars (``SYMBOL_close``, ...)."""
+    C, _, H, L, _ = _ohlcv(symbol)
+    r1 = log_return(C, 1)
+    # the volatility windowed over one group: polars' grouped rolling std differs from the plain one in
+    # the last bits, and these are the values the per-symbol (grouped) evaluation always gave
+    exprs = [r1, rsi(C, cfg.htf_rsi_bars), realised_vol(r1, cfg.htf_vol_bars).over(pl.lit(0)), (H / L).log(),
+             ((C - L) / (H - L)).fill_nan(0.5)]
+    return [e.alias(f"{symbol}_{name}") for e, name in zip(exprs, htf_names(cfg))]
+
+
+def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: list[pl.Expr]) -> pl.DataFrame:
+    """Features of completed higher-timeframe bars, keyed to the bars of the *next* period: one row
+    per row of ``wide`` (``timestamp`` and each symbol's ``SYMBOL_open``, ...), one column per
+    expression (of :func:`htf_exprs` of ``symbols``).
 
     A period's bar is complete only once a later period has started, so bars of period p see
     the features of the period before p. Appending bars never changes an earlier row.
     """
-    keyed = panel.with_columns(pl.col("timestamp").dt.truncate(period).alias("_period"))
-    htf = (
-        keyed.group_by("symbol", "_period")
-        .agg(O.first(), H.max(), L.min(), C.last())
-        .sort("symbol", "_period")
-    )
-    r1 = log_return(C, 1)
-    htf = htf.with_columns(
-        r1.over("symbol").alias("htf_ret_1"),
-        rsi(C, cfg.htf_rsi_bars).over("symbol").alias(f"htf_rsi_{cfg.htf_rsi_bars}"),
-        realised_vol(r1, cfg.htf_vol_bars).over("symbol").alias(f"htf_rvol_{cfg.htf_vol_bars}"),
-        (H / L).log().alias("htf_range"),
-        ((C - L) / (H - L)).fill_nan(0.5).alias("htf_close_loc"),
-        pl.col("_period").shift(-1).over("symbol").alias("_next_period"),
-    ).drop("_period", "open", "high", "low", "close")
-    return keyed.join(htf, left_on=["symbol", "_period"], right_on=["symbol", "_next_period"], how="left").drop("_period")
+    key = pl.col("timestamp").dt.truncate(period)
+    period_bar = {"open": "first", "high": "max", "low": "min", "close": "last"}  # from the period's bars
+    aggs = [getattr(pl.col(f"{sym}_{c}"), how)() for sym in symbols for c, how in period_bar.items()]
+    # the bars are in time order, so their periods are too: number them, compute each period's
+    # features, and give the bars of the k-th period the (k-1)-th's (eager: few queries, no planning)
+    number = wide.select(key.rle_id())[:, 0].to_numpy()
+    periods = wide.group_by(key.alias("_period"), maintain_order=True).agg(aggs).select(exprs)
+    return periods.shift(1)[number]
 
 
 # --- intraday clock ----------------------------------------------------------------------
@@ -221,7 +240,7 @@ def cross_asset_exprs(universe: UniverseConfig, cfg: FeatureConfig) -> list[pl.E
         if leg is None or leg == u:
             continue
         beta = universe.leg_beta(leg)
-        lc, uc = pl.col(f"_{leg}_close"), pl.col(f"_{u}_close")
+        lc, uc = pl.col(f"{leg}_close"), pl.col(f"{u}_close")
         diff = (lc / lc.shift(1) - 1.0) - beta * (uc / uc.shift(1) - 1.0)
         n = cfg.cross_bars
         out += [
@@ -234,56 +253,105 @@ def cross_asset_exprs(universe: UniverseConfig, cfg: FeatureConfig) -> list[pl.E
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Every feature expression of a configuration, with its column name, built once (building them
+    costs about a millisecond of Python per table, which a live decision would pay on every bar)."""
+
+    per_symbol: dict[str, tuple[tuple[str, pl.Expr], ...]]
+    htf: dict[str, tuple[tuple[str, pl.Expr], ...]]
+    cross: tuple[tuple[str, pl.Expr], ...]
+
+
+def _plan(cfg: FeatureConfig, universe: UniverseConfig) -> _Plan:
+    """The expressions of ``cfg`` on ``universe``'s symbols."""
+    return _cached_plan(cfg.model_dump_json(), universe.model_dump_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_plan(cfg_json: str, universe_json: str) -> _Plan:
+    cfg, universe = FeatureConfig.model_validate_json(cfg_json), UniverseConfig.model_validate_json(universe_json)
+
+    def named(exprs: list[pl.Expr]) -> tuple[tuple[str, pl.Expr], ...]:
+        return tuple((e.meta.output_name(), e) for e in exprs)
+
+    symbols = universe.panel_symbols
+    return _Plan(per_symbol={sym: named(per_symbol_exprs(cfg, sym)) for sym in symbols},
+                 htf={sym: named(htf_exprs(cfg, sym)) for sym in symbols}, cross=named(cross_asset_exprs(universe, cfg)))
+
+
+def feature_names(universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency) -> list[str]:
+    """The feature table's columns after ``timestamp``, in order: each symbol's per-symbol and
+    higher-timeframe features, the cross-asset features, the intraday clock."""
+    plan, htf = _plan(cfg, universe), htf_period(cfg, freq) is not None
+    names = [n for sym in universe.panel_symbols for n, _ in plan.per_symbol[sym] + (plan.htf[sym] if htf else ())]
+    return names + [n for n, _ in plan.cross] + (["time_of_day", "minutes_to_close"] if freq.intraday else [])
+
+
 def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
                    calendar: str, tz: str, columns: Collection[str] | None = None,
                    group: int | None = None) -> Iterator[pl.DataFrame]:
-    """The feature table in blocks of columns, each with the panel's rows in time order: each
-    symbol's per-symbol features (``group`` expressions at a time, all when None) and higher-timeframe
-    features, then last ``timestamp`` with the cross-asset and clock features.
+    """The feature table in blocks of columns, each with the panel's rows in time order, the last
+    with ``timestamp``, the cross-asset and the clock features (NaN not yet nulled: :func:`_floats`).
 
-    Each symbol's features are computed over that symbol's whole series, with the expressions
-    evaluated ``.over("symbol")`` as on the long panel (polars' rolling kernels differ in the last
-    bits between grouped and plain evaluation). ``columns`` keeps only those features (the others
-    are never computed).
+    The expressions run on a wide frame of the symbols' bars (``SYMBOL_close``, ...): with ``group``
+    None every symbol's at once, in one query per kind of feature (a live decision pays per query);
+    with ``group``, a symbol at a time, ``group`` expressions per block (the streamed table's
+    memory), in the table's column order. Each symbol's features read its whole series; ``columns``
+    keeps only those features (the others are never computed).
 
     :raises ValueError: when the symbols' timestamps differ (the blocks are placed side by side by row).
     """
     keep = (lambda name: True) if columns is None else set(columns).__contains__
     period = htf_period(cfg, freq)
-    exprs = per_symbol_exprs(cfg)
+    symbols = universe.panel_symbols
+    plan = _plan(cfg, universe)
+    in_memory = panel.partition_by("symbol", as_dict=True) if isinstance(panel, pl.DataFrame) else None
     closes: dict[str, pl.Series] = {}
     stamps: pl.Series | None = None
-    for sym in universe.panel_symbols:
-        # the symbol's bars read once (a few columns: 2M bars, about 100 MB), not once per group
-        bars = panel.lazy().filter(pl.col("symbol") == sym).sort("timestamp").collect()
-        if stamps is None:
-            stamps = bars["timestamp"]
-        elif not bars["timestamp"].equals(stamps):
-            raise ValueError("the panel is not aligned: every symbol must have the same timestamps")
-        mine = [e for e in exprs if keep(f"{sym}_{e.meta.output_name()}")]
-        step = group or max(len(mine), 1)
-        for at in range(0, len(mine), step):
-            yield _floats(bars.select([e.over("symbol").name.prefix(f"{sym}_") for e in mine[at: at + step]]))
+    for batch in [symbols] if group is None else [[sym] for sym in symbols]:
+        series: dict[str, pl.Series] = {}
+        for sym in batch:
+            bars = _bars(panel, sym, in_memory)
+            if stamps is None:
+                stamps = bars["timestamp"]
+            elif not bars["timestamp"].equals(stamps):
+                raise ValueError("the panel is not aligned: every symbol must have the same timestamps")
+            series.update({f"{sym}_{c}": bars[c] for c in OHLCV})
+        wide = pl.DataFrame({"timestamp": stamps, **series})
+        exprs = [e for sym in batch for name, e in plan.per_symbol[sym] if keep(name)]
+        if group is None:  # every symbol is in the frame: the cross-asset features in the same query
+            exprs += [e for name, e in plan.cross if keep(name)]
+        step = group or max(len(exprs), 1)
+        for at in range(0, len(exprs), step):
+            yield wide.select(exprs[at: at + step])
         if period is not None:
-            htf = htf_features(bars.lazy(), cfg, period)
-            names = [n for n in htf.collect_schema().names() if n not in bars.columns and keep(f"{sym}_{n}")]
-            if names:
-                yield _floats(htf.sort("timestamp").select(pl.col(names).name.prefix(f"{sym}_")).collect())
-        closes[f"_{sym}_close"] = bars["close"]
+            chosen = [e for sym in batch for name, e in plan.htf[sym] if keep(name)]
+            if chosen:
+                yield htf_features(wide, period, batch, chosen)
+        closes.update({f"{sym}_close": series[f"{sym}_close"] for sym in batch})
     assert stamps is not None
-    wide = pl.DataFrame({"timestamp": stamps, **closes}).lazy()
-    wide = wide.with_columns([e for e in cross_asset_exprs(universe, cfg) if keep(e.meta.output_name())])
-    if freq.intraday:
-        wide = clock_features(wide, stamps, freq, calendar, tz).sort("timestamp")  # the join may reorder rows
-    names = [n for n in wide.collect_schema().names() if n != "timestamp" and n not in closes and keep(n)]
-    yield _floats(wide.select("timestamp", *names).collect())
+    last = pl.DataFrame({"timestamp": stamps, **closes})
+    if group is not None:
+        last = last.with_columns([e for name, e in plan.cross if keep(name)])
+    if freq.intraday:  # the join may reorder rows
+        last = clock_features(last.lazy(), stamps, freq, calendar, tz).sort("timestamp").collect(engine="in-memory")
+    yield last.select("timestamp", *[n for n in last.columns[1:] if n not in closes and keep(n)])
+
+
+def _bars(panel: pl.DataFrame | pl.LazyFrame, symbol: str, parts: dict[tuple, pl.DataFrame] | None) -> pl.DataFrame:
+    """``symbol``'s bars in time order: from the panel's partition by symbol when it is in memory,
+    else read from the scanned panel (a few columns: 2M bars, about 100 MB), once per symbol."""
+    if parts is None:
+        return panel.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select("timestamp", *OHLCV).collect()
+    bars = parts[(symbol,)] if (symbol,) in parts else panel.clear()
+    return bars if bars["timestamp"].is_sorted() else bars.sort("timestamp")
 
 
 def _floats(frame: pl.DataFrame) -> pl.DataFrame:
-    """Every feature column as Float64, NaN as null (a window that could not be computed): one pass
-    over the block (cheaper in polars than a cast inside each windowed expression)."""
-    floats = [c for c in frame.columns if c != "timestamp"]
-    return frame.with_columns(pl.col(floats).cast(pl.Float64).fill_nan(None)) if floats else frame
+    """Every feature column as Float64, NaN as null (a window that could not be computed), in a pass
+    of its own (cheaper in polars than a cast inside each windowed expression)."""
+    return frame.with_columns([_float(pl.col(c)) for c in frame.columns if c != "timestamp"])
 
 
 def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
@@ -295,9 +363,14 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
         in the table's order; None for all.
     :returns: rows in time order; the first rows hold nulls until each window has filled.
     """
-    parts = list(_feature_parts(panel, universe, cfg, freq, calendar, tz, columns))
-    *blocks, last = parts
-    return pl.concat([last.select("timestamp"), *blocks, last.drop("timestamp")], how="horizontal")
+    *blocks, last = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns)
+    out = pl.concat([*blocks, last], how="horizontal")
+    order = [n for n in feature_names(universe, cfg, freq) if n in out.columns]
+    return out.select("timestamp", *[_float(pl.col(n)) for n in order])
+
+
+def _float(column: pl.Expr) -> pl.Expr:
+    return column.cast(pl.Float64).fill_nan(None)
 
 
 COLUMN_BLOCK = 8  # columns of a scanned table read at a time: 2M bars x 8 floats, 128 MB
@@ -320,7 +393,7 @@ def write_features(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
         parts: list[Path] = []
         for frame in _feature_parts(panel, universe, cfg, freq, calendar, tz, group=EXPR_GROUP):
             parts.append(Path(tmp) / f"part-{len(parts):03d}.parquet")
-            frame.write_parquet(parts[-1])
+            _floats(frame).write_parquet(parts[-1])
         rows = pl.scan_parquet(parts[-1]).select(pl.len()).collect().item()
         stamps = pl.scan_parquet(parts[-1]).select("timestamp")
         order = [stamps] + [pl.scan_parquet(p) for p in parts[:-1]] + [pl.scan_parquet(parts[-1]).drop("timestamp")]

@@ -139,18 +139,33 @@ class Stamps(Sequence[str]):
         return f"Stamps({len(self)} bars, {self[0] if len(self) else ''} .. {self[-1] if len(self) else ''})"
 
 
-def _symbol(bars: Frame, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
-    return bars.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
+class _Symbols:
+    """Each symbol's bars of a panel, in time order. A panel in memory is partitioned once (a live
+    decision's few rows: no query per read); a scanned one is read per call (a few columns of one
+    symbol at a time: the memory bound of a 2M-bar panel)."""
+
+    def __init__(self, bars: Frame):
+        self.bars = bars
+        self.parts = bars.partition_by("symbol", as_dict=True) if isinstance(bars, pl.DataFrame) else None
+
+    def __call__(self, symbol: str, columns: tuple[str, ...]) -> dict[str, pl.Series]:
+        if self.parts is None:
+            frame = self.bars.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
+        else:
+            frame = self.parts[(symbol,)]
+            frame = frame if frame["timestamp"].is_sorted() else frame.sort("timestamp")
+        return {c: frame[c] for c in columns}
 
 
-def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
+def _leg(bars: _Symbols, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
          train_rows: tuple[int, int] | Ranges) -> Leg:
-    s = _symbol(bars, symbol, ("open", "close", "volume"))
+    s = bars(symbol, ("open", "close", "volume"))
     close = s["close"].to_numpy().astype(float)
     dv = close * s["volume"].to_numpy().astype(float)
     logret = np.concatenate([[np.nan], np.diff(np.log(close))])
-    sigma = pl.Series(logret).rolling_std(vol_bars, min_samples=2).to_numpy()
-    mean_dv = pl.Series(dv).rolling_mean(liquidity_bars, min_samples=1).to_numpy()
+    trailing = pl.DataFrame({"r": logret, "dv": dv}).select(  # one query (a live decision pays per query)
+        pl.col("r").rolling_std(vol_bars, min_samples=2), pl.col("dv").rolling_mean(liquidity_bars, min_samples=1))
+    sigma, mean_dv = trailing["r"].to_numpy(), trailing["dv"].to_numpy()
     # one-bar moves inside the training rows (each range on its own: no move across a gap)
     moves = np.concatenate([close[a + 1: b] / close[a: b - 1] - 1.0 for a, b in as_ranges(train_rows)])
     worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
@@ -159,10 +174,10 @@ def _leg(bars: Frame, symbol: str, direction: int, vol_bars: int, liquidity_bars
                worst_drop, worst_rise)
 
 
-def _stale(bars: Frame, symbols: list[str]) -> np.ndarray:
+def _stale(bars: _Symbols, symbols: list[str]) -> np.ndarray:
     out = None
     for sym in symbols:
-        s = _symbol(bars, sym, ("open", "high", "low", "close", "volume"))
+        s = bars(sym, ("open", "high", "low", "close", "volume"))
         flat = (s["open"] == s["high"]) & (s["high"] == s["low"]) & (s["low"] == s["close"])
         flag = ((s["volume"] <= 0) | flat).to_numpy()
         out = flag if out is None else out | flag
@@ -338,6 +353,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         normalisation are applied instead of fitting new ones, and nothing is de-duplicated
         (re-scoring a champion).
     """
+    in_memory = feats if isinstance(feats, pl.DataFrame) else None  # read eagerly (no query planning)
     feats = feats.lazy()
     columns = feats.collect_schema().names()
     max_corr: float | None = None
@@ -354,7 +370,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         missing = sorted(set(names) - set(columns))
         if missing:
             raise ValueError(f"the policy observes features this feature table lacks: {missing[:5]}")
-    timestamps = feats.select("timestamp").collect()["timestamp"]
+    timestamps = (in_memory if in_memory is not None else feats.select("timestamp").collect())["timestamp"]
     blocks = [names[i: i + COLUMN_BLOCK] for i in range(0, len(names), COLUMN_BLOCK)]
     if regime_probs is not None:
         probs = timestamps.to_frame().join(regime_probs, on="timestamp", how="left").drop("timestamp")
@@ -371,7 +387,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     z = np.empty((len(timestamps), len(names)), dtype=np.float32)
     stats: list[tuple[np.ndarray, np.ndarray]] = []
     at = 0
-    for x in _blocks(feats, blocks, p):
+    for x in _blocks(in_memory if in_memory is not None else feats, blocks, p):
         cols = slice(at, at + x.shape[1])
         if cols.stop <= len(given[0]):
             stats.append((given[0][cols], given[1][cols]))
@@ -381,23 +397,31 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         at += x.shape[1]
     mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
-    legs = [_leg(bars, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
-    mtc = (feats.select("minutes_to_close").collect()["minutes_to_close"].to_numpy().astype(float)
-           if "minutes_to_close" in columns else None)
+    symbols = _Symbols(bars)
+    legs = [_leg(symbols, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
+    mtc = ((in_memory if in_memory is not None else feats.select("minutes_to_close").collect())["minutes_to_close"]
+           .to_numpy().astype(float) if "minutes_to_close" in columns else None)
     return Market(
         timestamps=Stamps(timestamps), features=z, feature_names=names,
         levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
-        stale=_stale(bars, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
-        underlying=_leg(bars, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
+        stale=_stale(symbols, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
+        underlying=_leg(symbols, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
         norm_mean=mean, norm_std=std, feature_max_corr=max_corr, dropped_features=dropped,
         regime=np.argmax(p, axis=1).astype(np.int8) if p is not None and p.shape[1] else None,
     )
 
 
-def _blocks(feats: pl.LazyFrame, blocks: list[list[str]], regime_probs: np.ndarray | None) -> Iterator[np.ndarray]:
+def _blocks(feats: Frame, blocks: list[list[str]], regime_probs: np.ndarray | None) -> Iterator[np.ndarray]:
     """The observed columns as float64 (T, k) blocks, in order: the features, then the regime probabilities."""
-    for block in blocks:
-        yield feats.select(block).collect().to_numpy().astype(float)
+    if isinstance(feats, pl.DataFrame):  # in memory: one read, sliced (the same floats)
+        every = feats.select([n for block in blocks for n in block]).to_numpy().astype(float)
+        at = 0
+        for block in blocks:
+            yield every[:, at: at + len(block)]
+            at += len(block)
+    else:
+        for block in blocks:
+            yield feats.select(block).collect().to_numpy().astype(float)
     if regime_probs is not None:
         yield regime_probs
 

@@ -1,5 +1,6 @@
 """The decision API on live bars: replaying a test window bar by bar, with the portfolio carried by
-the engine, gives exactly the backtest's levels; bad bars and portfolios are refused by name."""
+the engine, gives exactly the backtest's levels, both from a window each time and from a live
+session fed one bar at a time; bad bars and portfolios are refused by name."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sentio_core.rescore import row_of
 
 from .conftest import REPO, SMOKE
 
-pytestmark = pytest.mark.slow  # a training, then one decision per test bar (about 75 ms each on daily bars)
+pytestmark = pytest.mark.slow  # a training, then one decision per test bar (about 15 ms each on daily bars)
 
 INTRADAY = REPO / "configs" / "intraday.yaml"
 
@@ -52,15 +53,19 @@ def exported(tmp_path_factory):
 
 
 def test_replaying_the_test_window_bar_by_bar_gives_the_backtest_levels(exported):
-    """Daily: the smoke fold's 120 test bars."""
-    assert _replay(*exported) == exported[3].levels.tolist()
+    """Daily: the smoke fold's 120 test bars, from the window each time and from a live session."""
+    want = exported[3].levels.tolist()
+    assert _replay(*exported) == want
+    assert _replay(*exported, live=True) == want
 
 
 def test_replaying_five_minute_bars_gives_the_backtest_levels(tmp_path):
     """5-minute bars: the first 240 decisions of the latest test window (three sessions and more:
     the session-close rule, the overnight gaps and the higher-timeframe features all bind)."""
     exported = _exported(tmp_path, INTRADAY, "train.n_steps=64", "train.batch_size=64", "train.validation_bars=0")
-    assert _replay(*exported, decisions=240) == exported[3].levels[:240].tolist()
+    want = exported[3].levels[:240].tolist()
+    assert _replay(*exported, decisions=240, live=True) == want
+    assert _replay(*exported, decisions=240) == want
 
 
 def market_stamp(bars: pl.DataFrame, iso: str):
@@ -68,25 +73,68 @@ def market_stamp(bars: pl.DataFrame, iso: str):
     return pl.lit(iso).str.to_datetime(time_zone=bars["timestamp"].dtype.time_zone)
 
 
-def _replay(decider, bars, market, path, first, decisions: int | None = None) -> list[float]:
-    """The decisions over the test window, the book carried forward by the engine one bar at a time."""
+def _replay(decider, bars, market, path, first, decisions: int | None = None, live: bool = False) -> list[float]:
+    """The decisions over the test window, the book carried forward by the engine one bar at a time:
+    each from the window of bars up to it (``live`` False) or from a session primed with the bars
+    before the window and given each bar as it comes; a live session's decisions are also those of
+    the window, to the bit (checked every 10th bar)."""
     cfg = decider.cfg
     carrier = Engine(market, cfg, 1)  # the live book
     carrier.reset_all(np.array([first - 1]), np.array([first - 1 + len(path.levels)]))
     symbols = [leg.symbol for leg in market.legs]
+    session = None
+    if live:
+        session = decider.session(bars.filter(pl.col("timestamp") <= market_stamp(bars, market.timestamps[first - 2])))
     levels = []
     for k in range(decisions or len(path.levels)):
         t = int(carrier.t[0])
         now = market.timestamps[t]
-        live = bars.filter(pl.col("timestamp") <= market_stamp(bars, now))
         book = Portfolio(cash=float(carrier.cash[0]), shares=dict(zip(symbols, carrier.shares[0].tolist())),
                          peak=float(carrier.peak[0]), level=float(market.levels[carrier.level[0]]),
                          held=int(carrier.held[0]), cooldown=int(carrier.cooldown[0]))
-        decision = decider.decide(live, book)
+        if session is None:
+            decision = decider.decide(bars.filter(pl.col("timestamp") <= market_stamp(bars, now)), book)
+        else:
+            session.append(bars.filter(pl.col("timestamp") == market_stamp(bars, now)))
+            decision = session.decide(book)
+            if k % 10 == 0:
+                assert decision == decider.decide(bars.filter(pl.col("timestamp") <= market_stamp(bars, now)), book)
         assert decision.timestamp == now
         levels.append(decision.level)
         carrier.step(np.array([decision.action]))
     return levels
+
+
+def test_a_session_refuses_bars_it_cannot_append_and_stays_as_it_was(exported):
+    decider, bars, *_ = exported
+    stamps = bars.filter(pl.col("symbol") == "QQQ")["timestamp"]
+    session = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
+    book = Portfolio(cash=100_000.0, shares={}, peak=100_000.0)
+    before, last = session.decide(book), session.last
+    nxt = bars.filter(pl.col("timestamp") == stamps[-2])
+    with pytest.raises(DecisionError, match=r"QQQ row 0 .* is not after the session's latest bar"):
+        session.append(bars.filter(pl.col("timestamp") == stamps[-3]))
+    with pytest.raises(DecisionError, match="timestamps differ between symbols"):
+        session.append(pl.concat([nxt, bars.filter((pl.col("timestamp") == stamps[-1]) & (pl.col("symbol") == "TQQQ"))]))
+    with pytest.raises(DecisionError, match="no bars of SQQQ"):
+        session.append(nxt.filter(pl.col("symbol") != "SQQQ"))
+    with pytest.raises(DecisionError, match="missing columns"):
+        session.append(nxt.drop("open"))
+    assert session.last == last and session.decide(book) == before
+    session.append(pl.concat([nxt, bars.filter(pl.col("timestamp") == stamps[-1])]))  # two bars at once
+    assert session.last == stamps[-1]
+    assert session.decide(book) == decider.decide(bars, book)
+
+
+def test_the_gap_rule_reads_the_exported_worst_training_bar(exported):
+    """The worst-bar gap rule's moves are the fold's training window's (in the export), never the
+    decision window's."""
+    decider, bars, market, *_ = exported
+    session = decider.session(bars)
+    exported_moves = [(leg.worst_drop, leg.worst_rise) for leg in decider.spec.legs]
+    assert all(d is not None and d > 0 for d, _ in exported_moves)
+    assert [(leg.worst_drop, leg.worst_rise) for leg in session.market.legs] == exported_moves
+    assert [(leg.worst_drop, leg.worst_rise) for leg in market.legs] == exported_moves  # the backtest's, refitted
 
 
 def test_the_decision_says_why_each_level_is_forbidden(exported):

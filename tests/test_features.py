@@ -16,8 +16,8 @@ import pytest
 
 from sentio_core.config import REPO_ROOT, FeatureConfig, UniverseConfig
 from sentio_core.data import load_panel
-from sentio_core.frequency import BarFrequency, bar_frequency
 from sentio_core.features import build_features, feature_columns, first_complete_row
+from sentio_core.frequency import BarFrequency, bar_frequency
 
 SYMBOLS = ["QQQ", "TQQQ", "SQQQ"]
 TZ = "America/New_York"
@@ -311,7 +311,7 @@ def test_oscillators_stay_in_range(daily: Dataset) -> None:
 def test_leveraged_decay_matches_reference(daily: Dataset) -> None:
     """TQQQ_decay_20 = log(TQQQ_t/TQQQ_{t-20}) - 3 log(QQQ_t/QQQ_{t-20}); SQQQ uses beta = -3."""
     q, tq, sq = (symbol_frame(daily.panel, s)["close"] for s in SYMBOLS)
-    log20 = lambda s: np.log(s / s.shift(20))  # noqa: E731
+    log20 = lambda s: np.log(s / s.shift(20))
     assert_matches_reference(daily.features["TQQQ_decay_20"], log20(tq) - 3 * log20(q), "TQQQ_decay_20")
     assert_matches_reference(daily.features["SQQQ_decay_20"], log20(sq) + 3 * log20(q), "SQQQ_decay_20")
 
@@ -382,27 +382,48 @@ def test_rsi_bars_renames_columns(daily: Dataset) -> None:
 # --- 7. the per-symbol assembly equals the long-panel query; a column subset equals its columns ----
 
 def long_panel_features(panel: pl.DataFrame, cfg: FeatureConfig, freq: BarFrequency) -> pl.DataFrame:
-    """The reference: every expression ``.over("symbol")`` on the long panel in one lazy query,
-    each symbol's columns joined on the timestamp, then the cross-asset and clock features (the
-    library builds the same table a symbol at a time, and only the columns asked for)."""
-    from sentio_core.features import clock_features, cross_asset_exprs, htf_features, htf_period, per_symbol_exprs
+    """The reference: every expression ``.over("symbol")`` on the long panel in one lazy query (the
+    weekly or daily bars too), each symbol's columns joined on the timestamp, then the cross-asset
+    and clock features (the library runs the same expressions on a wide frame of the symbols'
+    columns, and only the columns asked for)."""
+    from sentio_core.features import (
+        clock_features,
+        cross_asset_exprs,
+        htf_period,
+        log_return,
+        per_symbol_exprs,
+        realised_vol,
+        rsi,
+    )
 
+    C, O, H, L = (pl.col(n) for n in ("close", "open", "high", "low"))
     universe = UniverseConfig()
     lazy = panel.lazy().sort("symbol", "timestamp").with_columns([e.over("symbol") for e in per_symbol_exprs(cfg)])
     period = htf_period(cfg, freq)
     if period is not None:
-        lazy = htf_features(lazy, cfg, period)
+        keyed = lazy.with_columns(pl.col("timestamp").dt.truncate(period).alias("_period"))
+        htf = keyed.group_by("symbol", "_period").agg(O.first(), H.max(), L.min(), C.last()).sort("symbol", "_period")
+        r1 = log_return(C, 1)
+        htf = htf.with_columns(
+            r1.over("symbol").alias("htf_ret_1"),
+            rsi(C, cfg.htf_rsi_bars).over("symbol").alias(f"htf_rsi_{cfg.htf_rsi_bars}"),
+            realised_vol(r1, cfg.htf_vol_bars).over("symbol").alias(f"htf_rvol_{cfg.htf_vol_bars}"),
+            (H / L).log().alias("htf_range"),
+            ((C - L) / (H - L)).fill_nan(0.5).alias("htf_close_loc"),
+            pl.col("_period").shift(-1).over("symbol").alias("_next_period"),
+        ).drop("_period", "open", "high", "low", "close")
+        lazy = keyed.join(htf, left_on=["symbol", "_period"], right_on=["symbol", "_next_period"], how="left").drop("_period")
     names = [n for n in lazy.collect_schema().names() if n not in ("timestamp", "symbol", "open", "high", "low")]
     wide = None
     for sym in universe.panel_symbols:
         part = lazy.filter(pl.col("symbol") == sym).select(
             "timestamp", *[pl.col(n).alias(f"{sym}_{n}") for n in names if n not in ("close", "volume")],
-            pl.col("close").alias(f"_{sym}_close"))
+            pl.col("close").alias(f"{sym}_close"))
         wide = part if wide is None else wide.join(part, on="timestamp", how="inner")
     wide = wide.sort("timestamp").with_columns(cross_asset_exprs(universe, cfg))
     if freq.intraday:
         wide = clock_features(wide, panel["timestamp"], freq, CALENDAR, TZ)
-    out = wide.drop([f"_{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect()
+    out = wide.drop([f"{s}_close" for s in universe.panel_symbols]).sort("timestamp").collect(engine="in-memory")
     return out.with_columns(pl.col(feature_columns(out)).cast(pl.Float64).fill_nan(None))
 
 
