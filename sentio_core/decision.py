@@ -134,7 +134,8 @@ class Decider:
         self.regime_model = RegimeModel.from_dict(self.metadata.regime_model)
         self.masked = reads_masks(self.metadata.algorithm)
         self.burn_in = burn_in
-        self.features = [n for n in self.spec.observation.features if not n.startswith("regime_")]
+        # the feature table's columns a decision reads: the observed ones, and the clock the session rule reads
+        self.features = [n for n in self.spec.observation.features if not n.startswith("regime_")] + ["minutes_to_close"]
         self.symbols = list(dict.fromkeys([self.cfg.universe.underlying, *(leg.symbol for leg in self.spec.legs)]))
 
     def required_bars(self, bars_per_session: float = 1.0) -> int:
