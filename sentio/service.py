@@ -2,9 +2,16 @@
 
 - ``POST /decide`` with ``{"bars": [{timestamp, symbol, open, high, low, close, volume}, ...],
   "portfolio": {cash, shares, peak, level, held, cooldown}}`` returns the decision
-  (:class:`sentio_core.decision.Decision`) and the identity of the model that made it.
+  (:class:`sentio_core.decision.Decision`) on the latest of the bars (a window of them: see
+  ``/model``'s ``window_bars``) and the identity of the model that made it.
+- The live loop: ``POST /session`` with ``{"bars": [...]}`` (a window) primes the service's live
+  session (:class:`sentio_core.decision.Session`); then each bar, ``POST /session/decide`` with
+  ``{"bars": [the new bar of each symbol], "portfolio": ...}`` appends the bars and decides, paying
+  for the newest bar only. The session is the loaded model's: after a model swap the next request
+  re-primes the new model's session from the window's bars.
 - ``GET /health`` says whether a model is loaded; ``GET /model`` is its identity: registered
-  version, algorithm, data range, code version, weights hash, when it was loaded.
+  version, algorithm, data range, code version, weights hash, when it was loaded, the bars a
+  window needs.
 
 The model is the champion export (``registry.export_dir/registry.model_name``). Before each
 request the service looks at the export's two files (size and modification time); when they
@@ -27,7 +34,7 @@ import polars as pl
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from sentio_core.decision import Decider, DecisionError, Portfolio
+from sentio_core.decision import Decider, DecisionError, Portfolio, Session
 from sentio_core.export import export_paths
 from sentio_core.files import DataError
 
@@ -62,6 +69,19 @@ class DecideRequest(BaseModel):
     portfolio: PortfolioIn
 
 
+class PrimeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bars: list[Bar] = Field(min_length=1)
+
+
+class SessionDecideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bars: list[Bar] = Field(default=[], description="the bars after the session's latest, every symbol at each timestamp")
+    portfolio: PortfolioIn
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One loaded model and what identifies it."""
@@ -82,7 +102,31 @@ def _identity(decider: Decider) -> dict[str, Any]:
             "alias": md.registry.alias if md.registry else None,
             "data": {"first_train": md.data.first_train, "last_test": md.data.last_test} if md.data else None,
             "code_version": md.code_version, "weights_sha256": md.weights_sha256,
+            "symbols": decider.symbols, "window_bars": {"daily": decider.window_bars(1.0)},
             "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+class Live:
+    """The service's live session and the model it belongs to, behind one lock (a session's engine
+    is one portfolio's state: requests take turns; each costs a bar's work or less)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.session: Session | None = None
+        self.model: Loaded | None = None
+
+    def for_model(self, loaded: Loaded) -> Session:
+        """The session of ``loaded`` (call with the lock held): after a swap, the new model's,
+        primed with the window's bars.
+
+        :raises DecisionError: no session yet, or the window is too short for the new model.
+        """
+        if self.session is None:
+            raise DecisionError("no live session: POST /session with a window of bars first")
+        if self.model is not loaded:
+            self.session = loaded.decider.session(self.session.bars())
+            self.model = loaded
+        return self.session
 
 
 class Champion:
@@ -128,6 +172,7 @@ def _bars_frame(bars: list[Bar], tz: str) -> pl.DataFrame:
 
 def create_app(stem: str | Path) -> FastAPI:
     champion = Champion(stem)
+    live = Live()
     app = FastAPI(title="Sentio decisions", description=__doc__.split("\n")[0])
 
     def model() -> Loaded:
@@ -146,6 +191,32 @@ def create_app(stem: str | Path) -> FastAPI:
     def identity() -> dict:
         return model().identity
 
+    @app.post("/session")
+    def prime(request: PrimeRequest) -> dict:
+        loaded = model()
+        try:
+            session = loaded.decider.session(_bars_frame(request.bars, loaded.decider.cfg.data.timezone))
+        except DecisionError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        with live.lock:
+            live.session, live.model = session, loaded
+        return {"last": session.last.isoformat(), "window_bars": session.window, "model": loaded.identity}
+
+    @app.post("/session/decide")
+    def session_decide(request: SessionDecideRequest) -> dict:
+        loaded = model()  # taken once: this request is served by this model alone
+        started = time.perf_counter()
+        with live.lock:
+            try:
+                session = live.for_model(loaded)
+                if request.bars:
+                    session.append(_bars_frame(request.bars, loaded.decider.cfg.data.timezone))
+                decision = session.decide(Portfolio(**request.portfolio.model_dump()))
+            except DecisionError as exc:
+                raise HTTPException(status_code=409 if live.session is None else 400, detail=str(exc)) from None
+        return {"decision": decision.to_dict(), "model": loaded.identity,
+                "seconds": round(time.perf_counter() - started, 6)}
+
     @app.post("/decide")
     def decide(request: DecideRequest) -> dict:
         loaded = model()  # taken once: this request is served by this model alone
@@ -158,7 +229,7 @@ def create_app(stem: str | Path) -> FastAPI:
         return {"decision": decision.to_dict(), "model": loaded.identity,
                 "seconds": round(time.perf_counter() - started, 6)}
 
-    app.state.champion = champion
+    app.state.champion, app.state.live = champion, live
     return app
 
 

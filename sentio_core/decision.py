@@ -222,6 +222,11 @@ class Session:
         """The latest bar's timestamp."""
         return self._frames[self.decider.symbols[0]]["timestamp"][-1]
 
+    def bars(self) -> pl.DataFrame:
+        """The window's bars (``timestamp, symbol, open, high, low, close, volume``): what primes
+        another model's session on the same bars."""
+        return pl.concat([self._frames[sym] for sym in sorted(self._frames)])
+
     def append(self, bars: pl.DataFrame) -> None:
         """Add the bars after :attr:`last`: one or more timestamps, every symbol at each.
 

@@ -122,3 +122,39 @@ def test_a_model_swapped_in_during_requests_is_seen_whole_or_not_at_all(served):
         assert sha in expected and body["decision"] == expected[sha]  # one model's decision, whole
         seen.add(sha)
     assert len(seen) == 2  # both models served while they were swapped
+
+
+def _rows(frame: pl.DataFrame) -> list[dict]:
+    return frame.with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S%:z")).to_dicts()
+
+
+def test_the_live_session_decides_bar_by_bar_and_follows_a_model_swap(served):
+    """Prime with a window, then one bar per symbol per request: each decision is the library's on the
+    window up to that bar; a bar that does not continue the session is refused; after the champion
+    changes, the next request is the new model's, its session primed from the same bars."""
+    url, stem, (first, bars, *_), second = served
+    publish(first.path, read_metadata(first.policy, first.path), stem)
+    stamps = bars.filter(pl.col("symbol") == "QQQ")["timestamp"]
+    book = {"cash": 100_000.0, "shares": {}, "peak": 100_000.0}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/session/decide", json={"portfolio": book}).status_code == 409  # not primed
+        window = bars.filter(pl.col("timestamp") <= stamps[-4]).group_by("symbol", maintain_order=True).tail(
+            first.window_bars())
+        primed = client.post("/session", json={"bars": _rows(window)})
+        assert primed.status_code == 200, primed.text
+        assert primed.json()["last"] == stamps[-4].isoformat()
+        for t in stamps[-3:-1]:
+            got = client.post("/session/decide", json={"bars": _rows(bars.filter(pl.col("timestamp") == t)), "portfolio": book})
+            assert got.status_code == 200, got.text
+            want = first.decide(bars.filter(pl.col("timestamp") <= t), Portfolio(**book))
+            assert got.json()["decision"] == want.to_dict()
+        again = client.post("/session/decide", json={"bars": _rows(bars.filter(pl.col("timestamp") == stamps[-3])),
+                                                     "portfolio": book})
+        assert again.status_code == 400 and "is not after the session's latest bar" in again.json()["detail"]
+        publish(second.path, read_metadata(second.policy, second.path), stem)
+        swapped = client.post("/session/decide", json={"bars": _rows(bars.filter(pl.col("timestamp") == stamps[-1])),
+                                                       "portfolio": book})
+        assert swapped.status_code == 200, swapped.text
+        body = swapped.json()
+        assert body["model"]["weights_sha256"] == second.metadata.weights_sha256
+        assert body["decision"] == second.decide(bars, Portfolio(**book)).to_dict()
