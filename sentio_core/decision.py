@@ -258,18 +258,18 @@ class Session:
         (one row per bar after the first); the session takes them only once all is built."""
         d, cfg = self.decider, self.decider.cfg
         panel = pl.concat([frames[sym] for sym in sorted(frames)])  # as data.align places them
+        n = panel.height // len(frames)
+        k = min(d.tail_bars(), n - 1)  # the rows the latest bar's market reads
         feats = build_features(panel, cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
-                               columns=d.features)
-        n = feats.height
+                               columns=d.features, last=k)
         # the observation's oldest row must have every feature (the warm-up is over)
-        if n < d.required_bars(self.freq.bars_per_session) or None in feats.row(max(n - cfg.env.lookback_bars, 0)):
+        if n < d.required_bars(self.freq.bars_per_session) or None in feats.row(max(k - cfg.env.lookback_bars, 0)):
             raise DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
                                 f"send at least {d.required_bars(self.freq.bars_per_session)} "
                                 f"(recommended {d.window_bars(self.freq.bars_per_session)})")
-        k = min(d.tail_bars(), n - 1)
         tail = pl.concat([frames[sym].tail(k) for sym in sorted(frames)])
         norm = d.spec.observation.normalisation
-        market = build_market(cfg, tail, feats.tail(k), regime_frame(feats["timestamp"].tail(k), probs[-k:]),
+        market = build_market(cfg, tail, feats, regime_frame(feats["timestamp"], probs[-k:]),
                               (0, k), self.freq.periods_per_year, fitted=(d.spec.observation.features, norm.mean, norm.std))
         market = replace(market, legs=[_trained_moves(leg, spec, cfg) for leg, spec in zip(market.legs, d.spec.legs)])
         engine = Engine(market, cfg, 1)

@@ -174,10 +174,11 @@ def htf_exprs(cfg: FeatureConfig, symbol: str) -> list[pl.Expr]:
     return [e.alias(f"{symbol}_{name}") for e, name in zip(exprs, htf_names(cfg))]
 
 
-def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: list[pl.Expr]) -> pl.DataFrame:
+def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: list[pl.Expr], last: int | None = None
+                 ) -> pl.DataFrame:
     """Features of completed higher-timeframe bars, keyed to the bars of the *next* period: one row
     per row of ``wide`` (``timestamp`` and each symbol's ``SYMBOL_open``, ...), one column per
-    expression (of :func:`htf_exprs` of ``symbols``).
+    expression (of :func:`htf_exprs` of ``symbols``); only the ``last`` rows when given.
 
     A period's bar is complete only once a later period has started, so bars of period p see
     the features of the period before p. Appending bars never changes an earlier row.
@@ -189,7 +190,7 @@ def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: lis
     # features, and give the bars of the k-th period the (k-1)-th's (eager: few queries, no planning)
     number = wide.select(key.rle_id())[:, 0].to_numpy()
     periods = wide.group_by(key.alias("_period"), maintain_order=True).agg(aggs).select(exprs)
-    return periods.shift(1)[number]
+    return periods.shift(1)[number if last is None else number[-last:]]
 
 
 # --- intraday clock ----------------------------------------------------------------------
@@ -211,8 +212,10 @@ def clock_features(wide: pl.LazyFrame, timestamps: pl.Series, freq: BarFrequency
 
     Timestamps are bar starts; the decision is made at the bar's end (start + bar length).
     """
-    # the calendar refuses start == end (a single session), so ask it for a week more than needed
-    start, end = str(timestamps.min().date()), str(timestamps.max().date() + dt.timedelta(days=7))
+    # whole calendar years (and a week: the calendar refuses start == end): a live loop's window moves
+    # a bar at a time, and each new table would cost about 0.1 s of exchange_calendars
+    start = str(dt.date(timestamps.min().year, 1, 1))
+    end = str(dt.date(timestamps.max().year, 12, 31) + dt.timedelta(days=7))
     table = _session_table(calendar, start, end, tz).lazy()
     bar_end = pl.col("timestamp") + pl.duration(minutes=freq.bar_minutes)
     session_minutes = (pl.col("_close") - pl.col("_open")).dt.total_minutes()
@@ -290,7 +293,7 @@ def feature_names(universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequen
 
 def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
                    calendar: str, tz: str, columns: Collection[str] | None = None,
-                   group: int | None = None) -> Iterator[pl.DataFrame]:
+                   group: int | None = None, last: int | None = None) -> Iterator[pl.DataFrame]:
     """The feature table in blocks of columns, each with the panel's rows in time order, the last
     with ``timestamp``, the cross-asset and the clock features (NaN not yet nulled: :func:`_floats`).
 
@@ -298,7 +301,7 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
     None every symbol's at once, in one query per kind of feature (a live decision pays per query);
     with ``group``, a symbol at a time, ``group`` expressions per block (the streamed table's
     memory), in the table's column order. Each symbol's features read its whole series; ``columns``
-    keeps only those features (the others are never computed).
+    keeps only those features (the others are never computed); ``last`` keeps only the last rows.
 
     :raises ValueError: when the symbols' timestamps differ (the blocks are placed side by side by row).
     """
@@ -324,19 +327,22 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
             exprs += [e for name, e in plan.cross if keep(name)]
         step = group or max(len(exprs), 1)
         for at in range(0, len(exprs), step):
-            yield wide.select(exprs[at: at + step])
+            block = wide.select(exprs[at: at + step])
+            yield block if last is None else block.tail(last)
         if period is not None:
             chosen = [e for sym in batch for name, e in plan.htf[sym] if keep(name)]
             if chosen:
-                yield htf_features(wide, period, batch, chosen)
+                yield htf_features(wide, period, batch, chosen, last)
         closes.update({f"{sym}_close": series[f"{sym}_close"] for sym in batch})
     assert stamps is not None
-    last = pl.DataFrame({"timestamp": stamps, **closes})
+    rest = pl.DataFrame({"timestamp": stamps, **closes})
     if group is not None:
-        last = last.with_columns([e for name, e in plan.cross if keep(name)])
+        rest = rest.with_columns([e for name, e in plan.cross if keep(name)])
+    if last is not None:
+        rest = rest.tail(last)
     if freq.intraday:  # the join may reorder rows
-        last = clock_features(last.lazy(), stamps, freq, calendar, tz).sort("timestamp").collect(engine="in-memory")
-    yield last.select("timestamp", *[n for n in last.columns[1:] if n not in closes and keep(n)])
+        rest = clock_features(rest.lazy(), rest["timestamp"], freq, calendar, tz).sort("timestamp").collect(engine="in-memory")
+    yield rest.select("timestamp", *[n for n in rest.columns[1:] if n not in closes and keep(n)])
 
 
 def _bars(panel: pl.DataFrame | pl.LazyFrame, symbol: str, parts: dict[tuple, pl.DataFrame] | None) -> pl.DataFrame:
@@ -355,16 +361,18 @@ def _floats(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
-                   calendar: str, tz: str, columns: Collection[str] | None = None) -> pl.DataFrame:
+                   calendar: str, tz: str, columns: Collection[str] | None = None, last: int | None = None) -> pl.DataFrame:
     """Feature table: one row per timestamp, ``timestamp`` plus one float column per feature.
 
     :param panel: aligned long panel (``timestamp, symbol, open, high, low, close, volume``).
     :param columns: compute only these features (a decision on live bars needs its policy's only),
         in the table's order; None for all.
+    :param last: only the last rows (each still computed from the whole panel: what a decision
+        on the latest bar reads); None for all.
     :returns: rows in time order; the first rows hold nulls until each window has filled.
     """
-    *blocks, last = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns)
-    out = pl.concat([*blocks, last], how="horizontal")
+    *blocks, rest = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns, last=last)
+    out = pl.concat([*blocks, rest], how="horizontal")
     order = [n for n in feature_names(universe, cfg, freq) if n in out.columns]
     return out.select("timestamp", *[_float(pl.col(n)) for n in order])
 

@@ -445,3 +445,11 @@ def test_a_column_subset_is_those_columns_of_the_whole_table(name: str, request:
     order = [c for c in data.features.columns if c in wanted]
     assert got.columns == ["timestamp", *order]
     pl.testing.assert_frame_equal(got, data.features.select("timestamp", *order), check_exact=True)
+
+
+@pytest.mark.parametrize("name", ["daily", "intraday_slice"])
+def test_the_last_rows_are_those_of_the_whole_table(name: str, request: pytest.FixtureRequest) -> None:
+    """What a live decision reads (its latest rows, each computed from the whole window)."""
+    data: Dataset = request.getfixturevalue(name)
+    got = build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=31)
+    pl.testing.assert_frame_equal(got, data.features.tail(31), check_exact=True)
