@@ -228,17 +228,21 @@ class Session:
         return pl.concat([self._frames[sym] for sym in sorted(self._frames)])
 
     def append(self, bars: pl.DataFrame) -> None:
-        """Add the bars after :attr:`last`: one or more timestamps, every symbol at each.
+        """Add the bars after :attr:`last`: one or more timestamps, every symbol at each. Bars that
+        repeat the window's (an application sending its previous bar again with each new one) are
+        checked against the held ones and dropped.
 
         :raises DecisionError: naming the symbol, the rule and the rows, when columns or symbols are
-            missing, a bar is not after the one before it, or the symbols' new timestamps differ;
-            the session is unchanged.
+            missing, a bar is not after the one before it, the symbols' new timestamps differ, a
+            repeated bar differs from the held one (history was re-adjusted: prime a new session
+            with the re-adjusted window) or lies before the window; the session is unchanged.
         """
         new = _by_symbol(bars, self.decider.symbols)
         for sym, frame in new.items():
-            first = frame["timestamp"][0]
-            if first <= self.last:
-                raise DecisionError(f"bars: {sym} row 0 ({first}) is not after the session's latest bar ({self.last})")
+            if frame["timestamp"][0] <= self.last:
+                new[sym] = self._repeated(sym, frame)
+        if all(f.height == 0 for f in new.values()):
+            return  # only bars the session holds: nothing new
         stamps = new[self.decider.symbols[0]]["timestamp"]
         differ = {sym: f.height for sym, f in new.items() if not f["timestamp"].equals(stamps)}
         if differ:
@@ -252,6 +256,29 @@ class Session:
         # one chunk per frame: a chunk per appended bar would slow every query on the window
         frames = {sym: pl.concat([f, new[sym]]).tail(self.window).rechunk() for sym, f in self._frames.items()}
         self._build(frames, np.concatenate([self._probs, probs])[-(self.window - 1):])
+
+    def _repeated(self, sym: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame``'s bars after :attr:`last`, once those up to it are found equal to the held ones.
+
+        :raises DecisionError: a bar before the window, or one whose prices or volume differ from
+            the held bar's (beyond 1e-9 relative): history was re-adjusted.
+        """
+        held = self._frames[sym]
+        old = frame.filter(pl.col("timestamp") <= self.last)
+        if old["timestamp"][0] < held["timestamp"][0]:
+            raise DecisionError(f"bars: {sym} row 0 ({old['timestamp'][0]}) is before the session's window "
+                                f"({held['timestamp'][0]} .. {self.last})")
+        both = old.join(held, on="timestamp", how="left", suffix="_held")
+        for col in ("close", "open", "high", "low", "volume"):
+            sent, kept = both[col].to_numpy(), both[f"{col}_held"].to_numpy()
+            bad = np.flatnonzero(~np.isclose(sent, kept, rtol=1e-9, atol=0.0))
+            if len(bad):
+                i = int(bad[0])
+                what = "is not in the session's window" if np.isnan(kept[i]) else \
+                    f"differs from the session's ({col} {kept[i]!r} held, {sent[i]!r} sent): history was re-adjusted"
+                raise DecisionError(f"bars: {sym}'s bar at {both['timestamp'][i]} {what}; prime a new session "
+                                    "with the re-adjusted window")
+        return frame.filter(pl.col("timestamp") > self.last)
 
     def _build(self, frames: dict[str, pl.DataFrame], probs: np.ndarray) -> None:
         """The latest bar's market and engine from the window's bars and filtered regime probabilities

@@ -112,8 +112,8 @@ def test_a_session_refuses_bars_it_cannot_append_and_stays_as_it_was(exported):
     book = Portfolio(cash=100_000.0, shares={}, peak=100_000.0)
     before, last = session.decide(book), session.last
     nxt = bars.filter(pl.col("timestamp") == stamps[-2])
-    with pytest.raises(DecisionError, match=r"QQQ row 0 .* is not after the session's latest bar"):
-        session.append(bars.filter(pl.col("timestamp") == stamps[-3]))
+    with pytest.raises(DecisionError, match=r"QQQ row 0 \(.*\) is before the session's window"):
+        session.append(bars.filter(pl.col("timestamp") == stamps[0]))
     with pytest.raises(DecisionError, match="timestamps differ between symbols"):
         session.append(pl.concat([nxt, bars.filter((pl.col("timestamp") == stamps[-1]) & (pl.col("symbol") == "TQQQ"))]))
     with pytest.raises(DecisionError, match="no bars of SQQQ"):
@@ -185,3 +185,46 @@ def test_sentio_decide_prints_the_decision_as_json(exported, tmp_path, capsys):
     book.write_text(json.dumps({"cash": 1.0, "peak": 1.0, "margin": 2}))
     assert main(["decide", "--model", model, "--data", str(REPO / "data" / "daily"), "--portfolio", str(book)]) == 2
     assert "unknown portfolio fields ['margin']" in capsys.readouterr().err
+
+
+def _readjusted(bars: pl.DataFrame, factor: float, before=None) -> pl.DataFrame:
+    """The bars with every price (not the volume: a dividend's adjustment) scaled by ``factor``, all
+    of them or those before ``before``."""
+    scale = pl.lit(factor) if before is None else pl.when(pl.col("timestamp") < before).then(factor).otherwise(1.0)
+    return bars.with_columns([pl.col(c) * scale for c in ("open", "high", "low", "close")])
+
+
+def test_a_readjusted_window_decides_as_the_original(exported):
+    """Re-adjusted history, decided from the window as sent: every price scaled (and the shares held
+    by the inverse, the same dollars) gives the same observation to rounding and the same level."""
+    decider, bars, market, *_ = exported
+    symbols = [leg.symbol for leg in market.legs]
+    f = 0.97
+    for shares in ({}, {symbols[0]: 120.0}):
+        book = Portfolio(cash=90_000.0, shares=shares, peak=101_000.0)
+        scaled = Portfolio(cash=90_000.0, shares={s: n / f for s, n in shares.items()}, peak=101_000.0)
+        a, b = decider.decide(bars, book), decider.decide(_readjusted(bars, f), scaled)
+        assert (a.level, a.mask, a.forbidden) == (b.level, b.mask, b.forbidden)
+        np.testing.assert_allclose(b.observation, a.observation, rtol=1e-9, atol=1e-9)
+        assert b.equity == pytest.approx(a.equity, rel=1e-12)
+
+
+def test_a_session_refuses_a_readjusted_bar_and_is_primed_again(exported):
+    """A session's window is on one basis: a repeated bar with other prices (history re-adjusted) is
+    refused by name and changes nothing; the same bar repeated as held is accepted; a session primed
+    with the re-adjusted window decides as the window does."""
+    decider, bars, *_ = exported
+    stamps = bars.filter(pl.col("symbol") == "QQQ")["timestamp"]
+    book = Portfolio(cash=100_000.0, shares={}, peak=100_000.0)
+    session = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
+    # the previous bar sent again with the new one: accepted, appended once
+    session.append(bars.filter(pl.col("timestamp").is_in([stamps[-3], stamps[-2]])))
+    assert session.last == stamps[-2]
+    assert session.decide(book) == decider.decide(bars.filter(pl.col("timestamp") <= stamps[-2]), book)
+    readjusted = _readjusted(bars, 0.98, before=stamps[-1])  # a dividend going ex on the latest bar
+    before = session.decide(book)
+    with pytest.raises(DecisionError, match=r"QQQ's bar at .* differs from the session's .*history was re-adjusted"):
+        session.append(readjusted.filter(pl.col("timestamp").is_in([stamps[-2], stamps[-1]])))
+    assert session.last == stamps[-2] and session.decide(book) == before
+    primed = decider.session(readjusted)
+    assert primed.decide(book) == decider.decide(readjusted, book)
