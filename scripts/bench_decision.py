@@ -97,7 +97,7 @@ def main() -> None:
     news = [bars.filter(pl.col("timestamp") == t) for t in walk]
     book = Portfolio(cash=100_000.0, shares={}, peak=100_000.0)
     session = decider.session(bars.filter(pl.col("timestamp") < walk[0]))
-    bar = f"{session.freq.bar_minutes}-minute" if session.freq.intraday else "daily"
+    bar = f"{session.freq.bar_minutes:g}-minute" if session.freq.intraday else "daily"
     print(f"\nmodel {model}: {decider.metadata.algorithm}, {bar} bars, "
           f"window {session.window} bars per symbol, {len(decider.features)} feature columns computed\n")
 
