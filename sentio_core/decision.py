@@ -4,10 +4,11 @@
 given a trailing window of bars per symbol up to now and the live portfolio, returns the target
 level, the action, the mask with the rule that forbade each forbidden action, and the observation
 it acted on. Every step is the library's own code, run on the window: the feature table
-(:func:`features.feature_table`), the regime filter (:func:`regimes.forward_filter` with the
-export's fitted model), the training window's normalisation (:func:`market.build_market` with the
-export's feature list, mean and std), and the engine's masks and observation
-(:class:`engine.Engine` with one portfolio set to the live state). No second implementation.
+(:func:`features.build_features`, only the policy's columns and the rows the market reads), the
+regime filter (:func:`regimes.forward_filter` with the export's fitted model), the training
+window's normalisation (:func:`market.build_market` with the export's feature list, mean and std),
+and the engine's masks and observation (:class:`engine.Engine` with one portfolio set to the live
+state). No second implementation. A :class:`Session` keeps the window and the filter between bars.
 
 **How many bars.** The features' warm-up (the longest window, the weekly features included) plus
 the observation's lookback must be defined; beyond that, the exponential averages (EWMA, MACD,
