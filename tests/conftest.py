@@ -19,6 +19,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 # MLflow runs of the tests go to a throw-away SQLite file, never the repository's mlflow.db
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='sentio-test-mlflow-')}/mlflow.db"
+# sb3 models the tests train directly make a log folder per learn() in the temp directory: one for all
+os.environ["SB3_LOGDIR"] = tempfile.mkdtemp(prefix="sentio-test-sb3-")
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
