@@ -411,17 +411,21 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     )
 
 
+ONE_READ_VALUES = 1_000_000  # an in-memory table this small (a live decision's rows) is read in one query
+
+
 def _blocks(feats: Frame, blocks: list[list[str]], regime_probs: np.ndarray | None) -> Iterator[np.ndarray]:
     """The observed columns as float64 (T, k) blocks, in order: the features, then the regime probabilities."""
-    if isinstance(feats, pl.DataFrame):  # in memory: one read, sliced (the same floats)
-        every = feats.select([n for block in blocks for n in block]).to_numpy().astype(float)
+    names = [n for block in blocks for n in block]
+    if isinstance(feats, pl.DataFrame) and feats.height * len(names) <= ONE_READ_VALUES:  # one read, sliced: the same floats
+        every = feats.select(names).to_numpy().astype(float)
         at = 0
         for block in blocks:
             yield every[:, at: at + len(block)]
             at += len(block)
     else:
         for block in blocks:
-            yield feats.select(block).collect().to_numpy().astype(float)
+            yield feats.lazy().select(block).collect().to_numpy().astype(float)
     if regime_probs is not None:
         yield regime_probs
 
