@@ -130,8 +130,9 @@ def _rows(frame: pl.DataFrame) -> list[dict]:
 
 def test_the_live_session_decides_bar_by_bar_and_follows_a_model_swap(served):
     """Prime with a window, then one bar per symbol per request: each decision is the library's on the
-    window up to that bar; a bar that does not continue the session is refused; after the champion
-    changes, the next request is the new model's, its session primed from the same bars."""
+    window up to that bar; the latest bar sent again changes nothing, and with other prices (history
+    re-adjusted) is refused; after the champion changes, the next request is the new model's, its
+    session primed from the same bars."""
     url, stem, (first, bars, *_), second = served
     publish(first.path, read_metadata(first.policy, first.path), stem)
     stamps = bars.filter(pl.col("symbol") == "QQQ")["timestamp"]
@@ -148,9 +149,12 @@ def test_the_live_session_decides_bar_by_bar_and_follows_a_model_swap(served):
             assert got.status_code == 200, got.text
             want = first.decide(bars.filter(pl.col("timestamp") <= t), Portfolio(**book))
             assert got.json()["decision"] == want.to_dict()
-        again = client.post("/session/decide", json={"bars": _rows(bars.filter(pl.col("timestamp") == stamps[-3])),
-                                                     "portfolio": book})
-        assert again.status_code == 400 and "is not after the session's latest bar" in again.json()["detail"]
+        held = bars.filter(pl.col("timestamp") == stamps[-2])
+        again = client.post("/session/decide", json={"bars": _rows(held), "portfolio": book})  # the latest bar again
+        assert again.status_code == 200 and again.json()["decision"] == got.json()["decision"]
+        readjusted = held.with_columns(pl.col("close") * 0.98)
+        refused = client.post("/session/decide", json={"bars": _rows(readjusted), "portfolio": book})
+        assert refused.status_code == 400 and "history was re-adjusted" in refused.json()["detail"]
         publish(second.path, read_metadata(second.policy, second.path), stem)
         swapped = client.post("/session/decide", json={"bars": _rows(bars.filter(pl.col("timestamp") == stamps[-1])),
                                                        "portfolio": book})
