@@ -206,7 +206,8 @@ class Session:
     builds the latest bar's market: the feature table of the window (only the policy's columns),
     normalised with the export's statistics, and the engine on its last :meth:`Decider.tail_bars`
     rows. :meth:`decide` then loads the portfolio into the engine and acts: what a trading loop pays
-    once it has the bar.
+    once it has the bar. One call at a time: the engine holds the portfolio being decided (the
+    service serialises its requests with a lock).
     """
 
     def __init__(self, decider: Decider, bars: pl.DataFrame):
