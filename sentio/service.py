@@ -102,13 +102,17 @@ def _identity(decider: Decider) -> dict[str, Any]:
             "alias": md.registry.alias if md.registry else None,
             "data": {"first_train": md.data.first_train, "last_test": md.data.last_test} if md.data else None,
             "code_version": md.code_version, "weights_sha256": md.weights_sha256,
-            "symbols": decider.symbols, "window_bars": {"daily": decider.window_bars(1.0)},
+            "symbols": decider.symbols,
+            # the bars per symbol a window needs, by bar size (an export does not record its data's)
+            "window_bars": {"daily": decider.window_bars(1.0), "5-minute": decider.window_bars(78.0),
+                            "1-minute": decider.window_bars(390.0)},
             "loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 class Live:
     """The service's live session and the model it belongs to, behind one lock (a session's engine
-    is one portfolio's state: requests take turns; each costs a bar's work or less)."""
+    is one portfolio's state: requests take turns; each costs a bar's work, or a whole prime when it
+    is the first after a model swap)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -193,20 +197,22 @@ def create_app(stem: str | Path) -> FastAPI:
 
     @app.post("/session")
     def prime(request: PrimeRequest) -> dict:
-        loaded = model()
-        try:
-            session = loaded.decider.session(_bars_frame(request.bars, loaded.decider.cfg.data.timezone))
-        except DecisionError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
         with live.lock:
+            loaded = model()
+            try:
+                session = loaded.decider.session(_bars_frame(request.bars, loaded.decider.cfg.data.timezone))
+            except DecisionError as exc:
+                raise HTTPException(status_code=400, detail=str(exc)) from None
             live.session, live.model = session, loaded
         return {"last": session.last.isoformat(), "window_bars": session.window, "model": loaded.identity}
 
     @app.post("/session/decide")
     def session_decide(request: SessionDecideRequest) -> dict:
-        loaded = model()  # taken once: this request is served by this model alone
         started = time.perf_counter()
         with live.lock:
+            # taken once, under the lock: this request is served by this model alone, and a request
+            # that took the model before a swap cannot take the session back to it after a later one
+            loaded = model()
             try:
                 session = live.for_model(loaded)
                 if request.bars:

@@ -123,7 +123,10 @@ class Decider:
 
     :meth:`decide` is one decision from a window of bars (stateless); :meth:`session` keeps the
     window, the regime filter and the latest bar's market between bars, so a trading loop pays for
-    the newest bar only (:class:`Session`). Both run the same code on the same window.
+    the newest bar only (:class:`Session`). Both run the same code on the same window; the one
+    difference is where the regime filter started (the window's first bar, or the session's), which
+    the burn-in makes forgotten (the replay tests find every 10th live decision bit for bit the
+    window's).
     """
 
     def __init__(self, path: str | Path, burn_in: int = BURN_IN_BARS):
@@ -239,9 +242,10 @@ class Session:
             repeated bar differs from the held one (history was re-adjusted: prime a new session
             with the re-adjusted window) or lies before the window; the session is unchanged.
         """
-        new = _by_symbol(bars, self.decider.symbols)
+        new = _by_symbol(bars, self.decider.symbols, self._frames[self.decider.symbols[0]].schema["timestamp"].time_zone)
+        last = self._last_us()
         for sym, frame in new.items():
-            if frame["timestamp"][0] <= self.last:
+            if frame["timestamp"].dt.epoch("us")[0] <= last:  # in UTC: a fall-back hour repeats local times
                 new[sym] = self._repeated(sym, frame)
         if all(f.height == 0 for f in new.values()):
             return  # only bars the session holds: nothing new
@@ -266,8 +270,8 @@ class Session:
             the held bar's (beyond 1e-9 relative): history was re-adjusted.
         """
         held = self._frames[sym]
-        old = frame.filter(pl.col("timestamp") <= self.last)
-        if old["timestamp"][0] < held["timestamp"][0]:
+        old = frame.filter(pl.col("timestamp").dt.epoch("us") <= self._last_us())
+        if old["timestamp"].dt.epoch("us")[0] < held["timestamp"].dt.epoch("us")[0]:
             raise DecisionError(f"bars: {sym} row 0 ({old['timestamp'][0]}) is before the session's window "
                                 f"({held['timestamp'][0]} .. {self.last})")
         both = old.join(held, on="timestamp", how="left", suffix="_held")
@@ -277,10 +281,15 @@ class Session:
             if len(bad):
                 i = int(bad[0])
                 what = "is not in the session's window" if np.isnan(kept[i]) else \
-                    f"differs from the session's ({col} {kept[i]!r} held, {sent[i]!r} sent): history was re-adjusted"
+                    f"differs from the session's ({col} {float(kept[i])!r} held, {float(sent[i])!r} sent): " \
+                    "history was re-adjusted"
                 raise DecisionError(f"bars: {sym}'s bar at {both['timestamp'][i]} {what}; prime a new session "
                                     "with the re-adjusted window")
-        return frame.filter(pl.col("timestamp") > self.last)
+        return frame.filter(pl.col("timestamp").dt.epoch("us") > self._last_us())
+
+    def _last_us(self) -> int:
+        """The latest bar's timestamp, microseconds since the epoch (UTC)."""
+        return int(self._frames[self.decider.symbols[0]]["timestamp"].dt.epoch("us")[-1])
 
     def _build(self, frames: dict[str, pl.DataFrame], probs: np.ndarray) -> None:
         """The latest bar's market and engine from the window's bars and filtered regime probabilities
@@ -288,14 +297,16 @@ class Session:
         d, cfg = self.decider, self.decider.cfg
         panel = pl.concat([frames[sym] for sym in sorted(frames)])  # as data.align places them
         n = panel.height // len(frames)
-        k = min(d.tail_bars(), n - 1)  # the rows the latest bar's market reads
-        feats = build_features(panel, cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
-                               columns=d.features, last=k)
-        # the observation's oldest row must have every feature (the warm-up is over)
-        if n < d.required_bars(self.freq.bars_per_session) or None in feats.row(max(k - cfg.env.lookback_bars, 0)):
-            raise DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
+        k = d.tail_bars()  # the rows the latest bar's market reads
+        too_few = DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
                                 f"send at least {d.required_bars(self.freq.bars_per_session)} "
                                 f"(recommended {d.window_bars(self.freq.bars_per_session)})")
+        if n < max(d.required_bars(self.freq.bars_per_session), k + 1):
+            raise too_few
+        feats = build_features(panel, cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
+                               columns=d.features, last=k)
+        if None in feats.row(k - cfg.env.lookback_bars):  # the observation's oldest row: the warm-up must be over
+            raise too_few
         tail = pl.concat([frames[sym].tail(k) for sym in sorted(frames)])
         norm = d.spec.observation.normalisation
         market = build_market(cfg, tail, feats, regime_frame(feats["timestamp"], probs[-k:]),
@@ -314,7 +325,9 @@ class Session:
         if unknown:
             raise DecisionError(f"portfolio: shares of {unknown}, which the policy does not trade (legs {symbols})")
         levels = market.levels
-        level = next((i for i, lv in enumerate(levels.tolist()) if abs(lv - portfolio.level) <= 1e-9), None)
+        # np.isclose's rule (rtol 1e-5, atol 1e-9), without its cost: a level rounded to float32 is that level
+        level = next((i for i, lv in enumerate(levels.tolist()) if abs(lv - portfolio.level) <= 1e-9 + 1e-5 * abs(portfolio.level)),
+                     None)
         if level is None:
             raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels.tolist()}")
         # every field of the engine's one portfolio a decision reads is loaded here (its row was set
@@ -345,15 +358,34 @@ def _trained_moves(leg: Leg, spec: LegSpec, cfg: Config) -> Leg:
     return replace(leg, worst_drop=spec.worst_drop, worst_rise=spec.worst_rise)
 
 
-def _by_symbol(bars: pl.DataFrame, wanted: list[str]) -> dict[str, pl.DataFrame]:
-    """Each wanted symbol's bars, in time order with no repeats.
+def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> dict[str, pl.DataFrame]:
+    """Each wanted symbol's bars, in time order with no repeats, prices and volume as floats and
+    timestamps in ``tz`` (when given: a session's).
 
-    :raises DecisionError: missing columns or symbol, or a row not after the one before it.
+    :raises DecisionError: missing columns or symbol; timestamps without a time zone; prices that
+        are not finite and positive or volume that is not finite and non-negative (one such bar
+        would poison the regime filter's carried state for good); a row not after the one before it.
     """
     missing = [c for c in BAR_COLUMNS if c not in bars.columns]
     if missing:
         raise DecisionError(f"bars: missing columns {missing} (need {list(BAR_COLUMNS)})")
-    parts = bars.select(BAR_COLUMNS).partition_by("symbol", as_dict=True)
+    stamp = bars.schema["timestamp"]
+    if not isinstance(stamp, pl.Datetime) or stamp.time_zone is None:
+        raise DecisionError(f"bars: timestamps must be date-times with a time zone, got {stamp}")
+    try:
+        typed = bars.select(pl.col("timestamp").dt.convert_time_zone(tz or stamp.time_zone).dt.cast_time_unit("us"),
+                            pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
+    except pl.exceptions.PolarsError as exc:
+        raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None
+    prices, volume = pl.col("open", "high", "low", "close"), pl.col("volume")
+    bad = typed.with_row_index("row").filter(~pl.all_horizontal(prices.is_finite() & (prices > 0))
+                                             | ~(volume.is_finite() & (volume >= 0)))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DecisionError(f"bars: {row['symbol']} at {row['timestamp']} (row {row['row']} of the bars sent) has a price "
+                            "that is not finite and positive or a volume that is not finite and non-negative: "
+                            + ", ".join(f"{c} {row[c]!r}" for c in BAR_COLUMNS[2:]))
+    parts = typed.partition_by("symbol", as_dict=True)
     out = {}
     for sym in wanted:
         f = parts.get((sym,))

@@ -5,10 +5,13 @@ exponential averages run forward from the first bar (``adjust=False``), higher-t
 features come from the last *completed* higher-timeframe bar, and the intraday clock comes
 from the exchange calendar, never from the data's own last bar of the day.
 
-Per-symbol indicators are written once as ``pl.Expr -> pl.Expr`` functions and evaluated
-``.over("symbol")`` on the long panel; cross-asset features (each leveraged leg against
-``leverage`` x the underlying) are computed on the wide frame. The result has one row per
-timestamp, a ``timestamp`` column and one column per feature, named ``SYMBOL_feature``.
+Indicators are written once as ``pl.Expr -> pl.Expr`` functions of one series and evaluated on a
+wide frame of the symbols' bars (``SYMBOL_close``, ...), each symbol's expressions reading its own
+columns; cross-asset features (each leveraged leg against ``leverage`` x the underlying) read two
+symbols' columns. Everything runs on polars' in-memory engine. The result has one row per
+timestamp, a ``timestamp`` column and one column per feature, named ``SYMBOL_feature``
+(``tests/test_features.py`` holds it bit for bit to the former long-panel query, every expression
+``.over("symbol")``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sentio_core import files
 from sentio_core.config import Config, FeatureConfig, UniverseConfig, reads
 from sentio_core.frequency import BarFrequency
 
-# --- indicator expressions (one symbol's series; evaluated .over("symbol")) -----------------
+# --- indicator expressions (one symbol's series) ---------------------------------------------
 
 def log_return(close: pl.Expr, bars: int) -> pl.Expr:
     """log(close_t / close_{t-bars})."""
@@ -190,7 +193,7 @@ def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: lis
     # features, and give the bars of the k-th period the (k-1)-th's (eager: few queries, no planning)
     number = wide.select(key.rle_id())[:, 0].to_numpy()
     periods = wide.group_by(key.alias("_period"), maintain_order=True).agg(aggs).select(exprs)
-    return periods.shift(1)[number if last is None else number[-last:]]
+    return periods.shift(1)[number if last is None else number[max(len(number) - last, 0):]]
 
 
 # --- intraday clock ----------------------------------------------------------------------
@@ -294,8 +297,9 @@ def feature_names(universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequen
 def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
                    calendar: str, tz: str, columns: Collection[str] | None = None,
                    group: int | None = None, last: int | None = None) -> Iterator[pl.DataFrame]:
-    """The feature table in blocks of columns, each with the panel's rows in time order, the last
-    with ``timestamp``, the cross-asset and the clock features (NaN not yet nulled: :func:`_floats`).
+    """The feature table in blocks of columns, each with the panel's rows in time order (NaN not yet
+    nulled: :func:`_floats`); the last block holds ``timestamp`` and the clock features, and the
+    cross-asset ones when ``group`` is given (else they come in the first block).
 
     The expressions run on a wide frame of the symbols' bars (``SYMBOL_close``, ...): with ``group``
     None every symbol's at once, in one query per kind of feature (a live decision pays per query);
@@ -371,6 +375,8 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
         on the latest bar reads); None for all.
     :returns: rows in time order; the first rows hold nulls until each window has filled.
     """
+    if isinstance(columns, str) or (last is not None and last < 1):
+        raise ValueError(f"columns must be a collection of names and last a positive row count, got {columns!r}, {last!r}")
     *blocks, rest = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns, last=last)
     out = pl.concat([*blocks, rest], how="horizontal")
     order = [n for n in feature_names(universe, cfg, freq) if n in out.columns]

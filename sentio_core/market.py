@@ -140,13 +140,14 @@ class Stamps(Sequence[str]):
 
 
 class _Symbols:
-    """Each symbol's bars of a panel, in time order. A panel in memory is partitioned once (a live
-    decision's few rows: no query per read); a scanned one is read per call (a few columns of one
-    symbol at a time: the memory bound of a 2M-bar panel)."""
+    """Each symbol's bars of a panel, in time order. A small panel in memory (a live decision's rows)
+    is partitioned once: no query per read; any other is read per call, a few columns of one symbol
+    at a time (the memory bound of a 2M-bar panel)."""
 
     def __init__(self, bars: Frame):
         self.bars = bars
-        self.parts = bars.partition_by("symbol", as_dict=True) if isinstance(bars, pl.DataFrame) else None
+        small = isinstance(bars, pl.DataFrame) and bars.height * bars.width <= ONE_READ_VALUES
+        self.parts = bars.partition_by("symbol", as_dict=True) if small else None
 
     def __call__(self, symbol: str, columns: tuple[str, ...]) -> dict[str, pl.Series]:
         if self.parts is None:

@@ -120,7 +120,16 @@ def test_a_session_refuses_bars_it_cannot_append_and_stays_as_it_was(exported):
         session.append(nxt.filter(pl.col("symbol") != "SQQQ"))
     with pytest.raises(DecisionError, match="missing columns"):
         session.append(nxt.drop("open"))
+    with pytest.raises(DecisionError, match="not finite and positive"):  # it would poison the carried regime filter
+        session.append(nxt.with_columns(pl.when(pl.col("symbol") == "QQQ").then(float("nan")).otherwise(pl.col("close"))
+                                        .alias("close")))
     assert session.last == last and session.decide(book) == before
+    utc = nxt.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"), pl.col("volume").cast(pl.Int64))
+    other = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
+    other.append(utc)  # another time zone and integer volume: the same bars
+    session.append(nxt)
+    assert other.decide(book) == session.decide(book)
+    session = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
     session.append(pl.concat([nxt, bars.filter(pl.col("timestamp") == stamps[-1])]))  # two bars at once
     assert session.last == stamps[-1]
     assert session.decide(book) == decider.decide(bars, book)
@@ -162,6 +171,13 @@ def test_bad_bars_and_portfolios_are_refused_by_name(exported):
         decider.decide(swapped, book)
     with pytest.raises(DecisionError, match="too few"):
         decider.decide(bars.group_by("symbol").tail(40), book)
+    with pytest.raises(DecisionError, match="too few"):  # the legs' latest bar only: one aligned row
+        decider.decide(bars.filter((pl.col("symbol") == "QQQ") | (pl.col("timestamp") == last)), book)
+    zero = pl.when((pl.col("symbol") == "QQQ") & (pl.col("timestamp") == last)).then(0.0).otherwise(pl.col("close"))
+    with pytest.raises(DecisionError, match=r"QQQ at .* has a price that is not finite and positive.*close 0.0"):
+        decider.decide(bars.with_columns(zero.alias("close")), book)
+    with pytest.raises(DecisionError, match="timestamps must be date-times with a time zone"):
+        decider.decide(bars.with_columns(pl.col("timestamp").dt.replace_time_zone(None)), book)
     with pytest.raises(DecisionError, match="does not trade"):
         decider.decide(bars, Portfolio(cash=1.0, shares={"SPY": 1.0}, peak=1.0))
     with pytest.raises(DecisionError, match="not one of the policy's levels"):

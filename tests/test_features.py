@@ -453,3 +453,5 @@ def test_the_last_rows_are_those_of_the_whole_table(name: str, request: pytest.F
     data: Dataset = request.getfixturevalue(name)
     got = build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=31)
     pl.testing.assert_frame_equal(got, data.features.tail(31), check_exact=True)
+    with pytest.raises(ValueError, match="positive row count"):
+        build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=0)
