@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portfolio", required=True, help="JSON: cash, shares per leg, peak, level, held, cooldown")
     _common(p)
 
-    p = sub.add_parser("serve", help="the decision API over HTTP on 127.0.0.1: POST /decide, GET /health, GET /model; "
+    p = sub.add_parser("serve", help="the decision API over HTTP on 127.0.0.1: POST /decide, POST /session, POST /session/decide, "
+                                     "GET /health, GET /model; "
                                      "reloads the champion export when it changes")
     p.add_argument("--model", default=None, help="the export's stem (default registry.export_dir/registry.model_name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -400,8 +401,7 @@ def cmd_decide(args, cfg) -> int:
         _err(f"decide: {exc}")
         return EXIT_USAGE
     decider = Decider(args.model)
-    symbols = list(dict.fromkeys([decider.cfg.universe.underlying, *(leg.symbol for leg in decider.spec.legs)]))
-    bars, _ = load_panel(args.data, symbols, decider.cfg.data.timezone)
+    bars, _ = load_panel(args.data, decider.symbols, decider.cfg.data.timezone)
     try:
         decision = decider.decide(bars, portfolio)
     except DecisionError as exc:
@@ -415,7 +415,8 @@ def cmd_serve(args, cfg) -> int:
     from sentio.service import serve
 
     stem = args.model or str(Path(cfg.registry.export_dir) / cfg.registry.model_name)
-    print(f"serving {stem} on http://{args.host}:{args.port} (POST /decide, GET /health, GET /model)", file=sys.stderr)
+    print(f"serving {stem} on http://{args.host}:{args.port} (POST /decide, POST /session, POST /session/decide, "
+          "GET /health, GET /model)", file=sys.stderr)
     serve(stem, args.host, args.port)
     return 0
 

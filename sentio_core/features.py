@@ -313,13 +313,13 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
     period = htf_period(cfg, freq)
     symbols = universe.panel_symbols
     plan = _plan(cfg, universe)
-    in_memory = panel.partition_by("symbol", as_dict=True) if isinstance(panel, pl.DataFrame) else None
+    by_symbol = SymbolBars(panel)
     closes: dict[str, pl.Series] = {}
     stamps: pl.Series | None = None
     for batch in [symbols] if group is None else [[sym] for sym in symbols]:
         series: dict[str, pl.Series] = {}
         for sym in batch:
-            bars = _bars(panel, sym, in_memory)
+            bars = by_symbol(sym, ("timestamp", *OHLCV))
             if stamps is None:
                 stamps = bars["timestamp"]
             elif not bars["timestamp"].equals(stamps):
@@ -349,13 +349,27 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
     yield rest.select("timestamp", *[n for n in rest.columns[1:] if n not in closes and keep(n)])
 
 
-def _bars(panel: pl.DataFrame | pl.LazyFrame, symbol: str, parts: dict[tuple, pl.DataFrame] | None) -> pl.DataFrame:
-    """``symbol``'s bars in time order: from the panel's partition by symbol when it is in memory,
-    else read from the scanned panel (a few columns: 2M bars, about 100 MB), once per symbol."""
-    if parts is None:
-        return panel.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select("timestamp", *OHLCV).collect()
-    bars = parts[(symbol,)] if (symbol,) in parts else panel.clear()
-    return bars if bars["timestamp"].is_sorted() else bars.sort("timestamp")
+SMALL_PANEL_VALUES = 1_000_000  # an in-memory panel this small (a live decision's window) is partitioned once
+
+
+class SymbolBars:
+    """Each symbol's bars of a long panel, in time order. A small panel in memory (a live decision's
+    window) is partitioned by symbol once: no query per read. Any other is read per call, a few
+    columns of one symbol at a time (the memory bound of a 2M-bar panel, scanned or not)."""
+
+    def __init__(self, panel: pl.DataFrame | pl.LazyFrame):
+        self.panel = panel
+        small = isinstance(panel, pl.DataFrame) and panel.height * panel.width <= SMALL_PANEL_VALUES
+        self.parts = panel.partition_by("symbol", as_dict=True) if small else None
+
+    def __call__(self, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
+        if self.parts is None:
+            return self.panel.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
+        part = self.parts.get((symbol,))
+        if part is None:
+            return self.panel.clear().select(columns)
+        part = part if part["timestamp"].is_sorted() else part.sort("timestamp")
+        return pl.DataFrame({c: part[c] for c in columns})  # the columns as they are: no query
 
 
 def _floats(frame: pl.DataFrame) -> pl.DataFrame:

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from sentio_core.config import Config, MaskConfig, reads
-from sentio_core.features import COLUMN_BLOCK, feature_columns
+from sentio_core.features import COLUMN_BLOCK, SMALL_PANEL_VALUES, SymbolBars, feature_columns
 from sentio_core.masks import level_risk
 from sentio_core.ranges import Ranges, as_ranges, count, take
 from sentio_core.metadata import LegSpec, Normalisation, ObservationSpec, PolicySpec
@@ -139,26 +139,7 @@ class Stamps(Sequence[str]):
         return f"Stamps({len(self)} bars, {self[0] if len(self) else ''} .. {self[-1] if len(self) else ''})"
 
 
-class _Symbols:
-    """Each symbol's bars of a panel, in time order. A small panel in memory (a live decision's rows)
-    is partitioned once: no query per read; any other is read per call, a few columns of one symbol
-    at a time (the memory bound of a 2M-bar panel)."""
-
-    def __init__(self, bars: Frame):
-        self.bars = bars
-        small = isinstance(bars, pl.DataFrame) and bars.height * bars.width <= ONE_READ_VALUES
-        self.parts = bars.partition_by("symbol", as_dict=True) if small else None
-
-    def __call__(self, symbol: str, columns: tuple[str, ...]) -> dict[str, pl.Series]:
-        if self.parts is None:
-            frame = self.bars.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
-        else:
-            frame = self.parts[(symbol,)]
-            frame = frame if frame["timestamp"].is_sorted() else frame.sort("timestamp")
-        return {c: frame[c] for c in columns}
-
-
-def _leg(bars: _Symbols, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
+def _leg(bars: SymbolBars, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
          train_rows: tuple[int, int] | Ranges) -> Leg:
     s = bars(symbol, ("open", "close", "volume"))
     close = s["close"].to_numpy().astype(float)
@@ -175,7 +156,7 @@ def _leg(bars: _Symbols, symbol: str, direction: int, vol_bars: int, liquidity_b
                worst_drop, worst_rise)
 
 
-def _stale(bars: _Symbols, symbols: list[str]) -> np.ndarray:
+def _stale(bars: SymbolBars, symbols: list[str]) -> np.ndarray:
     out = None
     for sym in symbols:
         s = bars(sym, ("open", "high", "low", "close", "volume"))
@@ -398,7 +379,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         at += x.shape[1]
     mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
-    symbols = _Symbols(bars)
+    symbols = SymbolBars(bars)
     legs = [_leg(symbols, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
     mtc = ((in_memory if in_memory is not None else feats.select("minutes_to_close").collect())["minutes_to_close"]
            .to_numpy().astype(float) if "minutes_to_close" in columns else None)
@@ -412,7 +393,7 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     )
 
 
-ONE_READ_VALUES = 1_000_000  # an in-memory table this small (a live decision's rows) is read in one query
+ONE_READ_VALUES = SMALL_PANEL_VALUES  # an in-memory feature block this small (a live decision's rows) is read in one query
 
 
 def _blocks(feats: Frame, blocks: list[list[str]], regime_probs: np.ndarray | None) -> Iterator[np.ndarray]:
