@@ -33,7 +33,7 @@ from sentio_core.config import Config
 from sentio_core.data import align
 from sentio_core.engine import Engine
 from sentio_core.export import LoadedPolicy, load_policy, read_metadata
-from sentio_core.features import build_features
+from sentio_core.features import SymbolBars, build_features
 from sentio_core.frequency import BarFrequency, bar_frequency
 from sentio_core.market import Leg, build_market
 from sentio_core.metadata import ExportMetadata, LegSpec
@@ -295,19 +295,18 @@ class Session:
         """The latest bar's market and engine from the window's bars and filtered regime probabilities
         (one row per bar after the first); the session takes them only once all is built."""
         d, cfg = self.decider, self.decider.cfg
-        panel = pl.concat([frames[sym] for sym in sorted(frames)])  # as data.align places them
-        n = panel.height // len(frames)
+        n = frames[d.symbols[0]].height
         k = d.tail_bars()  # the rows the latest bar's market reads
         too_few = DecisionError(f"bars: {n} bars per symbol are too few for a complete observation of the latest bar; "
                                 f"send at least {d.required_bars(self.freq.bars_per_session)} "
                                 f"(recommended {d.window_bars(self.freq.bars_per_session)})")
         if n < max(d.required_bars(self.freq.bars_per_session), k + 1):
             raise too_few
-        feats = build_features(panel, cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
+        feats = build_features(SymbolBars.of(frames), cfg.universe, cfg.features, self.freq, cfg.data.calendar, cfg.data.timezone,
                                columns=d.features, last=k)
         if None in feats.row(k - cfg.env.lookback_bars):  # the observation's oldest row: the warm-up must be over
             raise too_few
-        tail = pl.concat([frames[sym].tail(k) for sym in sorted(frames)])
+        tail = SymbolBars.of({sym: frame.tail(k) for sym, frame in frames.items()})
         norm = d.spec.observation.normalisation
         market = build_market(cfg, tail, feats, regime_frame(feats["timestamp"], probs[-k:]),
                               (0, k), self.freq.periods_per_year, fitted=(d.spec.observation.features, norm.mean, norm.std))
@@ -316,35 +315,36 @@ class Session:
         t = market.n_rows - 1
         engine.reset_all(np.array([t]), np.array([t + 1]))  # one decision, at the latest bar
         self.market, self.engine, self._frames, self._probs, self._row = market, engine, frames, probs, t
+        self._stamp = market.timestamps[t]
+        self._legs = [leg.symbol for leg in market.legs]
+        self._levels = market.levels.tolist()
+        self._by = np.empty((1, len(self._levels)), dtype=int)
 
     def decide(self, portfolio: Portfolio) -> Decision:
         """The policy's decision at the close of the latest bar for this portfolio."""
-        d, market, engine, t = self.decider, self.market, self.engine, self._row
-        symbols = [leg.symbol for leg in market.legs]
-        unknown = sorted(set(portfolio.shares) - set(symbols))
-        if unknown:
+        d, engine, symbols, levels = self.decider, self.engine, self._legs, self._levels
+        if any(sym not in symbols for sym in portfolio.shares):
+            unknown = sorted(set(portfolio.shares) - set(symbols))
             raise DecisionError(f"portfolio: shares of {unknown}, which the policy does not trade (legs {symbols})")
-        levels = market.levels
         # np.isclose's rule (rtol 1e-5, atol 1e-9), without its cost: a level rounded to float32 is that level
-        level = next((i for i, lv in enumerate(levels.tolist()) if abs(lv - portfolio.level) <= 1e-9 + 1e-5 * abs(portfolio.level)),
+        level = next((i for i, lv in enumerate(levels) if abs(lv - portfolio.level) <= 1e-9 + 1e-5 * abs(portfolio.level)),
                      None)
         if level is None:
-            raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels.tolist()}")
+            raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels}")
         # every field of the engine's one portfolio a decision reads is loaded here (its row was set
         # when the market was built): a decision leaves nothing behind for the next
         engine.load_state(np.array([portfolio.cash]), np.array([[portfolio.shares.get(s, 0.0) for s in symbols]]),
                           np.array([portfolio.peak]), np.array([level]), np.array([portfolio.held]),
                           np.array([portfolio.cooldown]))
-        by = np.empty((1, len(levels)), dtype=int)
-        mask, _ = engine.masks(by)
-        obs = engine.observe()[0].copy()
+        mask, _ = engine.masks(self._by)
+        obs = engine.observe()[0]
         action = int(d.policy.act(obs, mask[0] if d.masked else None))
         if not mask[0, action]:  # a policy that does not read masks is overridden, as in its backtest
             action = int(engine.nearest_allowed(mask, np.array([action]))[0])
-        forbidden = {f"{levels[a]:g}": engine.rules[r] for a, r in enumerate(by[0]) if r >= 0}
-        return Decision(timestamp=market.timestamps[t], level=float(levels[action]), action=action,
-                        mask=mask[0].tolist(), forbidden=forbidden, observation=obs.tolist(),
-                        equity=float(engine.equity[0]), cooldown=int(engine.cooldown[0]))
+        forbidden = {f"{levels[a]:g}": engine.rules[r] for a, r in enumerate(self._by[0].tolist()) if r >= 0}
+        return Decision(timestamp=self._stamp, level=levels[action], action=action, mask=mask[0].tolist(),
+                        forbidden=forbidden, observation=obs.tolist(), equity=float(engine.equity[0]),
+                        cooldown=int(engine.cooldown[0]))
 
 
 def _trained_moves(leg: Leg, spec: LegSpec, cfg: Config) -> Leg:

@@ -95,6 +95,7 @@ class Engine:
         same_side = np.sign(lv)[None, :] == np.sign(cur)
         self._reduce_only = (lv == 0)[None, :] | (same_side & (np.abs(lv)[None, :] <= np.abs(cur) + _EPS))
         self._cap = np.abs(lv) <= m.max_abs_exposure + _EPS
+        self._cap_binds = not self._cap.all()
         self._vol_ok = (lv == 0)[None, :] | (np.abs(lv)[None, :] * self.tab.vol_ann <= m.vol_target_ann + _EPS)
         self._flat_only = lv == 0
         self._nonflat = lv != 0
@@ -196,7 +197,7 @@ class Engine:
                 if cooling.any():
                     mask = np.where(cooling[:, None], self._flat_only, mask)
             elif rule == "exposure_cap":
-                if not self._cap.all():
+                if self._cap_binds:
                     mask = np.broadcast_to(self._cap, (self.n, len(self._cap)))
             elif rule == "vol_target":
                 mask = self._vol_ok[row]
@@ -225,13 +226,9 @@ class Engine:
         """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
         (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
         tab, row = self.tab, self._row
-        close, mdv = tab.close[row][..., None], tab.mean_dollar_volume[row][..., None]  # (L, 1) or (N, L, 1)
-        part = None
-        for j in range(len(tab.symbols)):
-            c = close[..., j, :]  # (1,) in lockstep, else (N, 1)
-            target = tab.weights[:, j][None, :] * self.equity[:, None] / c
-            leg = np.abs(target - self.shares[:, j, None]) * c / mdv[..., j, :]
-            part = leg if part is None else np.maximum(part, leg)
+        close, mdv = tab.close[row][..., None, :], tab.mean_dollar_volume[row][..., None, :]  # (1, L) or (N, 1, L)
+        target = tab.weights[None, :, :] * self.equity[:, None, None] / close  # (N, A, L)
+        part = (np.abs(target - self.shares[:, None, :]) * close / mdv).max(axis=2)
         part[self._index, self.level] = 0.0
         return part
 
@@ -248,10 +245,40 @@ class Engine:
             return self._free
         fits = self._fits() if self.limit is not None else None
         self.arm_stop(fits)
+        masks = self.rule_masks(fits)
+        fast = self._compose_all(masks, by)
+        return fast if fast is not None else self._compose(masks, by)
+
+    def _compose_all(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_compose` in a few whole-array steps when no rule has to yield: each rule's
+        running AND is one layer of an (R, N, A) stack, and since the running AND only loses
+        actions, a last layer that leaves every portfolio an action means no layer left one
+        nothing. None when some portfolio would be left nothing (the caller then composes rule by
+        rule; ``tests/test_engine.py`` holds the two equal)."""
+        active = [r for r, mask in enumerate(masks) if mask is not None]
+        n, a = self.n, len(self.tab.levels)
+        if not active:
+            return np.ones((n, a), dtype=bool), np.zeros((n, len(self.rules)), dtype=int)
+        running = np.empty((len(active) + 1, n, a), dtype=bool)
+        running[0] = True
+        for i, r in enumerate(active):
+            np.logical_and(running[i], masks[r], out=running[i + 1])
+        left = running.sum(axis=2)  # (R' + 1, N) actions left after each rule
+        if not left[-1].all():
+            return None
+        removed = np.zeros((n, len(self.rules)), dtype=int)
+        removed[:, active] = (left[:-1] - left[1:]).T
+        if by is not None:  # the first layer without the action: the rule that removed it
+            gone = ~running[1:]
+            by[:] = np.where(running[-1], -1, np.asarray(active)[gone.argmax(axis=0)])
+        return running[-1], removed
+
+    def _compose(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The rules' masks composed in priority order, rule by rule (see :meth:`masks`)."""
         out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
         removed = np.zeros((self.n, len(self.rules)), dtype=int)
         valid = np.full(self.n, len(self.tab.levels))
-        for r, mask in enumerate(self.rule_masks(fits)):
+        for r, mask in enumerate(masks):
             if mask is None:  # allows everything: removes nothing
                 continue
             combined = out & mask

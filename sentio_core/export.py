@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,6 +197,7 @@ class LoadedPolicy:
         self._policy = rebuild_policy(algorithm, obs_dim, n_actions, self.net_arch, model)  # type: ignore[arg-type]
         self._policy.load_state_dict(state_dict, strict=True)
         self._policy.eval()
+        self._mlp = _mlp_layers(self._policy)
 
     def __repr__(self) -> str:
         return f"LoadedPolicy({self.algorithm}, obs_dim={self.obs_dim}, n_actions={self.n_actions}, net_arch={self.net_arch})"
@@ -207,8 +209,32 @@ class LoadedPolicy:
         :param mask: booleans ``(n_actions,)`` or ``(N, n_actions)``, True = allowed; None = all allowed.
         :returns: int64 actions, shape ``()`` for one observation, ``(N,)`` for a batch.
         """
+        if self._mlp is not None and np.ndim(obs) == 1:  # one decision: the fast path, the same action
+            return self._act_one(obs, mask)
         probs, lead = self._probabilities(obs, mask)
         return probs.argmax(dim=-1).numpy().astype(np.int64).reshape(lead)
+
+    def _act_one(self, obs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """:meth:`act` on one observation of an MLP policy, in a tenth of the time: the actor's
+        layers called directly (:func:`_mlp_layers`: the same kernels on the same tensors, so the
+        same logits to the bit), then the masked argmax of the raw logits (:func:`clear_argmax`).
+        Where another allowed logit is close enough to the top for sb3's normalisations to round
+        them equal, the probabilities are computed as sb3 computes them (:meth:`_masked_probs`)."""
+        x = np.array(obs, dtype=np.float32)
+        if x.shape != (self.obs_dim,) or not np.isfinite(x).all():
+            return self._probabilities(obs, mask)[0].argmax(dim=-1).numpy().astype(np.int64).reshape(())  # its errors
+        allowed = None if mask is None else self._check_mask(mask, ())
+        h = torch.from_numpy(x[None])
+        for weight, bias, activation in self._mlp:
+            h = torch.nn.functional.linear(h, weight, bias)
+            if activation is not None:
+                h = activation(h)
+        action = clear_argmax(h.numpy()[0], allowed)
+        if action is None:
+            with torch.no_grad():
+                probs = self._masked_probs(h, None if allowed is None else torch.as_tensor(allowed[None]))
+            action = int(probs.argmax(dim=-1)[0])
+        return np.int64(action).reshape(())
 
     def action_probabilities(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Action probabilities, masked-out actions at 0; shape ``(n_actions,)`` or ``(N, n_actions)``."""
@@ -256,6 +282,8 @@ class LoadedPolicy:
         return torch.softmax(logits, dim=-1)
 
     def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+        if not lead and isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (self.n_actions,) and mask.any():
+            return mask  # one valid row (a decision's): no checks to pay for
         m = np.array(mask)
         expected = lead + (self.n_actions,)
         if m.shape != expected:
@@ -268,6 +296,52 @@ class LoadedPolicy:
         if empty.size:
             raise ValueError(f"mask row {int(empty[0])} allows no action; at least one must be True")
         return m
+
+
+ACTIVATIONS = {torch.nn.Tanh: torch.tanh, torch.nn.ReLU: torch.relu}
+
+
+def _mlp_layers(policy: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, Any]] | None:
+    """The actor of sb3's MLP policy (a flatten extractor, ``Linear`` and activation layers, the
+    action layer) as ``(weight, bias, activation or None)`` per layer, the tensors detached (shared,
+    not copied: no autograd graph is built); None for any other network (the Sentio models)."""
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    extractor = getattr(policy, "pi_features_extractor", None)
+    actor = getattr(getattr(policy, "mlp_extractor", None), "policy_net", None)
+    if type(extractor) is not FlattenExtractor or not isinstance(actor, torch.nn.Sequential):
+        return None
+    layers: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
+    for module in [*actor, policy.action_net]:
+        if type(module) is torch.nn.Linear and module.bias is not None:
+            layers.append((module.weight.detach(), module.bias.detach(), None))
+        elif type(module) in ACTIVATIONS and layers and layers[-1][2] is None:
+            layers[-1] = (*layers[-1][:2], ACTIVATIONS[type(module)])
+        else:
+            return None
+    return layers
+
+
+def clear_argmax(logits: np.ndarray, allowed: np.ndarray | None) -> int | None:
+    """The allowed action with the largest raw logit, when no other allowed logit is within
+    ``1e-4 (1 + max |logit|)`` of it; else None.
+
+    sb3 takes the argmax of probabilities computed from the logits through monotone steps (the
+    logits less their logsumexp, forbidden ones set to -1e8, normalised again, softmax). Rounding
+    in a monotone step can make two values equal but never swap them, so a top logit this far
+    (thousands of rounding errors) above every other allowed one stays the unique top: the same
+    action. Closer calls, non-finite logits and an allowed top below -1e6 (against the -1e8 of the
+    forbidden) are left to the exact computation.
+    """
+    values = logits.tolist()  # a handful of actions: Python floats beat numpy calls here
+    if not all(math.isfinite(v) for v in values):
+        return None
+    free = values if allowed is None else [v if ok else -math.inf for v, ok in zip(values, allowed.tolist())]
+    best = max(free)
+    reach = best - 1e-4 * (1.0 + max(abs(v) for v in values))
+    if best < -1e6 or sum(v >= reach for v in free) > 1:
+        return None
+    return free.index(best)
 
 
 def read_metadata(policy: LoadedPolicy, source: str | Path = "metadata") -> ExportMetadata:

@@ -186,14 +186,15 @@ def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: lis
     A period's bar is complete only once a later period has started, so bars of period p see
     the features of the period before p. Appending bars never changes an earlier row.
     """
-    key = pl.col("timestamp").dt.truncate(period)
     period_bar = {"open": "first", "high": "max", "low": "min", "close": "last"}  # from the period's bars
     aggs = [getattr(pl.col(f"{sym}_{c}"), how)() for sym in symbols for c, how in period_bar.items()]
     # the bars are in time order, so their periods are too: number them, compute each period's
-    # features, and give the bars of the k-th period the (k-1)-th's (eager: few queries, no planning)
-    number = wide.select(key.rle_id())[:, 0].to_numpy()
-    periods = wide.group_by(key.alias("_period"), maintain_order=True).agg(aggs).select(exprs)
-    return periods.shift(1)[number if last is None else number[max(len(number) - last, 0):]]
+    # features, and give the bars of the k-th period the (k-1)-th's (two queries: a live decision pays per query)
+    numbered = wide.with_columns(pl.col("timestamp").dt.truncate(period).rle_id().alias("_period"))
+    periods = (numbered.lazy().group_by("_period", maintain_order=True).agg(aggs)
+               .select([e.shift(1) for e in exprs]).collect(engine="in-memory"))
+    number = numbered["_period"].to_numpy()
+    return periods[number if last is None else number[max(len(number) - last, 0):]]
 
 
 # --- intraday clock ----------------------------------------------------------------------
@@ -269,9 +270,22 @@ class _Plan:
     cross: tuple[tuple[str, pl.Expr], ...]
 
 
+_PLANS: dict[tuple[int, int], tuple[FeatureConfig, UniverseConfig, _Plan]] = {}  # by the (frozen) configs' identity
+
+
 def _plan(cfg: FeatureConfig, universe: UniverseConfig) -> _Plan:
-    """The expressions of ``cfg`` on ``universe``'s symbols."""
-    return _cached_plan(cfg.model_dump_json(), universe.model_dump_json())
+    """The expressions of ``cfg`` on ``universe``'s symbols: found by the configs' identity (they are
+    frozen; the entry holds them, so their ids are not reused), else by their JSON (a decision
+    would pay 0.1 ms per table to dump them)."""
+    key = (id(cfg), id(universe))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is cfg and hit[1] is universe:
+        return hit[2]
+    plan = _cached_plan(cfg.model_dump_json(), universe.model_dump_json())
+    if len(_PLANS) >= 16:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[key] = (cfg, universe, plan)
+    return plan
 
 
 @functools.lru_cache(maxsize=16)
@@ -294,7 +308,7 @@ def feature_names(universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequen
     return names + [n for n, _ in plan.cross] + (["time_of_day", "minutes_to_close"] if freq.intraday else [])
 
 
-def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
+def _feature_parts(panel: pl.DataFrame | pl.LazyFrame | SymbolBars, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
                    calendar: str, tz: str, columns: Collection[str] | None = None,
                    group: int | None = None, last: int | None = None) -> Iterator[pl.DataFrame]:
     """The feature table in blocks of columns, each with the panel's rows in time order (NaN not yet
@@ -313,7 +327,7 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame, universe: UniverseConfig,
     period = htf_period(cfg, freq)
     symbols = universe.panel_symbols
     plan = _plan(cfg, universe)
-    by_symbol = SymbolBars(panel)
+    by_symbol = panel if isinstance(panel, SymbolBars) else SymbolBars(panel)
     closes: dict[str, pl.Series] = {}
     stamps: pl.Series | None = None
     for batch in [symbols] if group is None else [[sym] for sym in symbols]:
@@ -362,6 +376,14 @@ class SymbolBars:
         small = isinstance(panel, pl.DataFrame) and panel.height * panel.width <= SMALL_PANEL_VALUES
         self.parts = panel.partition_by("symbol", as_dict=True) if small else None
 
+    @classmethod
+    def of(cls, parts: dict[str, pl.DataFrame]) -> SymbolBars:
+        """Bars already held per symbol (a live session's window), each in time order: no partition."""
+        bars = cls.__new__(cls)
+        bars.panel = next(iter(parts.values())).clear()
+        bars.parts = {(sym,): frame for sym, frame in parts.items()}
+        return bars
+
     def __call__(self, symbol: str, columns: tuple[str, ...]) -> pl.DataFrame:
         if self.parts is None:
             return self.panel.lazy().filter(pl.col("symbol") == symbol).sort("timestamp").select(columns).collect()
@@ -378,11 +400,12 @@ def _floats(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns([_float(pl.col(c)) for c in frame.columns if c != "timestamp"])
 
 
-def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
+def build_features(panel: pl.DataFrame | SymbolBars, universe: UniverseConfig, cfg: FeatureConfig, freq: BarFrequency,
                    calendar: str, tz: str, columns: Collection[str] | None = None, last: int | None = None) -> pl.DataFrame:
     """Feature table: one row per timestamp, ``timestamp`` plus one float column per feature.
 
-    :param panel: aligned long panel (``timestamp, symbol, open, high, low, close, volume``).
+    :param panel: aligned long panel (``timestamp, symbol, open, high, low, close, volume``), or
+        its bars already held per symbol (:meth:`SymbolBars.of`).
     :param columns: compute only these features (a decision on live bars needs its policy's only),
         in the table's order; None for all.
     :param last: only the last rows (each still computed from the whole panel: what a decision
@@ -394,7 +417,13 @@ def build_features(panel: pl.DataFrame, universe: UniverseConfig, cfg: FeatureCo
     *blocks, rest = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns, last=last)
     out = pl.concat([*blocks, rest], how="horizontal")
     order = [n for n in feature_names(universe, cfg, freq) if n in out.columns]
+    if out.height * len(order) <= SMALL_TABLE_VALUES:  # a decision's rows: as floats through numpy, NaN as null (no query per column)
+        values = pl.DataFrame(out.select(order).to_numpy().astype(float), schema=order, orient="row", nan_to_null=True)
+        return pl.concat([out.select("timestamp"), values], how="horizontal")
     return out.select("timestamp", *[_float(pl.col(n)) for n in order])
+
+
+SMALL_TABLE_VALUES = 10_000  # a feature table this small (a decision's last rows) is made floats in numpy
 
 
 def _float(column: pl.Expr) -> pl.Expr:

@@ -139,29 +139,40 @@ class Stamps(Sequence[str]):
         return f"Stamps({len(self)} bars, {self[0] if len(self) else ''} .. {self[-1] if len(self) else ''})"
 
 
-def _leg(bars: SymbolBars, symbol: str, direction: int, vol_bars: int, liquidity_bars: int,
-         train_rows: tuple[int, int] | Ranges) -> Leg:
-    s = bars(symbol, ("open", "close", "volume"))
-    close = s["close"].to_numpy().astype(float)
-    dv = close * s["volume"].to_numpy().astype(float)
-    logret = np.concatenate([[np.nan], np.diff(np.log(close))])
-    trailing = pl.DataFrame({"r": logret, "dv": dv}).select(  # one query (a live decision pays per query)
-        pl.col("r").rolling_std(vol_bars, min_samples=2), pl.col("dv").rolling_mean(liquidity_bars, min_samples=1))
-    sigma, mean_dv = trailing["r"].to_numpy(), trailing["dv"].to_numpy()
-    # one-bar moves inside the training rows (each range on its own: no move across a gap)
-    moves = np.concatenate([close[a + 1: b] / close[a: b - 1] - 1.0 for a, b in as_ranges(train_rows)])
-    worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
-    worst_rise = float(max(0.0, moves.max())) if moves.size else 0.0
-    return Leg(symbol, s["open"].to_numpy().astype(float), close, dv, mean_dv, np.nan_to_num(sigma, nan=0.0), direction,
-               worst_drop, worst_rise)
+def _legs(bars: SymbolBars, specs: list[tuple[str, int]], vol_bars: int, liquidity_bars: int,
+          train_rows: tuple[int, int] | Ranges) -> list[Leg]:
+    """The legs ``(symbol, direction)``, their trailing volatility and dollar volume in one query
+    (a live decision pays per query)."""
+    bars_of = {sym: bars(sym, ("open", "close", "volume")) for sym in dict.fromkeys(sym for sym, _ in specs)}
+    closes = {sym: s["close"].to_numpy().astype(float) for sym, s in bars_of.items()}
+    dvs = {sym: closes[sym] * s["volume"].to_numpy().astype(float) for sym, s in bars_of.items()}
+    columns: dict[str, np.ndarray] = {}
+    for sym, close in closes.items():
+        columns[f"r_{sym}"] = np.concatenate([[np.nan], np.diff(np.log(close))])
+        columns[f"dv_{sym}"] = dvs[sym]
+    trailing = pl.DataFrame(columns).select(
+        *[pl.col(f"r_{sym}").rolling_std(vol_bars, min_samples=2) for sym in closes],
+        *[pl.col(f"dv_{sym}").rolling_mean(liquidity_bars, min_samples=1) for sym in closes])
+    out = []
+    for sym, direction in specs:
+        close = closes[sym]
+        # one-bar moves inside the training rows (each range on its own: no move across a gap)
+        moves = np.concatenate([close[a + 1: b] / close[a: b - 1] - 1.0 for a, b in as_ranges(train_rows)])
+        worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
+        worst_rise = float(max(0.0, moves.max())) if moves.size else 0.0
+        out.append(Leg(sym, bars_of[sym]["open"].to_numpy().astype(float), close, dvs[sym],
+                       trailing[f"dv_{sym}"].to_numpy(), np.nan_to_num(trailing[f"r_{sym}"].to_numpy(), nan=0.0), direction,
+                       worst_drop, worst_rise))
+    return out
 
 
 def _stale(bars: SymbolBars, symbols: list[str]) -> np.ndarray:
+    """Rows where a leg did not trade: no volume, or open = high = low = close."""
     out = None
     for sym in symbols:
         s = bars(sym, ("open", "high", "low", "close", "volume"))
-        flat = (s["open"] == s["high"]) & (s["high"] == s["low"]) & (s["low"] == s["close"])
-        flag = ((s["volume"] <= 0) | flat).to_numpy()
+        o, h, lo, c, v = (s[name].to_numpy() for name in s.columns)
+        flag = (v <= 0) | ((o == h) & (h == lo) & (lo == c))
         out = flag if out is None else out | flag
     return out
 
@@ -313,7 +324,7 @@ def action_weights(cfg: Config) -> tuple[np.ndarray, np.ndarray, list[tuple[str,
     return levels, weights, legs
 
 
-def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFrame | None,
+def build_market(cfg: Config, bars: Frame | SymbolBars, feats: Frame, regime_probs: pl.DataFrame | None,
                  train_rows: tuple[int, int] | Ranges, periods_per_year: float,
                  fitted: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> Market:
     """Arrays of one fold.
@@ -322,7 +333,8 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     :func:`fit_features` drops on the training rows (``env.feature_max_corr``), then the regime
     probabilities (never dropped).
 
-    :param bars: the aligned long panel (synthetic legs included), in memory or scanned lazily.
+    :param bars: the aligned long panel (synthetic legs included), in memory or scanned lazily, or
+        its bars already held per symbol (:meth:`SymbolBars.of`).
     :param feats: the feature table (same timestamps as the panel), in memory or scanned lazily:
         it is read :data:`COLUMN_BLOCK` columns at a time, so the float32 observation matrix is the
         only copy of the table held (2M bars x 100 features: 0.8 GB; the de-duplication first holds
@@ -355,7 +367,8 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
     timestamps = (in_memory if in_memory is not None else feats.select("timestamp").collect())["timestamp"]
     blocks = [names[i: i + COLUMN_BLOCK] for i in range(0, len(names), COLUMN_BLOCK)]
     if regime_probs is not None:
-        probs = timestamps.to_frame().join(regime_probs, on="timestamp", how="left").drop("timestamp")
+        same = regime_probs.height == len(timestamps) and regime_probs["timestamp"].equals(timestamps)  # no join to pay
+        probs = (regime_probs if same else timestamps.to_frame().join(regime_probs, on="timestamp", how="left")).drop("timestamp")
         k = probs.width
         p = np.nan_to_num(probs.to_numpy().astype(float), nan=1.0 / k)
         names = names + probs.columns
@@ -379,15 +392,16 @@ def build_market(cfg: Config, bars: Frame, feats: Frame, regime_probs: pl.DataFr
         at += x.shape[1]
     mean, std = (np.concatenate(parts) for parts in zip(*stats)) if stats else (np.zeros(0), np.zeros(0))
     levels, weights, leg_specs = action_weights(cfg)
-    symbols = SymbolBars(bars)
-    legs = [_leg(symbols, sym, d, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows) for sym, d in leg_specs]
+    symbols = bars if isinstance(bars, SymbolBars) else SymbolBars(bars)
+    *legs, underlying = _legs(symbols, [*leg_specs, (cfg.universe.underlying, 1)], cfg.env.vol_bars, cfg.env.liquidity_bars,
+                              train_rows)
     mtc = ((in_memory if in_memory is not None else feats.select("minutes_to_close").collect())["minutes_to_close"]
            .to_numpy().astype(float) if "minutes_to_close" in columns else None)
     return Market(
         timestamps=Stamps(timestamps), features=z, feature_names=names,
         levels=levels, weights=weights, legs=legs, high_vol_prob=high_vol, minutes_to_close=mtc,
         stale=_stale(symbols, [sym for sym, _ in leg_specs]), periods_per_year=periods_per_year,
-        underlying=_leg(symbols, cfg.universe.underlying, 1, cfg.env.vol_bars, cfg.env.liquidity_bars, train_rows),
+        underlying=underlying,
         norm_mean=mean, norm_std=std, feature_max_corr=max_corr, dropped_features=dropped,
         regime=np.argmax(p, axis=1).astype(np.int8) if p is not None and p.shape[1] else None,
     )
