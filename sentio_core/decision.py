@@ -377,12 +377,13 @@ def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> 
                             pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
     except pl.exceptions.PolarsError as exc:
         raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None
-    prices, volume = pl.col("open", "high", "low", "close"), pl.col("volume")
-    bad = typed.with_row_index("row").filter(~pl.all_horizontal(prices.is_finite() & (prices > 0))
-                                             | ~(volume.is_finite() & (volume >= 0)))
-    if bad.height:
-        row = bad.row(0, named=True)
-        raise DecisionError(f"bars: {row['symbol']} at {row['timestamp']} (row {row['row']} of the bars sent) has a price "
+    values = typed.select(BAR_COLUMNS[2:]).to_numpy()  # nulls as NaN
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values).all(axis=1) & (values[:, :4] > 0).all(axis=1) & (values[:, 4] >= 0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        row = typed.row(i, named=True)
+        raise DecisionError(f"bars: {row['symbol']} at {row['timestamp']} (row {i} of the bars sent) has a price "
                             "that is not finite and positive or a volume that is not finite and non-negative: "
                             + ", ".join(f"{c} {row[c]!r}" for c in BAR_COLUMNS[2:]))
     parts = typed.partition_by("symbol", as_dict=True)

@@ -368,8 +368,9 @@ SMALL_PANEL_VALUES = 1_000_000  # an in-memory panel this small (a live decision
 
 class SymbolBars:
     """Each symbol's bars of a long panel, in time order. A small panel in memory (a live decision's
-    window) is partitioned by symbol once: no query per read. Any other is read per call, a few
-    columns of one symbol at a time (the memory bound of a 2M-bar panel, scanned or not)."""
+    window) is partitioned by symbol once: no query per read, and a read gives the symbol's whole
+    frame (read its columns by name). Any other is read per call, the columns asked for of one
+    symbol at a time (the memory bound of a 2M-bar panel, scanned or not)."""
 
     def __init__(self, panel: pl.DataFrame | pl.LazyFrame):
         self.panel = panel
@@ -390,8 +391,7 @@ class SymbolBars:
         part = self.parts.get((symbol,))
         if part is None:
             return self.panel.clear().select(columns)
-        part = part if part["timestamp"].is_sorted() else part.sort("timestamp")
-        return pl.DataFrame({c: part[c] for c in columns})  # the columns as they are: no query
+        return part if part["timestamp"].is_sorted() else part.sort("timestamp")  # the held frame: no query
 
 
 def _floats(frame: pl.DataFrame) -> pl.DataFrame:

@@ -171,7 +171,7 @@ def _stale(bars: SymbolBars, symbols: list[str]) -> np.ndarray:
     out = None
     for sym in symbols:
         s = bars(sym, ("open", "high", "low", "close", "volume"))
-        o, h, lo, c, v = (s[name].to_numpy() for name in s.columns)
+        o, h, lo, c, v = (s[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
         flag = (v <= 0) | ((o == h) & (h == lo) & (lo == c))
         out = flag if out is None else out | flag
     return out
