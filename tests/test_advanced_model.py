@@ -74,6 +74,7 @@ def test_advanced_export_acts_like_training(advanced, tmp_path, algorithm):
     assert header["model"]["regime_gating"] is True
     save_policy(model, algorithm, tmp_path / "m", {"note": "test"})
     loaded = load_policy(tmp_path / "m", require_metadata=True)
+    assert loaded._mlp is None  # not sb3's MLP: one observation goes through the whole network too
     a, b = fold.test_rows
     obs = np.stack([_observation(fold, t) for t in range(a, b)])
     masks = np.ones((len(obs), loaded.n_actions), dtype=bool)
@@ -81,9 +82,11 @@ def test_advanced_export_acts_like_training(advanced, tmp_path, algorithm):
     if algorithm == "maskable_ppo":
         expected, _ = model.predict(obs, action_masks=masks, deterministic=True)
         assert np.array_equal(loaded.act(obs, masks), expected)
+        assert [int(loaded.act(o, m)) for o, m in zip(obs[:20], masks)] == expected[:20].tolist()
     else:
         expected, _ = model.predict(obs, deterministic=True)
         assert np.array_equal(loaded.act(obs), expected)
+        assert [int(loaded.act(o)) for o in obs[:20]] == expected[:20].tolist()
 
 
 def _observation(fold, t: int) -> np.ndarray:

@@ -170,6 +170,37 @@ def test_the_cases_exercise_every_path():
     assert 42 in np.diff(closes) and 78 in np.diff(closes)  # an early close and a full session
 
 
+def test_whole_array_composition_equals_rule_by_rule():
+    """``Engine._compose_all`` (a running AND per rule in one stack) gives the rule-by-rule
+    composition's mask, counts and reasons whenever no rule yields, and declines (None) exactly
+    when some portfolio would be left nothing; both cases occur among the draws."""
+    market, cfg = case("pair")
+    rng = np.random.default_rng(5)
+    a, outcomes = len(market.levels), {"composed": 0, "declined": 0}
+    for _ in range(300):
+        n = int(rng.integers(1, 6))
+        engine = Engine(market, cfg, n)
+        masks = []
+        for _ in engine.rules:
+            kind = rng.integers(0, 3)
+            masks.append(None if kind == 0 else rng.random((n, a) if kind == 1 else (a,)) < rng.uniform(0.3, 1.0))
+        fast_by, slow_by = np.full((n, a), 7), np.full((n, a), -1)  # masks() starts the reasons at -1
+        fast, slow = engine._compose_all(masks, fast_by), engine._compose(masks, slow_by)
+        running = np.ones((n, a), dtype=bool)
+        for mask in masks:
+            running = running if mask is None else running & mask
+        if fast is None:
+            assert not running.any(axis=1).all()
+            outcomes["declined"] += 1
+        else:
+            assert running.any(axis=1).all()
+            np.testing.assert_array_equal(fast[0], slow[0])
+            np.testing.assert_array_equal(fast[1], slow[1])
+            np.testing.assert_array_equal(fast_by, slow_by)
+            outcomes["composed"] += 1
+    assert min(outcomes.values()) > 20, outcomes
+
+
 def test_observations_are_gathered_into_the_buffer_given():
     market, cfg = case("pair")
     engine = Engine(market, cfg, 3)

@@ -11,7 +11,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sentio_core.config import TrainConfig
-from sentio_core.export import FORMAT, LoadedPolicy, export_paths, load_policy, publish, save_policy
+from sentio_core.export import FORMAT, LoadedPolicy, clear_argmax, export_paths, load_policy, publish, save_policy
 from sentio_core.files import DataError
 from sentio_core.policies import build_model
 
@@ -121,6 +121,45 @@ def test_probabilities_are_sb3_distributions_bit_for_bit(models, exported, batch
             want = dist.probs
     got = load_policy(exported[algorithm][0]).action_probabilities(obs, masks if masked else None)
     np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize("algorithm", ["maskable_ppo", "ppo"])
+def test_one_observation_takes_the_fast_path_to_the_same_action(exported, batch, algorithm):
+    """One observation of an MLP policy runs the actor's layers directly and reads the masked
+    argmax off the raw logits: the logits are the modules' to the bit, and the action is the exact
+    path's (sb3's probabilities) for every observation and mask, and without a mask."""
+    obs, masks = batch
+    loaded = load_policy(exported[algorithm][0])
+    assert loaded._mlp is not None
+    h = torch.as_tensor(obs)
+    for weight, bias, activation in loaded._mlp:
+        h = torch.nn.functional.linear(h, weight, bias)
+        h = h if activation is None else activation(h)
+    with torch.no_grad():
+        np.testing.assert_array_equal(h.numpy(), loaded._logits(torch.as_tensor(obs)).numpy())
+    for mask in (masks, None):
+        exact = loaded.action_probabilities(obs, mask).argmax(axis=1)
+        fast = [loaded.act(o, None if mask is None else m) for o, m in zip(obs, masks)]
+        assert all(a.shape == () and a.dtype == np.int64 for a in fast)
+        assert [int(a) for a in fast] == exact.tolist()
+
+
+def test_clear_argmax_leaves_close_calls_to_the_exact_path():
+    """The top allowed logit when it clears every other allowed one by 1e-4 (1 + max |logit|), else
+    None: ties, a rounding error apart, non-finite logits, a top the forbidden -1e8 could rival."""
+    logits = np.array([0.5, 2.0, 1.0], dtype=np.float32)
+    assert clear_argmax(logits, None) == 1
+    assert clear_argmax(logits, np.array([True, False, True])) == 2  # the top is forbidden: the best allowed
+    assert clear_argmax(logits, np.array([True, False, False])) == 0  # one allowed
+    assert clear_argmax(np.array([1.0, 1.0, 0.0], dtype=np.float32), None) is None  # a tie
+    near = np.array([1.0, np.nextafter(np.float32(1.0), np.float32(2.0)), 0.0], dtype=np.float32)
+    assert clear_argmax(near, None) is None  # one float32 step apart
+    assert clear_argmax(near, np.array([True, False, True])) == 0  # the close call is forbidden
+    assert clear_argmax(np.array([1.0, 1.0 + 2e-4, 0.0], dtype=np.float32), None) == 1
+    assert clear_argmax(np.array([1.0, 1.0 + 5e-5, 0.0], dtype=np.float32), None) is None
+    assert clear_argmax(np.array([1000.0, 1000.05, 0.0], dtype=np.float32), None) is None  # the reach grows with the scale
+    assert clear_argmax(np.array([np.nan, 1.0, 0.0], dtype=np.float32), None) is None
+    assert clear_argmax(np.array([-2e6, -3e6, 0.0], dtype=np.float32), np.array([True, True, False])) is None
 
 
 def test_action_probabilities_sum_to_one_and_zero_masked(exported, batch):
@@ -252,9 +291,11 @@ def test_ties_break_to_the_lowest_allowed_action_like_sb3(models, tmp_path, batc
         theirs, _ = model.predict(obs, action_masks=masks, deterministic=True)
     finally:
         model.policy.load_state_dict(saved)
-    ours = load_policy(pth).act(obs, masks)
+    loaded = load_policy(pth)
+    ours = loaded.act(obs, masks)
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(ours, masks.argmax(axis=1))
+    assert [int(loaded.act(o, m)) for o, m in zip(obs, masks)] == ours.tolist()  # one at a time: the exact fallback
 
 
 def test_publish_copies_the_weights_with_new_metadata(exported, tmp_path, batch):

@@ -16,7 +16,7 @@ import pytest
 
 from sentio_core.config import REPO_ROOT, FeatureConfig, UniverseConfig
 from sentio_core.data import load_panel
-from sentio_core.features import build_features, feature_columns, first_complete_row
+from sentio_core.features import SymbolBars, build_features, feature_columns, first_complete_row
 from sentio_core.frequency import BarFrequency, bar_frequency
 
 SYMBOLS = ["QQQ", "TQQQ", "SQQQ"]
@@ -453,5 +453,8 @@ def test_the_last_rows_are_those_of_the_whole_table(name: str, request: pytest.F
     data: Dataset = request.getfixturevalue(name)
     got = build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=31)
     pl.testing.assert_frame_equal(got, data.features.tail(31), check_exact=True)
+    held = SymbolBars.of({sym: f for (sym,), f in data.panel.partition_by("symbol", as_dict=True).items()})  # a session's
+    pl.testing.assert_frame_equal(build_features(held, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=31),
+                                  got, check_exact=True)
     with pytest.raises(ValueError, match="positive row count"):
         build_features(data.panel, UniverseConfig(), FeatureConfig(), data.freq, CALENDAR, TZ, last=0)
