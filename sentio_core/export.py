@@ -16,8 +16,11 @@ loader reads ``sentio-policy/3`` and refuses the earlier formats (``/1``, ``/2``
 
 :class:`LoadedPolicy` rebuilds the network with :func:`sentio_core.policies.rebuild_policy` and acts
 deterministically: the most probable action with masked-out actions at probability 0, computed
-through sb3's own distributions, so it equals ``predict(..., deterministic=True)`` (with
-``action_masks`` for MaskablePPO); a PPO policy given a mask is masked the same way.
+as sb3's own distributions compute it, so it equals ``predict(..., deterministic=True)`` (with
+``action_masks`` for MaskablePPO); a PPO policy given a mask is masked the same way. One
+observation of sb3's MLP policy (a live decision) takes a fast path to the same action: the
+actor's layers called directly, then :func:`clear_argmax` on the raw logits, with sb3's
+computation for the close calls.
 """
 
 from __future__ import annotations

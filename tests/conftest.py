@@ -12,15 +12,28 @@ from pathlib import Path
 
 import pytest
 
-_PREFECT_HOME = tempfile.mkdtemp(prefix="sentio-test-prefect-")
+_TEMP_DIRS: list[str] = []  # the session's throw-away stores, removed when it ends (pytest_unconfigure)
+
+
+def _temp_dir(prefix: str) -> str:
+    _TEMP_DIRS.append(tempfile.mkdtemp(prefix=prefix))
+    return _TEMP_DIRS[-1]
+
+
+_PREFECT_HOME = _temp_dir("sentio-test-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 # MLflow runs of the tests go to a throw-away SQLite file, never the repository's mlflow.db
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='sentio-test-mlflow-')}/mlflow.db"
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_temp_dir('sentio-test-mlflow-')}/mlflow.db"
 # sb3 models the tests train directly make a log folder per learn() in the temp directory: one for all
-os.environ["SB3_LOGDIR"] = tempfile.mkdtemp(prefix="sentio-test-sb3-")
+os.environ["SB3_LOGDIR"] = _temp_dir("sentio-test-sb3-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
@@ -34,7 +47,7 @@ RELAXED_GATE = ["promotion.min_deflated_sharpe=0", "promotion.max_pbo=1", "promo
 @functools.cache
 def _migrated_prefect_db() -> Path:
     """A Prefect database migrated once for the session (``prefect server database upgrade``)."""
-    home = Path(tempfile.mkdtemp(prefix="sentio-test-prefect-template-"))
+    home = Path(_temp_dir("sentio-test-prefect-template-"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env, check=True,
                    capture_output=True, timeout=300)
