@@ -268,9 +268,8 @@ class Engine:
             return None
         removed = np.zeros((n, len(self.rules)), dtype=int)
         removed[:, active] = (left[:-1] - left[1:]).T
-        if by is not None:  # the first layer without the action: the rule that removed it
-            gone = ~running[1:]
-            by[:] = np.where(running[-1], -1, np.asarray(active)[gone.argmax(axis=0)])
+        if by is not None:  # the layers still holding an action count the rules it passed: the next removed it
+            by[:] = np.array([*active, -1])[running[1:].sum(axis=0)]
         return running[-1], removed
 
     def _compose(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -177,11 +177,11 @@ def htf_exprs(cfg: FeatureConfig, symbol: str) -> list[pl.Expr]:
     return [e.alias(f"{symbol}_{name}") for e, name in zip(exprs, htf_names(cfg))]
 
 
-def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: list[pl.Expr], last: int | None = None
-                 ) -> pl.DataFrame:
-    """Features of completed higher-timeframe bars, keyed to the bars of the *next* period: one row
-    per row of ``wide`` (``timestamp`` and each symbol's ``SYMBOL_open``, ...), one column per
-    expression (of :func:`htf_exprs` of ``symbols``); only the ``last`` rows when given.
+def htf_queries(wide: pl.LazyFrame, period: str, symbols: list[str], exprs: list[pl.Expr]) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The higher-timeframe features of ``wide`` (``timestamp`` and each symbol's ``SYMBOL_open``,
+    ...) as two queries: one row per period with each expression (of :func:`htf_exprs` of
+    ``symbols``) of the period *before* it, and each bar's period number (:func:`htf_rows` puts
+    them together).
 
     A period's bar is complete only once a later period has started, so bars of period p see
     the features of the period before p. Appending bars never changes an earlier row.
@@ -189,12 +189,16 @@ def htf_features(wide: pl.DataFrame, period: str, symbols: list[str], exprs: lis
     period_bar = {"open": "first", "high": "max", "low": "min", "close": "last"}  # from the period's bars
     aggs = [getattr(pl.col(f"{sym}_{c}"), how)() for sym in symbols for c, how in period_bar.items()]
     # the bars are in time order, so their periods are too: number them, compute each period's
-    # features, and give the bars of the k-th period the (k-1)-th's (two queries: a live decision pays per query)
+    # features, and give the bars of the k-th period the (k-1)-th's
     numbered = wide.with_columns(pl.col("timestamp").dt.truncate(period).rle_id().alias("_period"))
-    periods = (numbered.lazy().group_by("_period", maintain_order=True).agg(aggs)
-               .select([e.shift(1) for e in exprs]).collect(engine="in-memory"))
-    number = numbered["_period"].to_numpy()
-    return periods[number if last is None else number[max(len(number) - last, 0):]]
+    periods = numbered.group_by("_period", maintain_order=True).agg(aggs).select([e.shift(1) for e in exprs])
+    return periods, numbered.select("_period")
+
+
+def htf_rows(periods: pl.DataFrame, number: pl.DataFrame, last: int | None = None) -> pl.DataFrame:
+    """:func:`htf_queries`' results as one row per bar (only the ``last`` rows when given)."""
+    at = number["_period"].to_numpy()
+    return periods[at if last is None else at[max(len(at) - last, 0):]]
 
 
 # --- intraday clock ----------------------------------------------------------------------
@@ -344,13 +348,17 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame | SymbolBars, universe: Un
         if group is None:  # every symbol is in the frame: the cross-asset features in the same query
             exprs += [e for name, e in plan.cross if keep(name)]
         step = group or max(len(exprs), 1)
-        for at in range(0, len(exprs), step):
-            block = wide.select(exprs[at: at + step])
+        blocks = [wide.lazy().select(exprs[at: at + step]) for at in range(0, len(exprs), step)]
+        chosen = [e for sym in batch for name, e in plan.htf[sym] if keep(name)] if period is not None else []
+        htf = list(htf_queries(wide.lazy(), period, batch, chosen)) if chosen else []
+        if group is None:  # every query in one call, run side by side (a live decision pays per call)
+            done = pl.collect_all([*blocks, *htf], engine="in-memory")
+            blocks, htf = done[:len(blocks)], done[len(blocks):]
+        for block in blocks:  # when streaming, one block in memory at a time
+            block = block if isinstance(block, pl.DataFrame) else block.collect(engine="in-memory")
             yield block if last is None else block.tail(last)
-        if period is not None:
-            chosen = [e for sym in batch for name, e in plan.htf[sym] if keep(name)]
-            if chosen:
-                yield htf_features(wide, period, batch, chosen, last)
+        if htf:
+            yield htf_rows(*(q if isinstance(q, pl.DataFrame) else q.collect(engine="in-memory") for q in htf), last)
         closes.update({f"{sym}_close": series[f"{sym}_close"] for sym in batch})
     assert stamps is not None
     rest = pl.DataFrame({"timestamp": stamps, **closes})
