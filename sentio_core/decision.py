@@ -245,7 +245,7 @@ class Session:
         new = _by_symbol(bars, self.decider.symbols, self._frames[self.decider.symbols[0]].schema["timestamp"].time_zone)
         last = self._last_us()
         for sym, frame in new.items():
-            if frame["timestamp"].dt.epoch("us")[0] <= last:  # in UTC: a fall-back hour repeats local times
+            if _epoch_us(frame["timestamp"])[0] <= last:  # in UTC: a fall-back hour repeats local times
                 new[sym] = self._repeated(sym, frame)
         if all(f.height == 0 for f in new.values()):
             return  # only bars the session holds: nothing new
@@ -289,7 +289,7 @@ class Session:
 
     def _last_us(self) -> int:
         """The latest bar's timestamp, microseconds since the epoch (UTC)."""
-        return int(self._frames[self.decider.symbols[0]]["timestamp"].dt.epoch("us")[-1])
+        return int(_epoch_us(self._frames[self.decider.symbols[0]]["timestamp"])[-1])
 
     def _build(self, frames: dict[str, pl.DataFrame], probs: np.ndarray) -> None:
         """The latest bar's market and engine from the window's bars and filtered regime probabilities
@@ -347,6 +347,12 @@ class Session:
                         cooldown=int(engine.cooldown[0]))
 
 
+def _epoch_us(stamps: pl.Series) -> np.ndarray:
+    """Microseconds since the epoch (UTC) of a series of time-zone-aware timestamps, through numpy
+    (no query: the session's checks run on every bar)."""
+    return stamps.to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
 def _trained_moves(leg: Leg, spec: LegSpec, cfg: Config) -> Leg:
     """The leg with its worst training bar from the export (the worst-bar gap rule's moves are the
     training window's, not the decision window's)."""
@@ -377,7 +383,7 @@ def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> 
                             pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
     except pl.exceptions.PolarsError as exc:
         raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None
-    values = typed.select(BAR_COLUMNS[2:]).to_numpy()  # nulls as NaN
+    values = np.column_stack([typed[c].to_numpy() for c in BAR_COLUMNS[2:]])  # nulls as NaN
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(values).all(axis=1) & (values[:, :4] > 0).all(axis=1) & (values[:, 4] >= 0)
     if not ok.all():
@@ -386,16 +392,18 @@ def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> 
         raise DecisionError(f"bars: {row['symbol']} at {row['timestamp']} (row {i} of the bars sent) has a price "
                             "that is not finite and positive or a volume that is not finite and non-negative: "
                             + ", ".join(f"{c} {row[c]!r}" for c in BAR_COLUMNS[2:]))
-    parts = typed.partition_by("symbol", as_dict=True)
+    symbols, stamps = typed["symbol"].to_numpy(), typed["timestamp"].to_numpy()
     out = {}
     for sym in wanted:
-        f = parts.get((sym,))
-        if f is None:
+        rows = np.flatnonzero(symbols == sym)
+        if not len(rows):
             raise DecisionError(f"bars: no bars of {sym} (the policy reads {wanted})")
-        ts = f["timestamp"]
-        back = np.flatnonzero(np.diff(ts.to_numpy()) <= np.timedelta64(0))
+        # the symbol's rows in the order sent: a slice when they are together (no copy, no query)
+        together = rows[-1] - rows[0] + 1 == len(rows)
+        f = typed.slice(int(rows[0]), len(rows)) if together else typed[rows]
+        back = np.flatnonzero(np.diff(stamps[rows]) <= np.timedelta64(0))
         if len(back):
-            i = int(back[0]) + 1
+            i, ts = int(back[0]) + 1, f["timestamp"]
             raise DecisionError(f"bars: {sym} row {i} ({ts[i]}) is not after the row before it ({ts[i - 1]}): "
                                 "out of order or repeated")
         out[sym] = f

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sentio_core import files
@@ -424,10 +425,16 @@ def build_features(panel: pl.DataFrame | SymbolBars, universe: UniverseConfig, c
         raise ValueError(f"columns must be a collection of names and last a positive row count, got {columns!r}, {last!r}")
     *blocks, rest = _feature_parts(panel, universe, cfg, freq, calendar, tz, columns, last=last)
     out = pl.concat([*blocks, rest], how="horizontal")
-    order = [n for n in feature_names(universe, cfg, freq) if n in out.columns]
-    if out.height * len(order) <= SMALL_TABLE_VALUES:  # a decision's rows: as floats through numpy, NaN as null (no query per column)
-        values = pl.DataFrame(out.select(order).to_numpy().astype(float), schema=order, orient="row", nan_to_null=True)
-        return pl.concat([out.select("timestamp"), values], how="horizontal")
+    present = set(out.columns)
+    order = [n for n in feature_names(universe, cfg, freq) if n in present]
+    if order and out.height * len(order) <= SMALL_TABLE_VALUES and all(out.schema[n] == pl.Float64 for n in order):
+        # a decision's rows: the columns put in order as they are, and only those holding a NaN
+        # given a pass (a query costs more than the whole table here)
+        cols = {n: out.get_column(n) for n in ("timestamp", *order)}
+        nan = np.isnan(np.column_stack([cols[n].to_numpy() for n in order])).any(axis=0)
+        for n in [n for n, has in zip(order, nan) if has]:
+            cols[n] = cols[n].fill_nan(None)
+        return pl.DataFrame(cols)
     return out.select("timestamp", *[_float(pl.col(n)) for n in order])
 
 
