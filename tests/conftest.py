@@ -39,6 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 DAILY = REPO / "data" / "daily"
 INTRADAY = REPO / "data" / "5min"
 SMOKE = REPO / "configs" / "smoke.yaml"
+#: Short trainings for tests of the pipeline, not of the learning (a smoke run's 2,048 steps x 2 seeds
+#: x 8 trainings are most of its time).
+FAST_TRAINING = ["train.timesteps=256", "train.n_steps=64", "train.batch_size=64"]
 #: Overrides that let any model through the promotion gate (tests of what follows a promotion).
 RELAXED_GATE = ["promotion.min_deflated_sharpe=0", "promotion.max_pbo=1", "promotion.pbo_min_configurations=1000",
                 "promotion.paired_alpha=1", "promotion.max_drawdown_vs_underlying=null"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import REPO, fresh_prefect_home
+from .conftest import FAST_TRAINING, REPO, fresh_prefect_home
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -255,7 +255,7 @@ def test_ui_renders_the_fold_table_of_a_deployment_run(tmp_path):
         phase("work pool and deployments")
 
         procs.start("worker", [PREFECT, "worker", "start", "--pool", "sentio"], worker_env, tmp_path / "worker.log")
-        overrides = json.dumps([f"run.work_dir={tmp_path}/work", f"registry.export_dir={tmp_path}/exports"])
+        overrides = json.dumps([f"run.work_dir={tmp_path}/work", f"registry.export_dir={tmp_path}/exports", *FAST_TRAINING])
         started = _prefect(["deployment", "run", "sentio-retrain/on-demand", "--param", "config=configs/smoke.yaml",
                             "--param", f"overrides={overrides}"], env)
         match = re.search(r"UUID:\s*([0-9a-f-]{36})", started)

@@ -13,7 +13,7 @@ import pytest
 from sentio.cli import main
 from sentio_core.baselines import NAMES as BASELINES
 
-from .conftest import REPO, SMOKE, fresh_prefect_home
+from .conftest import FAST_TRAINING, REPO, SMOKE, fresh_prefect_home
 
 
 def test_features_writes_one_row_per_timestamp(tmp_path, capsys):
@@ -106,7 +106,7 @@ def test_sentio_run_uses_embedded_prefect_and_prefect_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = fresh_prefect_home(tmp_path / "prefect")
     args = [*cmd, "run", "--config", str(SMOKE), "--set", f"run.work_dir={tmp_path / 'work'}",
-            "--set", f"registry.export_dir={tmp_path / 'exports'}"]
+            "--set", f"registry.export_dir={tmp_path / 'exports'}", *[x for o in FAST_TRAINING for x in ("--set", o)]]
     first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "mppo_sharpe" in first.stdout and "promotion: " in first.stdout and "run finished" in first.stdout

@@ -9,7 +9,7 @@ import pytest
 
 from sentio_core.config import MASK_RULES
 
-from .conftest import DAILY, RELAXED_GATE, SMOKE
+from .conftest import DAILY, FAST_TRAINING, RELAXED_GATE, SMOKE
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ TRAINING = [s for s in STAGES if s.startswith(("train", "backtest"))] + ["regist
 def _run(tmp, *overrides, refresh=False):
     from flows.retrain import sentio_retrain
 
-    overrides = [f"run.work_dir={tmp}", f"registry.export_dir={tmp}/exports", *overrides]
+    overrides = [f"run.work_dir={tmp}", f"registry.export_dir={tmp}/exports", *FAST_TRAINING, *overrides]
     return sentio_retrain(config=str(SMOKE), overrides=overrides, refresh=refresh)
 
 
@@ -233,7 +233,7 @@ def test_a_failed_fold_is_retried_then_reported_while_the_others_finish(prefect_
 
     monkeypatch.setattr(tasks.train, "fold_training", failing)
     state = sentio_retrain(config=str(SMOKE), overrides=[f"run.work_dir={tmp_path}", f"registry.export_dir={tmp_path}/exports",
-                                                         "registry.model_name=sentio-test-failed", "seed=99"],
+                                                         "registry.model_name=sentio-test-failed", "seed=99", *FAST_TRAINING],
                            return_state=True)
     assert state.is_failed()
     with pytest.raises(FoldFailure, match="fold 1 failed: RuntimeError: simulated training crash on fold 1"):
@@ -265,7 +265,7 @@ def test_trainings_take_turns_under_the_global_concurrency_limit(prefect_harness
                 spans.append((start, time.perf_counter()))
 
     monkeypatch.setattr(tasks.train, "fold_training", timed)
-    _run(tmp_path, "seed=31", "train.timesteps=256", "train.n_steps=64", "train.batch_size=64")
+    _run(tmp_path, "seed=31")
     spans.sort()
     assert len(spans) == 4
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DAILY, RELAXED_GATE, REPO, SMOKE, fresh_prefect_home
+from tests.conftest import DAILY, FAST_TRAINING, RELAXED_GATE, REPO, SMOKE, fresh_prefect_home
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def _env(tmp, name: str = "prefect") -> dict:
     return env
 
 
-FAST = ["train.timesteps=256", "train.n_steps=64", "train.batch_size=64"]  # the pipeline, not the learning, is tested
+FAST = FAST_TRAINING  # the pipeline, not the learning, is tested
 
 
 def _args(tmp, *extra: str) -> list[str]:
