@@ -242,7 +242,7 @@ class Session:
             repeated bar differs from the held one (history was re-adjusted: prime a new session
             with the re-adjusted window) or lies before the window; the session is unchanged.
         """
-        new = _by_symbol(bars, self.decider.symbols, self._frames[self.decider.symbols[0]].schema["timestamp"].time_zone)
+        new = _by_symbol(bars, self.decider.symbols, self._frames[self.decider.symbols[0]]["timestamp"].dtype.time_zone)
         last = self._last_us()
         for sym, frame in new.items():
             if _epoch_us(frame["timestamp"])[0] <= last:  # in UTC: a fall-back hour repeats local times

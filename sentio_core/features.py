@@ -427,7 +427,8 @@ def build_features(panel: pl.DataFrame | SymbolBars, universe: UniverseConfig, c
     out = pl.concat([*blocks, rest], how="horizontal")
     present = set(out.columns)
     order = [n for n in feature_names(universe, cfg, freq) if n in present]
-    if order and out.height * len(order) <= SMALL_TABLE_VALUES and all(out.schema[n] == pl.Float64 for n in order):
+    schema = out.schema  # (a dict built on every access)
+    if order and out.height * len(order) <= SMALL_TABLE_VALUES and all(schema[n] == pl.Float64 for n in order):
         # a decision's rows: the columns put in order as they are, and only those holding a NaN
         # given a pass (a query costs more than the whole table here)
         cols = {n: out.get_column(n) for n in ("timestamp", *order)}

@@ -349,7 +349,7 @@ def build_market(cfg: Config, bars: Frame | SymbolBars, feats: Frame, regime_pro
     """
     in_memory = feats if isinstance(feats, pl.DataFrame) else None  # read eagerly (no query planning)
     feats = feats.lazy()
-    columns = feats.collect_schema().names()
+    columns = in_memory.columns if in_memory is not None else feats.collect_schema().names()
     max_corr: float | None = None
     dropped: dict[str, str] = {}
     given = (np.zeros(0), np.zeros(0))  # (mean, std) of the leading observed columns, fitted before
@@ -414,7 +414,8 @@ def _blocks(feats: Frame, blocks: list[list[str]], regime_probs: np.ndarray | No
     """The observed columns as float64 (T, k) blocks, in order: the features, then the regime probabilities."""
     names = [n for block in blocks for n in block]
     if isinstance(feats, pl.DataFrame) and feats.height * len(names) <= ONE_READ_VALUES:  # one read, sliced: the same floats
-        every = feats.select(names).to_numpy().astype(float)
+        every = np.column_stack([feats.get_column(n).to_numpy() for n in names]).astype(float) if names else \
+            np.zeros((feats.height, 0))
         at = 0
         for block in blocks:
             yield every[:, at: at + len(block)]
