@@ -260,7 +260,8 @@ class Session:
         model = self.decider.regime_model
         probs = forward_filter(model, returns, prior=predict_next(model, self._probs[-1]))
         # one chunk per frame: a chunk per appended bar would slow every query on the window
-        frames = {sym: pl.concat([f, new[sym]]).tail(self.window).rechunk() for sym, f in self._frames.items()}
+        frames = {sym: f.slice(max(f.height + new[sym].height - self.window, 0)).vstack(new[sym]).rechunk()
+                  for sym, f in self._frames.items()}
         self._build(frames, np.concatenate([self._probs, probs])[-(self.window - 1):])
 
     def _repeated(self, sym: str, frame: pl.DataFrame) -> pl.DataFrame:
