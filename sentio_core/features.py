@@ -362,9 +362,10 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame | SymbolBars, universe: Un
             yield htf_rows(*(q if isinstance(q, pl.DataFrame) else q.collect(engine="in-memory") for q in htf), last)
         closes.update({f"{sym}_close": series[f"{sym}_close"] for sym in batch})
     assert stamps is not None
-    rest = pl.DataFrame({"timestamp": stamps, **closes})
-    if group is not None:
-        rest = rest.with_columns([e for name, e in plan.cross if keep(name)])
+    if group is not None:  # the cross-asset features read the closes
+        rest = pl.DataFrame({"timestamp": stamps, **closes}).with_columns([e for name, e in plan.cross if keep(name)])
+    else:
+        rest = stamps.to_frame("timestamp")
     if last is not None:
         rest = rest.tail(last)
     if freq.intraday:  # the join may reorder rows
