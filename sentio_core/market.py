@@ -141,28 +141,34 @@ class Stamps(Sequence[str]):
 
 def _legs(bars: SymbolBars, specs: list[tuple[str, int]], vol_bars: int, liquidity_bars: int,
           train_rows: tuple[int, int] | Ranges) -> list[Leg]:
-    """The legs ``(symbol, direction)``, their trailing volatility and dollar volume in one query
-    (a live decision pays per query)."""
-    bars_of = {sym: bars(sym, ("open", "close", "volume")) for sym in dict.fromkeys(sym for sym, _ in specs)}
-    closes = {sym: s["close"].to_numpy().astype(float) for sym, s in bars_of.items()}
-    dvs = {sym: closes[sym] * s["volume"].to_numpy().astype(float) for sym, s in bars_of.items()}
-    columns: dict[str, np.ndarray] = {}
-    for sym, close in closes.items():
-        columns[f"r_{sym}"] = np.concatenate([[np.nan], np.diff(np.log(close))])
-        columns[f"dv_{sym}"] = dvs[sym]
-    trailing = pl.DataFrame(columns).select(
-        *[pl.col(f"r_{sym}").rolling_std(vol_bars, min_samples=2) for sym in closes],
-        *[pl.col(f"dv_{sym}").rolling_mean(liquidity_bars, min_samples=1) for sym in closes])
+    """The legs ``(symbol, direction)`` with their trailing volatility and dollar volume: every
+    symbol's in one query when the panel is small and in memory (a live decision pays per query),
+    else a symbol at a time (the memory bound of a 2M-bar panel)."""
+    symbols = list(dict.fromkeys(sym for sym, _ in specs))
+    arrays: dict[str, tuple[np.ndarray, ...]] = {}
+    for batch in [symbols] if bars.parts is not None else [[sym] for sym in symbols]:
+        read = {sym: bars(sym, ("open", "close", "volume")) for sym in batch}
+        closes = {sym: f["close"].to_numpy().astype(float) for sym, f in read.items()}
+        dvs = {sym: closes[sym] * f["volume"].to_numpy().astype(float) for sym, f in read.items()}
+        columns: dict[str, np.ndarray] = {}
+        for sym in batch:
+            columns[f"r_{sym}"] = np.concatenate([[np.nan], np.diff(np.log(closes[sym]))])
+            columns[f"dv_{sym}"] = dvs[sym]
+        trailing = pl.DataFrame(columns).select(
+            *[pl.col(f"r_{sym}").rolling_std(vol_bars, min_samples=2) for sym in batch],
+            *[pl.col(f"dv_{sym}").rolling_mean(liquidity_bars, min_samples=1) for sym in batch])
+        for sym in batch:
+            arrays[sym] = (read[sym]["open"].to_numpy().astype(float), closes[sym], dvs[sym], trailing[f"dv_{sym}"].to_numpy(),
+                           np.nan_to_num(trailing[f"r_{sym}"].to_numpy(), nan=0.0))
+        del read, closes, dvs, columns, trailing
     out = []
     for sym, direction in specs:
-        close = closes[sym]
+        close = arrays[sym][1]
         # one-bar moves inside the training rows (each range on its own: no move across a gap)
         moves = np.concatenate([close[a + 1: b] / close[a: b - 1] - 1.0 for a, b in as_ranges(train_rows)])
         worst_drop = float(max(0.0, -moves.min())) if moves.size else 0.0
         worst_rise = float(max(0.0, moves.max())) if moves.size else 0.0
-        out.append(Leg(sym, bars_of[sym]["open"].to_numpy().astype(float), close, dvs[sym],
-                       trailing[f"dv_{sym}"].to_numpy(), np.nan_to_num(trailing[f"r_{sym}"].to_numpy(), nan=0.0), direction,
-                       worst_drop, worst_rise))
+        out.append(Leg(sym, *arrays[sym], direction, worst_drop, worst_rise))
     return out
 
 
