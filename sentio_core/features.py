@@ -321,7 +321,8 @@ def _feature_parts(panel: pl.DataFrame | pl.LazyFrame | SymbolBars, universe: Un
     cross-asset ones when ``group`` is given (else they come in the first block).
 
     The expressions run on a wide frame of the symbols' bars (``SYMBOL_close``, ...): with ``group``
-    None every symbol's at once, in one query per kind of feature (a live decision pays per query);
+    None every symbol's at once, one query per kind of feature, all collected in one call (a live
+    decision pays per call);
     with ``group``, a symbol at a time, ``group`` expressions per block (the streamed table's
     memory), in the table's column order. Each symbol's features read its whole series; ``columns``
     keeps only those features (the others are never computed); ``last`` keeps only the last rows.
