@@ -178,8 +178,13 @@ def test_bad_bars_and_portfolios_are_refused_by_name(exported):
     zero = pl.when((pl.col("symbol") == "QQQ") & (pl.col("timestamp") == last)).then(0.0).otherwise(pl.col("close"))
     with pytest.raises(DecisionError, match=r"QQQ at .* has a price that is not finite and positive.*close 0.0"):
         decider.decide(bars.with_columns(zero.alias("close")), book)
+    missing = pl.when((pl.col("symbol") == "TQQQ") & (pl.col("timestamp") == last)).then(None).otherwise(pl.col("volume"))
+    with pytest.raises(DecisionError, match=r"TQQQ at .* has a price that is not finite .*volume None"):  # a null too
+        decider.decide(bars.with_columns(missing.alias("volume")), book)
     with pytest.raises(DecisionError, match="timestamps must be date-times with a time zone"):
         decider.decide(bars.with_columns(pl.col("timestamp").dt.replace_time_zone(None)), book)
+    # the symbols' rows may come interleaved (bar by bar): the same decision
+    assert decider.decide(bars.sort("timestamp", "symbol"), book) == decider.decide(bars, book)
     with pytest.raises(DecisionError, match="does not trade"):
         decider.decide(bars, Portfolio(cash=1.0, shares={"SPY": 1.0}, peak=1.0))
     with pytest.raises(DecisionError, match="not one of the policy's levels"):
