@@ -270,9 +270,10 @@ class Session:
         :raises DecisionError: a bar before the window, or one whose prices or volume differ from
             the held bar's (beyond 1e-9 relative): history was re-adjusted.
         """
-        held = self._frames[sym]
-        old = frame.filter(pl.col("timestamp").dt.epoch("us") <= self._last_us())
-        if old["timestamp"].dt.epoch("us")[0] < held["timestamp"].dt.epoch("us")[0]:
+        held, last = self._frames[sym], self._last_us()
+        at = _epoch_us(frame["timestamp"])  # in UTC: a fall-back hour repeats local times
+        old = frame.filter(pl.Series(at <= last))
+        if at[0] < _epoch_us(held["timestamp"])[0]:
             raise DecisionError(f"bars: {sym} row 0 ({old['timestamp'][0]}) is before the session's window "
                                 f"({held['timestamp'][0]} .. {self.last})")
         both = old.join(held, on="timestamp", how="left", suffix="_held")
@@ -286,7 +287,7 @@ class Session:
                     "history was re-adjusted"
                 raise DecisionError(f"bars: {sym}'s bar at {both['timestamp'][i]} {what}; prime a new session "
                                     "with the re-adjusted window")
-        return frame.filter(pl.col("timestamp").dt.epoch("us") > self._last_us())
+        return frame.filter(pl.Series(at > last))
 
     def _last_us(self) -> int:
         """The latest bar's timestamp, microseconds since the epoch (UTC)."""

@@ -224,7 +224,7 @@ class Engine:
 
     def _participation(self) -> np.ndarray:
         """(N, A) the largest fraction of a leg's mean dollar volume that moving to each level trades
-        (one leg at a time: the reference's arithmetic, in (N, A) arrays)."""
+        (the reference's arithmetic per leg, on an (N, A, L) array, then the largest over the legs)."""
         tab, row = self.tab, self._row
         close, mdv = tab.close[row][..., None, :], tab.mean_dollar_volume[row][..., None, :]  # (1, L) or (N, 1, L)
         target = tab.weights[None, :, :] * self.equity[:, None, None] / close  # (N, A, L)

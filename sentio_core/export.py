@@ -223,9 +223,7 @@ class LoadedPolicy:
         same logits to the bit), then the masked argmax of the raw logits (:func:`clear_argmax`).
         Where another allowed logit is close enough to the top for sb3's normalisations to round
         them equal, the probabilities are computed as sb3 computes them (:meth:`_masked_probs`)."""
-        x = np.array(obs, dtype=np.float32)
-        if x.shape != (self.obs_dim,) or not np.isfinite(x).all():
-            return self._probabilities(obs, mask)[0].argmax(dim=-1).numpy().astype(np.int64).reshape(())  # its errors
+        x = self._checked(obs)
         allowed = None if mask is None else self._check_mask(mask, ())
         h = torch.from_numpy(x[None])
         for weight, bias, activation in self._mlp:
@@ -251,11 +249,7 @@ class LoadedPolicy:
         (:meth:`_masked_probs`), so the argmax, ties included, is bit for bit what
         ``predict(..., deterministic=True)`` returns.
         """
-        x = np.array(obs, dtype=np.float32)  # a copy: torch refuses read-only arrays (pandas 3 hands those out)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"obs has shape {x.shape}; expected ({self.obs_dim},) or (N, {self.obs_dim})")
-        if not np.isfinite(x).all():
-            raise ValueError("obs contains NaN or infinite values")
+        x = self._checked(obs)
         lead = x.shape[:-1]
         allowed = None if mask is None else self._check_mask(mask, lead).reshape(-1, self.n_actions)
         batch = torch.as_tensor(x.reshape(-1, self.obs_dim))
@@ -283,6 +277,18 @@ class LoadedPolicy:
         elif reads_masks(self.algorithm):
             logits = normalised(logits)
         return torch.softmax(logits, dim=-1)
+
+    def _checked(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` as a float32 copy (torch refuses read-only arrays; pandas 3 hands those out).
+
+        :raises ValueError: a shape other than ``(obs_dim,)`` or ``(N, obs_dim)``, or NaN or infinite values.
+        """
+        x = np.array(obs, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"obs has shape {x.shape}; expected ({self.obs_dim},) or (N, {self.obs_dim})")
+        if not np.isfinite(x).all():
+            raise ValueError("obs contains NaN or infinite values")
+        return x
 
     def _check_mask(self, mask: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
         if not lead and isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (self.n_actions,) and mask.any():
