@@ -320,6 +320,7 @@ class Session:
         self._stamp = market.timestamps[t]
         self._legs = [leg.symbol for leg in market.legs]
         self._levels = market.levels.tolist()
+        self._names = [f"{lv:g}" for lv in self._levels]  # the levels as ``forbidden`` names them
         self._by = np.empty((1, len(self._levels)), dtype=int)
 
     def decide(self, portfolio: Portfolio) -> Decision:
@@ -335,15 +336,15 @@ class Session:
             raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels}")
         # every field of the engine's one portfolio a decision reads is loaded here (its row was set
         # when the market was built): a decision leaves nothing behind for the next
-        engine.load_state(np.array([portfolio.cash]), np.array([[portfolio.shares.get(s, 0.0) for s in symbols]]),
-                          np.array([portfolio.peak]), np.array([level]), np.array([portfolio.held]),
-                          np.array([portfolio.cooldown]))
+        engine.load_state(portfolio.cash, [[portfolio.shares.get(s, 0.0) for s in symbols]], portfolio.peak, level,
+                          portfolio.held, portfolio.cooldown)
         mask, _ = engine.masks(self._by)
         obs = engine.observe()[0]
         action = int(d.policy.act(obs, mask[0] if d.masked else None))
         if not mask[0, action]:  # a policy that does not read masks is overridden, as in its backtest
             action = int(engine.nearest_allowed(mask, np.array([action]))[0])
-        forbidden = {f"{levels[a]:g}": engine.rules[r] for a, r in enumerate(self._by[0].tolist()) if r >= 0}
+        rules, names = engine.rules, self._names
+        forbidden = {names[a]: rules[r] for a, r in enumerate(self._by[0].tolist()) if r >= 0}
         return Decision(timestamp=self._stamp, level=levels[action], action=action, mask=mask[0].tolist(),
                         forbidden=forbidden, observation=obs.tolist(), equity=float(engine.equity[0]),
                         cooldown=int(engine.cooldown[0]))

@@ -134,12 +134,13 @@ class Engine:
         self.constrained[rows] = 0
         self._mark()
 
-    def load_state(self, cash: np.ndarray, shares: np.ndarray, peak: np.ndarray, level: np.ndarray, held: np.ndarray,
-                   cooldown: np.ndarray) -> None:
+    def load_state(self, cash: np.ndarray | float, shares: np.ndarray | list, peak: np.ndarray | float,
+                   level: np.ndarray | int, held: np.ndarray | int, cooldown: np.ndarray | int) -> None:
         """Set every portfolio's money and position as a live book holds them at the close of its
-        decision row (the equity is marked at that close); what a decision on live bars starts from."""
+        decision row (the equity is marked at that close); what a decision on live bars starts from.
+        Each is an array with a row per portfolio, or what numpy broadcasts to one (a scalar)."""
         self.cash[:], self.shares[:] = cash, shares
-        self.equity = self.cash + (self.shares * self.tab.close[self.t]).sum(axis=1)
+        self.equity = self.cash + (self.shares * self.tab.close[self._row]).sum(axis=1)
         self.peak[:], self.level[:], self.held[:], self.cooldown[:] = peak, level, held, cooldown
         self._mark()
 
@@ -155,7 +156,10 @@ class Engine:
         return self._dd
 
     def _mark(self) -> None:
-        self._dd = np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
+        if (self.peak > 0).all():  # the usual case, in fewer array calls: the same arithmetic
+            self._dd = 1.0 - self.equity / self.peak
+        else:
+            self._dd = np.where(self.peak > 0, 1.0 - self.equity / np.where(self.peak > 0, self.peak, 1.0), 0.0)
 
     # --- masks -------------------------------------------------------------------------
     def arm_stop(self, fits: np.ndarray | None = None) -> None:
@@ -167,13 +171,17 @@ class Engine:
             return
         fits = self._fits() if fits is None else fits
         some = (self._nonflat & fits).any(axis=1)
-        self.cooldown = np.where((self.cooldown == 0) & ~some, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
+        if not some.all():  # (else no portfolio stops out: the cool-downs stand)
+            self.cooldown = np.where((self.cooldown == 0) & ~some, self.cfg.masks.drawdown_cooldown_bars, self.cooldown)
 
     def _fits(self) -> np.ndarray:
         """(N, A) whether each level's plausible one-bar loss fits the drawdown budget left."""
-        dd = self.drawdown
-        safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
-        room = np.where(dd < 1.0, 1.0 - (1.0 - self.cfg.masks.drawdown_limit) / safe, -1.0)
+        dd, limit = self.drawdown, self.cfg.masks.drawdown_limit
+        if (dd < 1.0).all():  # the usual case, in fewer array calls: the same arithmetic
+            room = 1.0 - (1.0 - limit) / (1.0 - dd)
+        else:
+            safe = np.where(dd < 1.0, 1.0 - dd, 1.0)
+            room = np.where(dd < 1.0, 1.0 - (1.0 - limit) / safe, -1.0)
         return self.tab.risk[self._row] <= room[:, None] + _EPS
 
     def rule_masks(self, fits: np.ndarray | None = None) -> list[np.ndarray | None]:
@@ -183,14 +191,12 @@ class Engine:
 
         :param fits: :meth:`_fits` for this state (computed when None).
         """
-        tab, m, t, level, row = self.tab, self.cfg.masks, self.t, self.level, self._row
+        tab, m, level, row = self.tab, self.cfg.masks, self.level, self._row
         out: list[np.ndarray | None] = []
         for rule in self.rules:
             mask = None
             if rule == "stale":
-                stale = tab.stale[t]
-                if stale.any():
-                    mask = np.where(stale[:, None], self._only_current[level], True)
+                mask = _where(tab.stale[row], self._only_current, level)
             elif rule == "drawdown":
                 mask = self._flat_only | (self._fits() if fits is None else fits)
                 cooling = self.cooldown > 0
@@ -202,21 +208,17 @@ class Engine:
             elif rule == "vol_target":
                 mask = self._vol_ok[row]
             elif rule == "regime":
-                high = tab.high_vol_prob[t] >= m.regime_high_vol_prob
-                if high.any():
-                    mask = np.where(high[:, None], self._regime_gate[level], True)
+                mask = _where(tab.high_vol_prob[row] >= m.regime_high_vol_prob, self._regime_gate, level)
             elif rule == "session":
                 if tab.minutes_to_close is not None and m.session_close_minutes > 0:
-                    near = ~(tab.minutes_to_close[t] > m.session_close_minutes)  # as the rule reads it (NaN included)
-                    if near.any():
-                        mask = np.where(near[:, None], self._reduce_only[level], True)
+                    # as the rule reads it (NaN included)
+                    mask = _where(~(tab.minutes_to_close[row] > m.session_close_minutes), self._reduce_only, level)
             elif rule == "liquidity":
                 mask = self._participation() <= m.max_participation + _EPS
             elif rule == "min_hold":
                 if m.min_hold_bars > 1:  # a non-flat level has been held at least one bar
                     hold = self._nonflat[level] & (self.held < m.min_hold_bars)  # binds on a non-flat level only
-                    if hold.any():
-                        mask = np.where(hold[:, None], self._only_current[level], True)
+                    mask = _where(hold, self._only_current, level)
             else:  # the schema admits only the names above
                 raise ValueError(f"unknown mask rule {rule!r}")
             out.append(mask)
@@ -373,9 +375,12 @@ class Engine:
         window = out[:, :width]
         window.shape = (self.n, self.lookback, self.layout.n_features)  # a view, never a copy (numpy raises otherwise)
         if self._lockstep:  # one window, broadcast to every portfolio
-            rows = self.t[:1, None] + self._offsets[None, :]
-            np.take(tab.features, rows, axis=0, out=window[:1], mode="clip")
-            if rows[0, 0] < 0:
+            first = int(self.t[0]) + 1 - self.lookback
+            if first >= 0:  # the rows as they are
+                window[0] = tab.features[first: first + self.lookback]
+            else:
+                rows = self.t[:1, None] + self._offsets[None, :]
+                np.take(tab.features, rows, axis=0, out=window[:1], mode="clip")
                 window[:1][rows < 0] = 0.0
             window[1:] = window[:1]
         else:
@@ -384,8 +389,20 @@ class Engine:
             if rows[:, 0].min() < 0:  # rows before the first are zeros, as in the reference
                 window[rows < 0] = 0.0
         value = (tab.direction[None, :] * self.shares * tab.close[self._row]).sum(axis=1)
-        out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
+        if (self.equity > 0).all():  # the usual case, in fewer array calls: the same arithmetic
+            out[:, width] = value / self.equity
+        else:
+            out[:, width] = np.where(self.equity > 0, value / np.where(self.equity > 0, self.equity, 1.0), 0.0)
         out[:, width + 1] = self.drawdown
         out[:, width + 2] = self.held / (self.held + 20.0)
         out[:, width + 3] = tab.levels[self.level]
         return out
+
+
+def _where(on: np.ndarray | np.bool_, by_level: np.ndarray, level: np.ndarray) -> np.ndarray | None:
+    """A rule's (N, A) mask: each portfolio's row of ``by_level`` (a table by current level) where
+    ``on``, every action elsewhere; None when it is on for none. ``on`` is one flag per portfolio,
+    or one flag shared by all (a row's, while they step in lockstep)."""
+    if not isinstance(on, np.ndarray):  # shared: every portfolio or none
+        return by_level[level] if on else None
+    return np.where(on[:, None], by_level[level], True) if on.any() else None
