@@ -190,8 +190,10 @@ def underlying_returns(cfg: Config, bars: pl.DataFrame | pl.LazyFrame) -> np.nda
 
 def regime_frame(timestamps: pl.Series, probs: np.ndarray) -> pl.DataFrame:
     """``timestamp, regime_0..K-1`` from filtered probabilities of shape (T, K)."""
-    return pl.DataFrame({"timestamp": timestamps}).with_columns(
-        [pl.Series(f"regime_{k}", probs[:, k]) for k in range(probs.shape[1])])
+    if len(timestamps) != len(probs):
+        raise ValueError(f"{len(timestamps)} timestamps for {len(probs)} rows of regime probabilities")
+    # built as it is, without a query: a live decision pays for this table on every bar
+    return pl.DataFrame({"timestamp": timestamps, **{f"regime_{k}": probs[:, k] for k in range(probs.shape[1])}})
 
 
 @dataclass(frozen=True)
