@@ -381,11 +381,16 @@ def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> 
     stamp = bars.schema["timestamp"]
     if not isinstance(stamp, pl.Datetime) or stamp.time_zone is None:
         raise DecisionError(f"bars: timestamps must be date-times with a time zone, got {stamp}")
-    try:
-        typed = bars.select(pl.col("timestamp").dt.convert_time_zone(tz or stamp.time_zone).dt.cast_time_unit("us"),
-                            pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
-    except pl.exceptions.PolarsError as exc:
-        raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None
+    wanted_schema = {"timestamp": pl.Datetime("us", tz or stamp.time_zone), "symbol": pl.String,
+                     **{c: pl.Float64 for c in BAR_COLUMNS[2:]}}
+    if list(bars.schema.items()) == list(wanted_schema.items()):
+        typed = bars  # already as a session holds its bars (the usual new bar): no query
+    else:
+        try:
+            typed = bars.select(pl.col("timestamp").dt.convert_time_zone(tz or stamp.time_zone).dt.cast_time_unit("us"),
+                                pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
+        except pl.exceptions.PolarsError as exc:
+            raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None
     values = np.column_stack([typed[c].to_numpy() for c in BAR_COLUMNS[2:]])  # nulls as NaN
     with np.errstate(invalid="ignore"):
         ok = np.isfinite(values).all(axis=1) & (values[:, :4] > 0).all(axis=1) & (values[:, 4] >= 0)
