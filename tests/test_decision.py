@@ -129,8 +129,11 @@ def test_a_session_refuses_bars_it_cannot_append_and_stays_as_it_was(exported):
     utc = nxt.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC"), pl.col("volume").cast(pl.Int64))
     other = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
     other.append(utc)  # another time zone and integer volume: the same bars
+    shuffled = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
+    shuffled.append(nxt.select(reversed(nxt.columns)))  # the session's types in another column order: the same bars
     session.append(nxt)
-    assert other.decide(book) == session.decide(book)
+    assert other.decide(book) == session.decide(book) == shuffled.decide(book)
+    assert shuffled.bars().columns == session.bars().columns
     session = decider.session(bars.filter(pl.col("timestamp") <= stamps[-3]))
     session.append(pl.concat([nxt, bars.filter(pl.col("timestamp") == stamps[-1])]))  # two bars at once
     assert session.last == stamps[-1]

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from sentio_core.config import RegimeConfig, load_config
-from sentio_core.regimes import RegimeModel, fit_regimes, fold_regimes, forward_filter, predict_next, regime_shares
+from sentio_core.regimes import (RegimeModel, fit_regimes, fold_regimes, forward_filter, predict_next, regime_frame,
+                                 regime_shares)
 
 
 def synthetic_returns(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,3 +139,13 @@ def test_fold_regime_frame_covers_train_start_to_test_end(daily):
     assert out.probabilities["timestamp"][0].isoformat() == span.train_start
     assert out.probabilities["timestamp"][-1].isoformat() == span.test_end
     assert abs(sum(out.test_shares) - 1) < 1e-9
+
+
+def test_regime_frame_names_each_regime_and_refuses_a_length_mismatch():
+    stamps = pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 3), "1d", time_zone="UTC", eager=True)
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    frame = regime_frame(stamps, probs)
+    assert frame.columns == ["timestamp", "regime_0", "regime_1"]
+    assert frame["timestamp"].equals(stamps.alias("timestamp")) and np.array_equal(frame.drop("timestamp").to_numpy(), probs)
+    with pytest.raises(ValueError, match="3 timestamps for 2 rows of regime probabilities"):
+        regime_frame(stamps, probs[:2])
