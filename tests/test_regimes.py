@@ -7,8 +7,7 @@ import polars as pl
 import pytest
 
 from sentio_core.config import RegimeConfig, load_config
-from sentio_core.regimes import (RegimeModel, fit_regimes, fold_regimes, forward_filter, predict_next, regime_frame,
-                                 regime_shares)
+from sentio_core.regimes import RegimeModel, fit_regimes, fold_regimes, forward_filter, predict_next, regime_frame, regime_shares
 
 
 def synthetic_returns(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
