@@ -4,7 +4,8 @@ Prints p50 / p99 and decisions per second for:
 
 1. a decision from a ready feature row: the live session's market already built for the latest
    bar; the portfolio loaded, the masks with the rule behind each forbidden level, the
-   observation and the policy's masked argmax (:meth:`Session.decide`);
+   observation and the policy's masked argmax, as a JSON-ready decision (:meth:`Session.decide`);
+   and the observation, mask and action alone (:meth:`Session.act`);
 2. the whole decision from raw bars in a live loop: the new bar of each symbol appended (checked,
    the window slid, the regime filter advanced one step, the window's feature table, normalisation
    and the latest bar's market), then the decision (:meth:`Session.append` + :meth:`Session.decide`),
@@ -109,6 +110,14 @@ def main() -> None:
         session.decide(book)
         ready.append(time.perf_counter() - start)
     table = [stats("1. from a ready feature row (Session.decide)", ready, 0.2)]
+    for _ in range(50):
+        session.act(book)
+    core = []
+    for _ in range(args.n * 10):
+        start = time.perf_counter()
+        session.act(book)
+        core.append(time.perf_counter() - start)
+    table.append(stats("   observation, mask and action alone (Session.act)", core, 0.2))
 
     live = []
     with Timed("build_features") as feats, Timed("build_market") as market:

@@ -209,8 +209,9 @@ class Session:
     builds the latest bar's market: the feature table of the window (only the policy's columns),
     normalised with the export's statistics, and the engine on its last :meth:`Decider.tail_bars`
     rows. :meth:`decide` then loads the portfolio into the engine and acts: what a trading loop pays
-    once it has the bar. One call at a time: the engine holds the portfolio being decided (the
-    service serialises its requests with a lock).
+    once it has the bar (:meth:`act` is the same without the reasons and the JSON-ready result).
+    One call at a time: the engine holds the portfolio being decided (the service serialises its
+    requests with a lock).
     """
 
     def __init__(self, decider: Decider, bars: pl.DataFrame):
@@ -323,8 +324,14 @@ class Session:
         self._names = [f"{lv:g}" for lv in self._levels]  # the levels as ``forbidden`` names them
         self._by = np.empty((1, len(self._levels)), dtype=int)
 
-    def decide(self, portfolio: Portfolio) -> Decision:
-        """The policy's decision at the close of the latest bar for this portfolio."""
+    def act(self, portfolio: Portfolio) -> tuple[int, np.ndarray, np.ndarray]:
+        """The policy's action at the close of the latest bar for this portfolio, with the composed
+        mask ``(A,)`` and the observation ``(obs_dim,)`` it acted on: :meth:`decide` without the
+        rules behind the mask and the JSON-ready :class:`Decision` (a loop that needs only the
+        action pays for no more).
+
+        :raises DecisionError: shares of a symbol the policy does not trade, or a level it has not.
+        """
         d, engine, symbols, levels = self.decider, self.engine, self._legs, self._levels
         if any(sym not in symbols for sym in portfolio.shares):
             unknown = sorted(set(portfolio.shares) - set(symbols))
@@ -343,9 +350,18 @@ class Session:
         action = int(d.policy.act(obs, mask[0] if d.masked else None))
         if not mask[0, action]:  # a policy that does not read masks is overridden, as in its backtest
             action = int(engine.nearest_allowed(mask, np.array([action]))[0])
-        rules, names = engine.rules, self._names
+        return action, mask[0], obs
+
+    def decide(self, portfolio: Portfolio) -> Decision:
+        """The policy's decision at the close of the latest bar for this portfolio (:meth:`act`, with
+        the rule behind each forbidden level, the equity and the cool-down carried forward).
+
+        :raises DecisionError: as :meth:`act`.
+        """
+        action, mask, obs = self.act(portfolio)
+        engine, rules, names = self.engine, self.engine.rules, self._names
         forbidden = {names[a]: rules[r] for a, r in enumerate(self._by[0].tolist()) if r >= 0}
-        return Decision(timestamp=self._stamp, level=levels[action], action=action, mask=mask[0].tolist(),
+        return Decision(timestamp=self._stamp, level=self._levels[action], action=action, mask=mask.tolist(),
                         forbidden=forbidden, observation=obs.tolist(), equity=float(engine.equity[0]),
                         cooldown=int(engine.cooldown[0]))
 

@@ -99,6 +99,8 @@ def _replay(decider, bars, market, path, first, decisions: int | None = None, li
         else:
             session.append(bars.filter(pl.col("timestamp") == market_stamp(bars, now)))
             decision = session.decide(book)
+            action, mask, obs = session.act(book)  # the same, without the reasons and the JSON-ready lists
+            assert (action, mask.tolist(), obs.tolist()) == (decision.action, decision.mask, decision.observation)
             if k % check_every == 0:
                 assert decision == decider.decide(bars.filter(pl.col("timestamp") <= market_stamp(bars, now)), book)
         assert decision.timestamp == now
