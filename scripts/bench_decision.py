@@ -74,6 +74,18 @@ class Timed:
         setattr(decision_module, self.name, self.inner)
 
 
+def repeat(call, n: int) -> list[float]:
+    """Wall times of ``n`` calls, after 50 untimed ones."""
+    for _ in range(50):
+        call()
+    seconds = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def rows(frame: pl.DataFrame) -> list[dict]:
     return frame.with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S%:z")).to_dicts()
 
@@ -102,22 +114,8 @@ def main() -> None:
     print(f"\nmodel {model}: {decider.metadata.algorithm}, {bar} bars, "
           f"window {session.window} bars per symbol, {len(decider.features)} feature columns computed\n")
 
-    for _ in range(50):
-        session.decide(book)
-    ready = []
-    for _ in range(args.n * 10):
-        start = time.perf_counter()
-        session.decide(book)
-        ready.append(time.perf_counter() - start)
-    table = [stats("1. from a ready feature row (Session.decide)", ready, 0.2)]
-    for _ in range(50):
-        session.act(book)
-    core = []
-    for _ in range(args.n * 10):
-        start = time.perf_counter()
-        session.act(book)
-        core.append(time.perf_counter() - start)
-    table.append(stats("   observation, mask and action alone (Session.act)", core, 0.2))
+    table = [stats("1. from a ready feature row (Session.decide)", repeat(lambda: session.decide(book), args.n * 10), 0.2),
+             stats("   observation, mask and action alone (Session.act)", repeat(lambda: session.act(book), args.n * 10), 0.2)]
 
     live = []
     with Timed("build_features") as feats, Timed("build_market") as market:
