@@ -322,6 +322,8 @@ class Session:
         self._legs = [leg.symbol for leg in market.legs]
         self._levels = market.levels.tolist()
         self._names = [f"{lv:g}" for lv in self._levels]  # the levels as ``forbidden`` names them
+        self._level_index = {lv: i for i, lv in enumerate(self._levels)}
+        self._leg_set = frozenset(self._legs)
         self._by = np.empty((1, len(self._levels)), dtype=int)
 
     def act(self, portfolio: Portfolio) -> tuple[int, np.ndarray, np.ndarray]:
@@ -333,12 +335,13 @@ class Session:
         :raises DecisionError: shares of a symbol the policy does not trade, or a level it has not.
         """
         d, engine, symbols, levels = self.decider, self.engine, self._legs, self._levels
-        if any(sym not in symbols for sym in portfolio.shares):
+        if not self._leg_set.issuperset(portfolio.shares):
             unknown = sorted(set(portfolio.shares) - set(symbols))
             raise DecisionError(f"portfolio: shares of {unknown}, which the policy does not trade (legs {symbols})")
-        # np.isclose's rule (rtol 1e-5, atol 1e-9), without its cost: a level rounded to float32 is that level
-        level = next((i for i, lv in enumerate(levels) if abs(lv - portfolio.level) <= 1e-9 + 1e-5 * abs(portfolio.level)),
-                     None)
+        level = self._level_index.get(portfolio.level)  # a level as the export writes it
+        if level is None:  # np.isclose's rule (rtol 1e-5, atol 1e-9), without its cost: a level rounded to float32 is that level
+            level = next((i for i, lv in enumerate(levels) if abs(lv - portfolio.level) <= 1e-9 + 1e-5 * abs(portfolio.level)),
+                         None)
         if level is None:
             raise DecisionError(f"portfolio: level {portfolio.level} is not one of the policy's levels {levels}")
         # every field of the engine's one portfolio a decision reads is loaded here (its row was set

@@ -16,6 +16,7 @@ same actions and hold them equal to 1e-9 at every step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,15 +242,19 @@ class Engine:
         :param by: an (N, A) int array to fill with the index in :attr:`rules` of the rule that
             removed each action, -1 where the action is allowed (why a decision could not take it).
         """
-        if by is not None:
-            by[:] = -1
         if not self.rules:
+            if by is not None:
+                by[:] = -1
             return self._free
         fits = self._fits() if self.limit is not None else None
         self.arm_stop(fits)
         masks = self.rule_masks(fits)
-        fast = self._compose_all(masks, by)
-        return fast if fast is not None else self._compose(masks, by)
+        fast = self._compose_all(masks, by)  # (fills all of ``by`` when it composes)
+        if fast is not None:
+            return fast
+        if by is not None:
+            by[:] = -1
+        return self._compose(masks, by)
 
     def _compose_all(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`_compose` in a few whole-array steps when no rule has to yield: each rule's
@@ -260,6 +265,8 @@ class Engine:
         active = [r for r, mask in enumerate(masks) if mask is not None]
         n, a = self.n, len(self.tab.levels)
         if not active:
+            if by is not None:
+                by[:] = -1
             return np.ones((n, a), dtype=bool), np.zeros((n, len(self.rules)), dtype=int)
         running = np.empty((len(active) + 1, n, a), dtype=bool)
         running[0] = True
@@ -271,7 +278,7 @@ class Engine:
         removed = np.zeros((n, len(self.rules)), dtype=int)
         removed[:, active] = (left[:-1] - left[1:]).T
         if by is not None:  # the layers still holding an action count the rules it passed: the next removed it
-            by[:] = np.array([*active, -1])[running[1:].sum(axis=0)]
+            by[:] = _rule_index(tuple(active))[running[1:].sum(axis=0)]
         return running[-1], removed
 
     def _compose(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -406,3 +413,11 @@ def _where(on: np.ndarray | np.bool_, by_level: np.ndarray, level: np.ndarray) -
     if not isinstance(on, np.ndarray):  # shared: every portfolio or none
         return by_level[level] if on else None
     return np.where(on[:, None], by_level[level], True) if on.any() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_index(active: tuple[int, ...]) -> np.ndarray:
+    """The rule that removed an action, by the number of active rules it passed (-1: it passed all)."""
+    out = np.array([*active, -1])
+    out.flags.writeable = False
+    return out

@@ -343,7 +343,7 @@ def clear_argmax(logits: np.ndarray, allowed: np.ndarray | None) -> int | None:
     forbidden) are left to the exact computation.
     """
     values = logits.tolist()  # a handful of actions: Python floats beat numpy calls here
-    if not all(math.isfinite(v) for v in values):
+    if not math.isfinite(sum(values)):  # a NaN or an infinity among them (or a sum past the float range: exact path too)
         return None
     free = values if allowed is None else [v if ok else -math.inf for v, ok in zip(values, allowed.tolist())]
     best = max(free)

@@ -199,6 +199,9 @@ def test_whole_array_composition_equals_rule_by_rule():
             np.testing.assert_array_equal(fast_by, slow_by)
             outcomes["composed"] += 1
     assert min(outcomes.values()) > 20, outcomes
+    by = np.full((2, a), 7)  # no rule active: every action allowed, no reason left behind
+    mask, removed = Engine(market, cfg, 2)._compose_all([None] * len(cfg.masks.rules), by)
+    assert mask.all() and not removed.any() and (by == -1).all()
 
 
 def test_observations_are_gathered_into_the_buffer_given():
