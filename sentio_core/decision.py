@@ -336,7 +336,7 @@ class Session:
         """
         d, engine, symbols, levels = self.decider, self.engine, self._legs, self._levels
         if not self._leg_set.issuperset(portfolio.shares):
-            unknown = sorted(set(portfolio.shares) - set(symbols))
+            unknown = sorted(set(portfolio.shares) - self._leg_set)
             raise DecisionError(f"portfolio: shares of {unknown}, which the policy does not trade (legs {symbols})")
         level = self._level_index.get(portfolio.level)  # a level as the export writes it
         if level is None:  # np.isclose's rule (rtol 1e-5, atol 1e-9), without its cost: a level rounded to float32 is that level
@@ -400,13 +400,13 @@ def _by_symbol(bars: pl.DataFrame, wanted: list[str], tz: str | None = None) -> 
     stamp = bars.schema["timestamp"]
     if not isinstance(stamp, pl.Datetime) or stamp.time_zone is None:
         raise DecisionError(f"bars: timestamps must be date-times with a time zone, got {stamp}")
-    wanted_schema = {"timestamp": pl.Datetime("us", tz or stamp.time_zone), "symbol": pl.String,
-                     **{c: pl.Float64 for c in BAR_COLUMNS[2:]}}
+    zone = tz or stamp.time_zone
+    wanted_schema = {"timestamp": pl.Datetime("us", zone), "symbol": pl.String, **{c: pl.Float64 for c in BAR_COLUMNS[2:]}}
     if list(bars.schema.items()) == list(wanted_schema.items()):
         typed = bars  # already as a session holds its bars (the usual new bar): no query
     else:
         try:
-            typed = bars.select(pl.col("timestamp").dt.convert_time_zone(tz or stamp.time_zone).dt.cast_time_unit("us"),
+            typed = bars.select(pl.col("timestamp").dt.convert_time_zone(zone).dt.cast_time_unit("us"),
                                 pl.col("symbol").cast(pl.String), pl.col(list(BAR_COLUMNS[2:])).cast(pl.Float64))
         except pl.exceptions.PolarsError as exc:
             raise DecisionError(f"bars: prices and volume must be numbers ({str(exc).splitlines()[0]})") from None

@@ -249,12 +249,8 @@ class Engine:
         fits = self._fits() if self.limit is not None else None
         self.arm_stop(fits)
         masks = self.rule_masks(fits)
-        fast = self._compose_all(masks, by)  # (fills all of ``by`` when it composes)
-        if fast is not None:
-            return fast
-        if by is not None:
-            by[:] = -1
-        return self._compose(masks, by)
+        fast = self._compose_all(masks, by)  # (each composition fills all of ``by``)
+        return fast if fast is not None else self._compose(masks, by)
 
     def _compose_all(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`_compose` in a few whole-array steps when no rule has to yield: each rule's
@@ -283,6 +279,8 @@ class Engine:
 
     def _compose(self, masks: list[np.ndarray | None], by: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The rules' masks composed in priority order, rule by rule (see :meth:`masks`)."""
+        if by is not None:
+            by[:] = -1  # the rules below mark what they remove
         out = np.ones((self.n, len(self.tab.levels)), dtype=bool)
         removed = np.zeros((self.n, len(self.rules)), dtype=int)
         valid = np.full(self.n, len(self.tab.levels))
